@@ -1,0 +1,86 @@
+"""ResNet-50/101 with Matterport's (classic Keras) layer names.
+
+The names (``conv1``, ``bn_conv1``, ``res2a_branch2a``, ``bn2a_branch2a``, ...) let Matterport's
+COCO/nucleus ``.h5`` files and the classic ImageNet ``resnet50..._notop.h5`` load by name.
+"""
+
+import keras
+from keras import layers
+
+from backbones.registry import register_backbone
+
+# The classic Keras ImageNet ResNet-50 (no top), in exactly these layer names.
+RESNET50_NOTOP_URL = ("https://github.com/fchollet/deep-learning-models/releases/download/v0.2/"
+                      "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
+RESNET50_NOTOP_MD5 = "a268eb855778b3df3c7506639542a6af"
+
+
+def _block(x, filters, stage, block, strides=1, shortcut_conv=False):
+    f1, f2, f3 = filters
+    conv = f"res{stage}{block}_branch"
+    bn = f"bn{stage}{block}_branch"
+    y = layers.Conv2D(f1, 1, strides=strides, name=conv + "2a")(x)
+    y = layers.BatchNormalization(name=bn + "2a")(y)
+    y = layers.Activation("relu")(y)
+    y = layers.Conv2D(f2, 3, padding="same", name=conv + "2b")(y)
+    y = layers.BatchNormalization(name=bn + "2b")(y)
+    y = layers.Activation("relu")(y)
+    y = layers.Conv2D(f3, 1, name=conv + "2c")(y)
+    y = layers.BatchNormalization(name=bn + "2c")(y)
+    if shortcut_conv:
+        x = layers.Conv2D(f3, 1, strides=strides, name=conv + "1")(x)
+        x = layers.BatchNormalization(name=bn + "1")(x)
+    y = layers.Add()([y, x])
+    return layers.Activation("relu", name=f"res{stage}{block}_out")(y)
+
+
+def resnet_graph(input_tensor, depth):
+    """ResNet-50 (depth 50) or ResNet-101 trunk -> dict of C2..C5 tensors."""
+    blocks_stage4 = {50: 6, 101: 23}[depth]
+    x = layers.ZeroPadding2D(3)(input_tensor)
+    x = layers.Conv2D(64, 7, strides=2, name="conv1")(x)
+    x = layers.BatchNormalization(name="bn_conv1")(x)
+    x = layers.Activation("relu")(x)
+    x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+    outputs = {}
+    for stage, (filters, count, strides) in enumerate(
+            [((64, 64, 256), 3, 1), ((128, 128, 512), 4, 2),
+             ((256, 256, 1024), blocks_stage4, 2), ((512, 512, 2048), 3, 2)], start=2):
+        for i in range(count):
+            x = _block(x, filters, stage, chr(ord("a") + i), strides if i == 0 else 1,
+                       shortcut_conv=(i == 0))
+        outputs[f"C{stage}"] = x
+    return outputs
+
+
+def _build(depth):
+    def build(input_tensor, *, train_bn, weights):
+        model = keras.Model(keras.utils.get_source_inputs(input_tensor),
+                            resnet_graph(input_tensor, depth), name=f"resnet{depth}")
+        if weights == "imagenet":
+            if depth != 50:
+                raise ValueError(
+                    "no ImageNet file exists for resnet101 in Matterport's layer names; use "
+                    "weights=None, COCO weights (MaskRCNN.load_weights) or resnet50.")
+            from mrcnn.weights import download_weights, load_weights_by_name
+            path = download_weights(RESNET50_NOTOP_URL, RESNET50_NOTOP_MD5)
+            load_weights_by_name(model, path)
+        elif weights:
+            from mrcnn.weights import load_weights_by_name
+            load_weights_by_name(model, weights)
+        return model
+    return build
+
+
+def _resnet_regex(stages):
+    return "|".join(f"(res{s}.*)|(bn{s}.*)" for s in stages)
+
+
+_STAGES = {"3+": _resnet_regex("345"), "4+": _resnet_regex("45"), "5+": _resnet_regex("5")}
+_CHANNELS = (256, 512, 1024, 2048)
+_TAPS = {"C2": "res2c_out", "C3": "res3d_out", "C5": "res5c_out"}
+
+register_backbone("resnet50", taps={**_TAPS, "C4": "res4f_out"}, channels=_CHANNELS,
+                  stage_regex=_STAGES)(_build(50))
+register_backbone("resnet101", taps={**_TAPS, "C4": "res4w_out"}, channels=_CHANNELS,
+                  stage_regex=_STAGES)(_build(101))

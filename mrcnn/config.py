@@ -1,0 +1,169 @@
+"""Mask R-CNN configuration with Matterport's field names and meanings.
+
+Subclass :class:`Config` and override UPPER_CASE attributes::
+
+    class CellsConfig(Config):
+        NAME = "cells"
+        NUM_CLASSES = 2          # background + nucleus
+        BACKBONE = "mobilenet_v2"
+        IMAGES_PER_GPU = 2
+
+Computed fields (``BATCH_SIZE``, ``IMAGE_SHAPE``, ``IMAGE_META_SIZE``) are set in ``__init__``;
+:meth:`Config.validate` rejects inconsistent values with a message naming the field and the fix.
+Only :mod:`mrcnn.modeling.factory` turns a Config into layer arguments; layers never see it.
+"""
+
+import numpy as np
+
+
+class Config:
+    """Base configuration. Override fields in a subclass, never edit this class."""
+
+    NAME = None
+    GPU_COUNT = 1
+    IMAGES_PER_GPU = 2
+    STEPS_PER_EPOCH = 1000
+    VALIDATION_STEPS = 50
+
+    # A registered backbone name (see backbones.list_backbones()) or a callable
+    # ``fn(input_tensor, *, train_bn, weights) -> keras.Model`` with outputs C2..C5.
+    BACKBONE = "resnet101"
+    COMPUTE_BACKBONE_SHAPE = None
+    BACKBONE_STRIDES = [4, 8, 16, 32, 64]
+
+    FPN_CLASSIF_FC_LAYERS_SIZE = 1024
+    TOP_DOWN_PYRAMID_SIZE = 256
+    # Channels of the mask head's convolutions (Matterport: 256).
+    MASK_HEAD_CHANNELS = 256
+    NUM_CLASSES = 1
+
+    RPN_ANCHOR_SCALES = (32, 64, 128, 256, 512)
+    RPN_ANCHOR_RATIOS = [0.5, 1, 2]
+    RPN_ANCHOR_STRIDE = 1
+    # Channels of the shared RPN 3x3 conv. Matterport uses 512; 256 (detectron2,
+    # torchvision) halves the RPN cost with no measurable accuracy loss.
+    RPN_CONV_CHANNELS = 512
+    RPN_NMS_THRESHOLD = 0.7
+    RPN_TRAIN_ANCHORS_PER_IMAGE = 256
+    PRE_NMS_LIMIT = 6000
+    POST_NMS_ROIS_TRAINING = 2000
+    POST_NMS_ROIS_INFERENCE = 1000
+    # Add the ground-truth boxes to the proposals before sampling ROIs in training
+    # (detectron2/torchvision practice): the heads see positives from the first step.
+    PROPOSALS_INCLUDE_GT = True
+
+    USE_MINI_MASK = True
+    MINI_MASK_SHAPE = (56, 56)
+
+    IMAGE_RESIZE_MODE = "square"
+    IMAGE_MIN_DIM = 800
+    IMAGE_MAX_DIM = 1024
+    IMAGE_MIN_SCALE = 0
+    IMAGE_CHANNEL_COUNT = 3
+    MEAN_PIXEL = np.array([123.7, 116.8, 103.9])
+
+    TRAIN_ROIS_PER_IMAGE = 200
+    ROI_POSITIVE_RATIO = 0.33
+    POOL_SIZE = 7
+    MASK_POOL_SIZE = 14
+    MASK_SHAPE = [28, 28]
+    MAX_GT_INSTANCES = 100
+
+    RPN_BBOX_STD_DEV = np.array([0.1, 0.1, 0.2, 0.2])
+    BBOX_STD_DEV = np.array([0.1, 0.1, 0.2, 0.2])
+
+    DETECTION_MAX_INSTANCES = 100
+    DETECTION_MIN_CONFIDENCE = 0.7
+    DETECTION_NMS_THRESHOLD = 0.3
+    DETECTION_MASK_THRESHOLD = 0.5
+
+    LEARNING_RATE = 0.001
+    LEARNING_MOMENTUM = 0.9
+    WEIGHT_DECAY = 0.0001
+    LOSS_WEIGHTS = {
+        "rpn_class_loss": 1.0,
+        "rpn_bbox_loss": 1.0,
+        "mrcnn_class_loss": 1.0,
+        "mrcnn_bbox_loss": 1.0,
+        "mrcnn_mask_loss": 1.0,
+    }
+    USE_RPN_ROIS = True
+    # False freezes BatchNorm (moving statistics, no updates): right for pretrained
+    # backbones and small batches. Use True when training from scratch.
+    TRAIN_BN = False
+    GRADIENT_CLIP_NORM = 5.0
+    # Linear warm-up over this many optimizer steps, then x0.1 at each listed global step.
+    LEARNING_RATE_WARMUP_STEPS = 0
+    LEARNING_RATE_DECAY_STEPS = ()
+    # Data loading: worker processes for keras.utils.PyDataset (0 = in the main thread).
+    WORKERS = 0
+
+    def __init__(self):
+        self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
+        if self.IMAGE_RESIZE_MODE == "crop":
+            self.IMAGE_SHAPE = np.array(
+                [self.IMAGE_MIN_DIM, self.IMAGE_MIN_DIM, self.IMAGE_CHANNEL_COUNT])
+        else:
+            self.IMAGE_SHAPE = np.array(
+                [self.IMAGE_MAX_DIM, self.IMAGE_MAX_DIM, self.IMAGE_CHANNEL_COUNT])
+        # image_id(1) + original shape(3) + image shape(3) + window(4) + scale(1) + classes
+        self.IMAGE_META_SIZE = 1 + 3 + 3 + 4 + 1 + self.NUM_CLASSES
+
+    def to_dict(self):
+        """All UPPER_CASE fields (including computed ones) as a plain dict."""
+        return {a: getattr(self, a) for a in sorted(dir(self))
+                if a.isupper() and not callable(getattr(self, a))}
+
+    def display(self):
+        """Print every field, one per line."""
+        print("\nConfigurations:")
+        for key, val in self.to_dict().items():
+            print(f"{key:30} {val}")
+        print("\n")
+
+    def validate(self):
+        """Raise ValueError naming the first inconsistent field and how to fix it."""
+        def fail(msg):
+            raise ValueError(f"{type(self).__name__}: {msg}")
+
+        if not self.NAME:
+            fail("NAME is not set; give the config a short name such as 'nucleus'.")
+        if self.NUM_CLASSES < 2:
+            fail(f"NUM_CLASSES={self.NUM_CLASSES}; it counts the background, so use >= 2.")
+        if self.GPU_COUNT < 1 or self.IMAGES_PER_GPU < 1:
+            fail("GPU_COUNT and IMAGES_PER_GPU must be >= 1.")
+        modes = ("none", "square", "pad64", "crop")
+        if self.IMAGE_RESIZE_MODE not in modes:
+            fail(f"IMAGE_RESIZE_MODE={self.IMAGE_RESIZE_MODE!r}; use one of {modes}.")
+        if self.IMAGE_RESIZE_MODE in ("square", "crop"):
+            dim = self.IMAGE_MAX_DIM if self.IMAGE_RESIZE_MODE == "square" else self.IMAGE_MIN_DIM
+            if dim % 64:
+                fail(f"image side {dim} must be a multiple of 64 (P6 has stride 64).")
+        if self.IMAGE_RESIZE_MODE == "square" and self.IMAGE_MIN_DIM and \
+                self.IMAGE_MIN_DIM > self.IMAGE_MAX_DIM:
+            fail("IMAGE_MIN_DIM is larger than IMAGE_MAX_DIM.")
+        if len(self.RPN_ANCHOR_SCALES) != len(self.BACKBONE_STRIDES):
+            fail(f"RPN_ANCHOR_SCALES has {len(self.RPN_ANCHOR_SCALES)} entries but "
+                 f"BACKBONE_STRIDES has {len(self.BACKBONE_STRIDES)}; one scale per level.")
+        if not 0 < self.ROI_POSITIVE_RATIO <= 1:
+            fail("ROI_POSITIVE_RATIO must be in (0, 1].")
+        if self.TRAIN_ROIS_PER_IMAGE < 1 or self.POST_NMS_ROIS_TRAINING < 1:
+            fail("TRAIN_ROIS_PER_IMAGE and POST_NMS_ROIS_TRAINING must be >= 1.")
+        if self.PRE_NMS_LIMIT < self.POST_NMS_ROIS_INFERENCE:
+            fail("PRE_NMS_LIMIT must be >= POST_NMS_ROIS_INFERENCE.")
+        if self.DETECTION_MAX_INSTANCES > self.POST_NMS_ROIS_INFERENCE:
+            fail("DETECTION_MAX_INSTANCES cannot exceed POST_NMS_ROIS_INFERENCE.")
+        if self.MASK_SHAPE[0] != 2 * self.MASK_POOL_SIZE or \
+                self.MASK_SHAPE[1] != 2 * self.MASK_POOL_SIZE:
+            fail(f"MASK_SHAPE {list(self.MASK_SHAPE)} must be twice MASK_POOL_SIZE "
+                 f"({self.MASK_POOL_SIZE}): the mask head upsamples once.")
+        if len(np.asarray(self.MEAN_PIXEL).ravel()) != self.IMAGE_CHANNEL_COUNT:
+            fail(f"MEAN_PIXEL has {len(np.asarray(self.MEAN_PIXEL).ravel())} values but "
+                 f"IMAGE_CHANNEL_COUNT is {self.IMAGE_CHANNEL_COUNT}.")
+        unknown = set(self.LOSS_WEIGHTS) - set(Config.LOSS_WEIGHTS)
+        if unknown:
+            fail(f"LOSS_WEIGHTS has unknown keys {sorted(unknown)}; "
+                 f"use {sorted(Config.LOSS_WEIGHTS)}.")
+        if self.MAX_GT_INSTANCES < 1:
+            fail("MAX_GT_INSTANCES must be >= 1.")
+        return self

@@ -1,0 +1,85 @@
+"""Augmentation hook that keeps instance masks aligned with the image.
+
+Accepted augmenters:
+  * an albumentations transform (``A.Compose([...])`` or a single transform),
+  * an imgaug augmenter (imgaug 0.4 does not import on NumPy 2; if it cannot be used here the
+    error says so and points to albumentations),
+  * any callable ``fn(image, masks) -> (image, masks)``.
+Augmentations must not change the image size (crop/pad before, not inside, the hook).
+"""
+
+import numpy as np
+
+# imgaug augmenters that must not touch masks (Matterport's nucleus list).
+_IMGAUG_MASK_SAFE = ["Sequential", "SomeOf", "OneOf", "Sometimes", "Fliplr", "Flipud",
+                     "CropAndPad", "Affine", "PiecewiseAffine", "Rot90"]
+
+
+def _is_albumentations(aug):
+    module = type(aug).__module__
+    return module.startswith("albumentations")
+
+
+def _is_imgaug(aug):
+    return hasattr(aug, "to_deterministic") and hasattr(aug, "augment_image")
+
+
+def apply_augmentation(augmentation, image, mask):
+    """Augment image [H, W, C] uint8 and masks [H, W, N] bool together.
+
+    Returns:
+        (image, mask) of unchanged shapes; mask stays bool.
+
+    Raises:
+        ValueError: the augmenter changed the image shape, or is of an unknown kind.
+    """
+    shape, mask_shape = image.shape, mask.shape
+    if _is_albumentations(augmentation):
+        if mask.shape[-1]:
+            out = augmentation(image=image, mask=mask.astype(np.uint8))
+            image, mask = out["image"], np.asarray(out["mask"]).astype(bool)
+        else:
+            image = augmentation(image=image)["image"]
+    elif _is_imgaug(augmentation):
+        image, mask = _apply_imgaug(augmentation, image, mask)
+    elif callable(augmentation):
+        image, mask = augmentation(image, mask)
+        mask = np.asarray(mask).astype(bool)
+    else:
+        raise ValueError(f"augmentation {augmentation!r} is neither an albumentations "
+                         "transform, an imgaug augmenter nor a callable(image, masks).")
+    if image.shape != shape or mask.shape != mask_shape:
+        raise ValueError(f"augmentation changed the shapes: image {shape} -> {image.shape}, "
+                         f"masks {mask_shape} -> {mask.shape}; size-changing transforms are "
+                         "not supported inside the hook.")
+    return image, mask
+
+
+def _apply_imgaug(augmentation, image, mask):
+    try:
+        import imgaug  # noqa: F401
+    except Exception as err:
+        raise RuntimeError(
+            "an imgaug augmenter was passed but imgaug cannot be imported here "
+            f"({type(err).__name__}: {err}); imgaug 0.4 does not work with NumPy 2. Use an "
+            "albumentations transform (see mrcnn.data.augment.default_augmentation).") from err
+
+    def hook(images, augmenter, parents, default):
+        return augmenter.__class__.__name__ in _IMGAUG_MASK_SAFE
+
+    det = augmentation.to_deterministic()
+    image = det.augment_image(image)
+    import imgaug
+    mask = det.augment_image(mask.astype(np.uint8), hooks=imgaug.HooksImages(activator=hook))
+    return image, mask.astype(bool)
+
+
+def default_augmentation(seed=None):
+    """Matterport's nucleus augmentation in albumentations: 0-2 of flips, 90/180/270
+    rotation, brightness x0.8-1.5, Gaussian blur."""
+    import albumentations as A
+    ops = [A.HorizontalFlip(p=1.0), A.VerticalFlip(p=1.0), A.RandomRotate90(p=1.0),
+           A.MultiplicativeNoise(multiplier=(0.8, 1.5), per_channel=False, elementwise=False,
+                                 p=1.0),
+           A.GaussianBlur(sigma_limit=(0.0, 5.0), p=1.0)]
+    return A.Compose([A.SomeOf(ops, n=2, replace=False, p=1.0)], seed=seed)

@@ -1,0 +1,127 @@
+"""Matterport's Dataset API: add_class, add_image, prepare, load_image, load_mask."""
+
+import logging
+
+import numpy as np
+
+from mrcnn.ops.image import to_rgb_uint8
+
+log = logging.getLogger(__name__)
+
+
+class Dataset:
+    """Base class for datasets. Subclass it and implement ``load_mask`` (and usually
+    ``load_image``)::
+
+        class ShapesDataset(Dataset):
+            def load_shapes(self, count):
+                self.add_class("shapes", 1, "square")
+                for i in range(count):
+                    self.add_image("shapes", image_id=i, path=None, size=64)
+
+            def load_mask(self, image_id):
+                return masks_bool_HxWxN, class_ids_int32_N
+
+    Image ids used by the model are the internal indices 0..num_images-1 (``image_ids``);
+    ``image_info[i]["id"]`` keeps the source's own id.
+    """
+
+    def __init__(self, class_map=None):
+        self._image_ids = []
+        self.image_info = []
+        self.class_info = [{"source": "", "id": 0, "name": "BG"}]
+        self.source_class_ids = {}
+
+    def add_class(self, source, class_id, class_name):
+        """Register a class of a source; re-adding the same (source, id) is ignored."""
+        assert "." not in source, "Source name cannot contain a dot"
+        for info in self.class_info:
+            if info["source"] == source and info["id"] == class_id:
+                return
+        self.class_info.append({"source": source, "id": class_id, "name": class_name})
+
+    def add_image(self, source, image_id, path, **kwargs):
+        """Register an image; extra keyword arguments are kept in ``image_info``."""
+        info = {"id": image_id, "source": source, "path": path}
+        info.update(kwargs)
+        self.image_info.append(info)
+
+    def image_reference(self, image_id):
+        """A string that identifies the image for humans (its path by default)."""
+        return str(self.image_info[image_id].get("path") or self.image_info[image_id]["id"])
+
+    def prepare(self, class_map=None):
+        """Build the internal id tables. Call after adding classes and images."""
+        def clean_name(name):
+            return ",".join(name.split(",")[:1])
+
+        self.num_classes = len(self.class_info)
+        self.class_ids = np.arange(self.num_classes)
+        self.class_names = [clean_name(c["name"]) for c in self.class_info]
+        self.num_images = len(self.image_info)
+        self._image_ids = np.arange(self.num_images)
+        self.class_from_source_map = {f"{info['source']}.{info['id']}": idx
+                                      for info, idx in zip(self.class_info, self.class_ids)}
+        self.image_from_source_map = {f"{info['source']}.{info['id']}": idx
+                                      for info, idx in zip(self.image_info, self._image_ids)}
+        self.sources = sorted({i["source"] for i in self.class_info})
+        self.source_class_ids = {}
+        for source in self.sources:
+            self.source_class_ids[source] = [
+                i for i, info in enumerate(self.class_info)
+                if i == 0 or source == info["source"]]
+        return self
+
+    def map_source_class_id(self, source_class_id):
+        """'source.class_id' -> internal class id."""
+        return self.class_from_source_map[source_class_id]
+
+    def get_source_class_id(self, class_id, source):
+        """Internal class id -> the source's own class id."""
+        info = self.class_info[class_id]
+        assert info["source"] == source
+        return info["id"]
+
+    @property
+    def image_ids(self):
+        return self._image_ids
+
+    def source_image_link(self, image_id):
+        """The image's path or URL."""
+        return self.image_info[image_id]["path"]
+
+    def load_image(self, image_id):
+        """Load an image as [H, W, 3] uint8 (grayscale, RGBA and 16-bit are converted).
+
+        Raises:
+            ValueError: the file is missing, corrupt or not an image (the message names it).
+        """
+        path = self.image_info[image_id]["path"]
+        return to_rgb_uint8(read_image_file(path))
+
+    def load_mask(self, image_id):
+        """Instance masks [H, W, N] bool and class ids [N] int32. Override this.
+
+        The base class returns no instances (the image trains as a negative).
+        """
+        log.warning("Dataset.load_mask is not overridden; %s has no instances.",
+                    self.image_reference(image_id))
+        return np.zeros([0, 0, 0], dtype=bool), np.zeros([0], dtype=np.int32)
+
+
+def read_image_file(path):
+    """Read an image file with scikit-image; a clear ValueError names a bad file."""
+    import os
+
+    import skimage.io
+    if not os.path.exists(path):
+        raise ValueError(f"image file not found: {path}")
+    try:
+        image = skimage.io.imread(path)
+    except Exception as err:
+        raise ValueError(f"cannot read image {path}: {type(err).__name__}: {err} "
+                         "(corrupt or not an image?)") from err
+    if image is None or image.ndim not in (2, 3) or image.size == 0:
+        raise ValueError(f"{path} is not a 2-D image (array shape "
+                         f"{getattr(image, 'shape', None)}).")
+    return image

@@ -1,0 +1,138 @@
+"""Training batches as a keras.utils.PyDataset (worker processes optional)."""
+
+import logging
+
+import keras
+import numpy as np
+
+from mrcnn.data.loader import load_image_gt
+from mrcnn.data.targets import build_rpn_targets
+from mrcnn.modeling.factory import backbone_strides
+from mrcnn.ops.anchors import backbone_shapes, generate_pyramid_anchors
+from mrcnn.ops.image import mold_image
+
+log = logging.getLogger(__name__)
+
+
+def pyramid_anchors(config, image_shape):
+    """Pixel anchors [A, 4] for a molded image shape, as the model generates them."""
+    strides = backbone_strides(config)
+    return generate_pyramid_anchors(config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS,
+                                    backbone_shapes(image_shape, strides), strides,
+                                    config.RPN_ANCHOR_STRIDE)
+
+
+class DataGenerator(keras.utils.PyDataset):
+    """Batches of Matterport's training inputs.
+
+    Each item is ``(inputs,)`` with inputs a dict: input_image [B, H, W, C] float32
+    (mean-subtracted), input_image_meta [B, META], input_rpn_match [B, A, 1] int32,
+    input_rpn_bbox [B, R, 4], input_gt_class_ids [B, G] int32, input_gt_boxes [B, G, 4]
+    pixels, input_gt_masks [B, h, w, G] bool (G = MAX_GT_INSTANCES, zero-padded).
+
+    Images without instances are kept (they train the RPN and classifier as negatives).
+    An image that fails to load is logged once and replaced by the next one; if every image
+    fails the error is raised.
+
+    Args:
+        dataset: prepared Dataset. config: Config.
+        shuffle: reshuffle image order every epoch.
+        augmentation: see :mod:`mrcnn.data.augment`.
+        steps: batches per epoch (default: one pass over the images).
+        seed: seeds the order, crops and RPN sampling.
+        workers / use_multiprocessing / max_queue_size: passed to PyDataset.
+    """
+
+    def __init__(self, dataset, config, shuffle=True, augmentation=None, steps=None, seed=None,
+                 workers=1, use_multiprocessing=False, max_queue_size=10):
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
+                         max_queue_size=max_queue_size)
+        if len(dataset.image_ids) == 0:
+            raise ValueError("the dataset has no images; check the dataset folder and subset.")
+        if dataset.num_classes != config.NUM_CLASSES:
+            raise ValueError(f"the dataset has {dataset.num_classes} classes (with background) "
+                             f"but config.NUM_CLASSES is {config.NUM_CLASSES}.")
+        self.dataset = dataset
+        self.config = config
+        self.shuffle = shuffle
+        self.augmentation = augmentation
+        self.batch_size = config.BATCH_SIZE
+        self.steps = steps or int(np.ceil(len(dataset.image_ids) / self.batch_size))
+        self.seed = seed
+        self.epoch = 0
+        self.bad_images = set()
+        self._order = self._make_order()
+        self._anchor_cache = {}
+
+    def _make_order(self):
+        ids = np.array(self.dataset.image_ids)
+        if self.shuffle:
+            ids = np.random.RandomState(
+                None if self.seed is None else self.seed + self.epoch).permutation(ids)
+        return ids
+
+    def __len__(self):
+        return self.steps
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self._order = self._make_order()
+
+    def _anchors(self, shape):
+        key = tuple(shape[:2])
+        if key not in self._anchor_cache:
+            self._anchor_cache[key] = pyramid_anchors(self.config, shape)
+        return self._anchor_cache[key]
+
+    def _load(self, position, rng):
+        n = len(self._order)
+        for attempt in range(n):
+            image_id = int(self._order[(position + attempt) % n])
+            if image_id in self.bad_images:
+                continue
+            try:
+                return load_image_gt(self.dataset, self.config, image_id,
+                                     augmentation=self.augmentation, rng=rng)
+            except ValueError as err:
+                self.bad_images.add(image_id)
+                log.warning("skipping image %s: %s", self.dataset.image_reference(image_id), err)
+        raise ValueError("no image of the dataset could be loaded; see the warnings above.")
+
+    def __getitem__(self, index):
+        config = self.config
+        seed = None if self.seed is None else (self.seed * 1000003 + self.epoch * 7919 + index)
+        rng = np.random.RandomState(seed)
+        examples = [self._load(index * self.batch_size + i, rng) for i in range(self.batch_size)]
+        height = max(e[0].shape[0] for e in examples)
+        width = max(e[0].shape[1] for e in examples)
+        anchors = self._anchors((height, width))
+        g = config.MAX_GT_INSTANCES
+        mask_hw = examples[0][4].shape[:2] if config.USE_MINI_MASK else (height, width)
+        batch = {
+            "input_image": np.zeros((self.batch_size, height, width, config.IMAGE_CHANNEL_COUNT),
+                                    np.float32),
+            "input_image_meta": np.stack([e[1] for e in examples]).astype(np.float32),
+            "input_rpn_match": np.zeros((self.batch_size, len(anchors), 1), np.int32),
+            "input_rpn_bbox": np.zeros((self.batch_size, config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4),
+                                       np.float32),
+            "input_gt_class_ids": np.zeros((self.batch_size, g), np.int32),
+            "input_gt_boxes": np.zeros((self.batch_size, g, 4), np.float32),
+            "input_gt_masks": np.zeros((self.batch_size,) + tuple(mask_hw) + (g,), bool),
+        }
+        for b, (image, _, class_ids, boxes, masks) in enumerate(examples):
+            if len(class_ids) > g:
+                keep = rng.choice(len(class_ids), g, replace=False)
+                class_ids, boxes, masks = class_ids[keep], boxes[keep], masks[:, :, keep]
+            match, deltas = build_rpn_targets(anchors, class_ids, boxes,
+                                              config.RPN_TRAIN_ANCHORS_PER_IMAGE,
+                                              config.RPN_BBOX_STD_DEV, rng=rng)
+            h, w = image.shape[:2]
+            batch["input_image"][b, :h, :w] = mold_image(image, config.MEAN_PIXEL)
+            batch["input_image_meta"][b, 4:6] = (height, width)  # padded batch shape
+            batch["input_rpn_match"][b, :, 0] = match
+            batch["input_rpn_bbox"][b] = deltas
+            n = len(class_ids)
+            batch["input_gt_class_ids"][b, :n] = class_ids
+            batch["input_gt_boxes"][b, :n] = boxes
+            batch["input_gt_masks"][b, :masks.shape[0], :masks.shape[1], :n] = masks
+        return (batch,)

@@ -1,0 +1,69 @@
+"""Load one training example: image, meta, class ids, boxes and (mini-)masks."""
+
+import numpy as np
+
+from mrcnn.data.augment import apply_augmentation
+from mrcnn.ops.boxes import extract_bboxes
+from mrcnn.ops.image import compose_image_meta, resize_image, resize_mask
+from mrcnn.ops.masks import minimize_mask
+
+
+def check_mask(dataset, image_id, image, mask, class_ids):
+    """Raise ValueError naming the image when masks and image disagree."""
+    mask = np.asarray(mask)
+    class_ids = np.asarray(class_ids)
+    ref = dataset.image_reference(image_id)
+    if mask.ndim != 3:
+        raise ValueError(f"{ref}: load_mask returned masks of shape {mask.shape}; "
+                         "expected [H, W, N].")
+    if mask.shape[-1] and mask.shape[:2] != image.shape[:2]:
+        raise ValueError(f"{ref}: mask size {mask.shape[:2]} differs from image size "
+                         f"{image.shape[:2]}.")
+    if len(class_ids) != mask.shape[-1]:
+        raise ValueError(f"{ref}: {mask.shape[-1]} masks but {len(class_ids)} class ids.")
+
+
+def load_image_gt(dataset, config, image_id, augmentation=None, rng=None, mode=None):
+    """Load and resize an image with its ground truth.
+
+    Args:
+        dataset: a prepared :class:`mrcnn.data.dataset.Dataset`.
+        config: Config (IMAGE_* fields, USE_MINI_MASK, MINI_MASK_SHAPE, NUM_CLASSES).
+        image_id: internal image index.
+        augmentation: see :mod:`mrcnn.data.augment`; applied after resizing.
+        rng: numpy RandomState for the crop position.
+        mode: resize mode override (defaults to config.IMAGE_RESIZE_MODE).
+
+    Returns:
+        image [H, W, C] uint8, image_meta [META], class_ids [N] int32, bbox [N, 4] pixels
+        int32, mask [h, w, N] bool (mini-masks if USE_MINI_MASK, else image-sized). Instances
+        that vanish after cropping or augmentation are dropped; N may be 0.
+    """
+    image = dataset.load_image(image_id)
+    mask, class_ids = dataset.load_mask(image_id)
+    mask = np.asarray(mask)
+    if mask.size == 0 and mask.shape[-1] == 0:
+        mask = np.zeros(image.shape[:2] + (0,), dtype=bool)
+    check_mask(dataset, image_id, image, mask, class_ids)
+    original_shape = image.shape
+    image, window, scale, padding, crop = resize_image(
+        image, min_dim=config.IMAGE_MIN_DIM, max_dim=config.IMAGE_MAX_DIM,
+        min_scale=config.IMAGE_MIN_SCALE, mode=mode or config.IMAGE_RESIZE_MODE, rng=rng)
+    mask = resize_mask(mask, scale, padding, crop)
+    if augmentation is not None:
+        image, mask = apply_augmentation(augmentation, image, mask)
+
+    keep = np.flatnonzero(mask.reshape(-1, mask.shape[-1]).any(axis=0)) if mask.shape[-1] \
+        else np.zeros([0], dtype=np.int64)
+    mask = mask[:, :, keep]
+    class_ids = np.asarray(class_ids, dtype=np.int32)[keep]
+    bbox = extract_bboxes(mask)
+
+    active_class_ids = np.zeros([dataset.num_classes], dtype=np.int32)
+    source = dataset.image_info[image_id]["source"]
+    active_class_ids[dataset.source_class_ids[source]] = 1
+    if config.USE_MINI_MASK:
+        mask = minimize_mask(bbox, mask, config.MINI_MASK_SHAPE)
+    image_meta = compose_image_meta(image_id, original_shape, image.shape, window, scale,
+                                    active_class_ids)
+    return image, image_meta, class_ids, bbox, mask

@@ -1,0 +1,65 @@
+"""RPN training targets (NumPy): which anchors are positive/negative and their deltas."""
+
+import numpy as np
+
+from mrcnn.ops.boxes import box_refinement, compute_overlaps
+
+
+def build_rpn_targets(anchors, gt_class_ids, gt_boxes, anchors_per_image, rpn_bbox_std_dev,
+                      rng=None):
+    """Label anchors and compute the deltas of positive ones.
+
+    An anchor is positive with IoU >= 0.7 to some box, or when it is the best anchor of a box;
+    negative with IoU < 0.3 (and not touching a crowd box, class id < 0); otherwise neutral.
+    Positives are subsampled to half of ``anchors_per_image``, negatives fill the rest.
+
+    Args:
+        anchors: [A, 4] pixels. gt_class_ids: [G]. gt_boxes: [G, 4] pixels.
+        anchors_per_image: RPN_TRAIN_ANCHORS_PER_IMAGE.
+        rpn_bbox_std_dev: [4].
+
+    Returns:
+        rpn_match [A] int32 (1, -1, 0); rpn_bbox [anchors_per_image, 4] float32: deltas of the
+        positive anchors in ascending anchor order, divided by the std dev, zero-padded.
+    """
+    rng = rng if rng is not None else np.random
+    rpn_match = np.zeros([anchors.shape[0]], dtype=np.int32)
+    rpn_bbox = np.zeros((anchors_per_image, 4), dtype=np.float32)
+    gt_class_ids = np.asarray(gt_class_ids)
+    gt_boxes = np.asarray(gt_boxes).reshape(-1, 4)
+
+    crowd = gt_class_ids < 0
+    no_crowd = np.ones([anchors.shape[0]], dtype=bool)
+    if crowd.any():
+        no_crowd = compute_overlaps(anchors, gt_boxes[crowd]).max(axis=1) < 0.001
+        gt_boxes = gt_boxes[~crowd]
+
+    if len(gt_boxes):
+        overlaps = compute_overlaps(anchors, gt_boxes)
+        best_gt = overlaps.argmax(axis=1)
+        best_iou = overlaps[np.arange(len(anchors)), best_gt]
+        rpn_match[(best_iou < 0.3) & no_crowd] = -1
+        # Every box gets its best anchors, even below 0.7 (ties all count).
+        best_per_gt = overlaps.max(axis=0)
+        best_anchor_rows = np.argwhere((overlaps == best_per_gt[None]) & (best_per_gt[None] > 0))
+        rpn_match[best_anchor_rows[:, 0]] = 1
+        rpn_match[best_iou >= 0.7] = 1
+    else:
+        best_gt = np.zeros([anchors.shape[0]], dtype=np.int64)
+        rpn_match[no_crowd] = -1
+
+    positive = np.flatnonzero(rpn_match == 1)
+    extra = len(positive) - anchors_per_image // 2
+    if extra > 0:
+        rpn_match[rng.choice(positive, extra, replace=False)] = 0
+    positive = np.flatnonzero(rpn_match == 1)
+    negative = np.flatnonzero(rpn_match == -1)
+    extra = len(negative) - (anchors_per_image - len(positive))
+    if extra > 0:
+        rpn_match[rng.choice(negative, extra, replace=False)] = 0
+
+    positive = np.flatnonzero(rpn_match == 1)
+    if len(positive):
+        deltas = box_refinement(anchors[positive], gt_boxes[best_gt[positive]])
+        rpn_bbox[:len(positive)] = deltas / np.asarray(rpn_bbox_std_dev, dtype=np.float32)
+    return rpn_match, rpn_bbox

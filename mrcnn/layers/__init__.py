@@ -1,0 +1,10 @@
+"""Mask R-CNN's custom Keras layers (all serializable, no Lambda layers)."""
+
+from mrcnn.layers.detection import DetectionLayer
+from mrcnn.layers.detection_target import DetectionTargetLayer
+from mrcnn.layers.proposal import AnchorGenerator, ProposalLayer
+from mrcnn.layers.roi_align import (GatherRows, PyramidROIAlign, ScatterToSlots, SelectBoxes,
+                                    UnflattenRois)
+
+__all__ = ["AnchorGenerator", "DetectionLayer", "DetectionTargetLayer", "GatherRows",
+           "ProposalLayer", "PyramidROIAlign", "ScatterToSlots", "SelectBoxes", "UnflattenRois"]

@@ -1,0 +1,68 @@
+"""DetectionLayer: refine classified ROIs into final, per-class NMS-filtered detections."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mrcnn.ops.boxes import tf_apply_box_deltas, tf_clip_boxes
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class DetectionLayer(keras.layers.Layer):
+    """Pick each ROI's best class, apply that class's deltas, clip, filter and run NMS.
+
+    NMS is per class, done in one call by offsetting each class's boxes by 2 * class_id
+    (normalised boxes lie in [0, 1], so classes never overlap).
+
+    Call inputs:
+        rois: [B, N, 4] normalised (zero rows are padding).
+        mrcnn_class: [B, N, num_classes] probabilities.
+        mrcnn_bbox: [B, N, num_classes, 4] deltas (divided by BBOX_STD_DEV).
+        image_meta: [B, META] (window and molded image shape are read from it).
+
+    Output:
+        detections [B, max_instances, 6]: (y1, x1, y2, x2) normalised, class_id, score;
+        sorted by score, zero-padded (class_id 0 marks padding).
+    """
+
+    def __init__(self, max_instances, min_confidence, nms_threshold, bbox_std_dev, **kwargs):
+        super().__init__(**kwargs)
+        self.max_instances = int(max_instances)
+        self.min_confidence = float(min_confidence)
+        self.nms_threshold = float(nms_threshold)
+        self.bbox_std_dev = [float(v) for v in np.ravel(bbox_std_dev)]
+
+    def _one_image(self, args):
+        rois, probs, deltas, window = args
+        class_ids = tf.argmax(probs, axis=1, output_type=tf.int32)
+        scores = tf.gather(probs, class_ids, batch_dims=1)
+        deltas = tf.gather(deltas, class_ids, batch_dims=1) * tf.constant(self.bbox_std_dev)
+        boxes = tf_clip_boxes(tf_apply_box_deltas(rois, deltas), window)
+        keep = ((class_ids > 0) & (scores >= self.min_confidence) &
+                tf.reduce_any(tf.not_equal(rois, 0.0), axis=1) &
+                (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
+        keep = tf.where(keep)[:, 0]
+        boxes, class_ids, scores = (tf.gather(v, keep) for v in (boxes, class_ids, scores))
+        offsets = 2.0 * tf.cast(class_ids, tf.float32)[:, None]
+        chosen = tf.image.non_max_suppression(boxes + offsets, scores, self.max_instances,
+                                              self.nms_threshold)
+        detections = tf.concat([tf.gather(boxes, chosen),
+                                tf.cast(tf.gather(class_ids, chosen), tf.float32)[:, None],
+                                tf.gather(scores, chosen)[:, None]], axis=1)
+        return tf.pad(detections, [[0, self.max_instances - tf.shape(detections)[0]], [0, 0]])
+
+    def call(self, inputs):
+        rois, probs, deltas, image_meta = inputs
+        image_shape = image_meta[:, 4:6]
+        scale = tf.concat([image_shape, image_shape], axis=1) - 1.0
+        window = (image_meta[:, 7:11] - tf.constant([0.0, 0.0, 1.0, 1.0])) / scale
+        return tf.map_fn(self._one_image, (rois, probs, deltas, window),
+                         fn_output_signature=tf.TensorSpec([self.max_instances, 6], tf.float32))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], self.max_instances, 6)
+
+    def get_config(self):
+        return {**super().get_config(), "max_instances": self.max_instances,
+                "min_confidence": self.min_confidence, "nms_threshold": self.nms_threshold,
+                "bbox_std_dev": self.bbox_std_dev}

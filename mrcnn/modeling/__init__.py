@@ -1,0 +1,1 @@
+"""Network assembly: FPN, RPN, heads, the Keras model and the Config -> model factory."""

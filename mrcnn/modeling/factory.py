@@ -1,0 +1,71 @@
+"""The one place that reads a Config to build a model (layers only get plain arguments)."""
+
+import numpy as np
+
+import backbones
+from mrcnn.modeling.maskrcnn_model import build_maskrcnn_graph
+
+
+def backbone_spec(config):
+    """The BackboneSpec for config.BACKBONE (a registry name or a callable)."""
+    return backbones.get_backbone_spec(config.BACKBONE)
+
+
+def backbone_strides(config):
+    """Strides of P2..P6: the backbone spec's C2..C5 strides plus 64 for P6."""
+    return list(backbone_spec(config).strides) + [2 * backbone_spec(config).strides[-1]]
+
+
+def maskrcnn_kwargs(config, mode, backbone_weights=None):
+    """Config -> keyword arguments of :func:`build_maskrcnn_graph`."""
+    if mode not in ("training", "inference"):
+        raise ValueError(f"mode must be 'training' or 'inference', got {mode!r}")
+    training = mode == "training"
+    if config.USE_MINI_MASK:
+        gt_mask_shape = tuple(config.MINI_MASK_SHAPE)
+    elif config.IMAGE_RESIZE_MODE in ("square", "crop"):
+        gt_mask_shape = tuple(int(v) for v in config.IMAGE_SHAPE[:2])
+    else:
+        gt_mask_shape = (None, None)
+    return dict(
+        mode=mode,
+        backbone=config.BACKBONE,
+        backbone_weights=backbone_weights,
+        train_bn=bool(config.TRAIN_BN),
+        image_channels=int(config.IMAGE_CHANNEL_COUNT),
+        image_meta_size=int(config.IMAGE_META_SIZE),
+        num_classes=int(config.NUM_CLASSES),
+        top_down_pyramid_size=int(config.TOP_DOWN_PYRAMID_SIZE),
+        mask_head_channels=int(config.MASK_HEAD_CHANNELS),
+        rpn_conv_channels=int(config.RPN_CONV_CHANNELS),
+        anchor_scales=[float(s) for s in config.RPN_ANCHOR_SCALES],
+        anchor_ratios=[float(r) for r in config.RPN_ANCHOR_RATIOS],
+        anchor_strides=backbone_strides(config),
+        anchor_stride=int(config.RPN_ANCHOR_STRIDE),
+        rpn_nms_threshold=float(config.RPN_NMS_THRESHOLD),
+        pre_nms_limit=int(config.PRE_NMS_LIMIT),
+        post_nms_rois=int(config.POST_NMS_ROIS_TRAINING if training
+                          else config.POST_NMS_ROIS_INFERENCE),
+        rpn_bbox_std_dev=np.ravel(config.RPN_BBOX_STD_DEV).tolist(),
+        bbox_std_dev=np.ravel(config.BBOX_STD_DEV).tolist(),
+        fc_layers_size=int(config.FPN_CLASSIF_FC_LAYERS_SIZE),
+        pool_size=int(config.POOL_SIZE),
+        mask_pool_size=int(config.MASK_POOL_SIZE),
+        mask_shape=tuple(int(v) for v in config.MASK_SHAPE),
+        train_rois_per_image=int(config.TRAIN_ROIS_PER_IMAGE),
+        roi_positive_ratio=float(config.ROI_POSITIVE_RATIO),
+        use_mini_mask=bool(config.USE_MINI_MASK),
+        gt_mask_shape=gt_mask_shape,
+        max_gt_instances=int(config.MAX_GT_INSTANCES),
+        proposals_include_gt=bool(config.PROPOSALS_INCLUDE_GT),
+        detection_max_instances=int(config.DETECTION_MAX_INSTANCES),
+        detection_min_confidence=float(config.DETECTION_MIN_CONFIDENCE),
+        detection_nms_threshold=float(config.DETECTION_NMS_THRESHOLD),
+        loss_weights={k: float(v) for k, v in config.LOSS_WEIGHTS.items()},
+        weight_decay=float(config.WEIGHT_DECAY),
+    )
+
+
+def build_maskrcnn(config, mode, backbone_weights=None):
+    """Build the Keras model for ``mode`` ('training' or 'inference') from a Config."""
+    return build_maskrcnn_graph(**maskrcnn_kwargs(config, mode, backbone_weights))

@@ -1,0 +1,202 @@
+"""The Mask R-CNN Keras graphs (training and inference) and the loss-computing model class.
+
+Both graphs are functional and flat (backbone layers sit beside the heads, no nested models),
+so layer names are the weight-file interface and the ``layers=`` regexes see every layer.
+"""
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+import backbones
+from mrcnn import losses
+from mrcnn.layers import (AnchorGenerator, DetectionLayer, DetectionTargetLayer, GatherRows,
+                          ProposalLayer, PyramidROIAlign, ScatterToSlots, SelectBoxes,
+                          UnflattenRois)
+from mrcnn.modeling.fpn import build_fpn
+from mrcnn.modeling.heads import build_classifier_head, build_mask_head
+from mrcnn.modeling.rpn import RPNHead
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class NormalizeBoxes(layers.Layer):
+    """Pixel boxes [B, G, 4] -> normalised, for the image's (dynamic) size.
+
+    Call inputs: ``[boxes [B, G, 4] pixels, image [B, H, W, C]]``. Zero rows stay zero.
+    """
+
+    def call(self, inputs):
+        boxes, image = inputs
+        hw = tf.cast(tf.shape(image)[1:3], tf.float32)
+        scale = tf.concat([hw, hw], 0) - 1.0
+        boxes = tf.cast(boxes, tf.float32)
+        normed = (boxes - tf.constant([0.0, 0.0, 1.0, 1.0])) / scale
+        real = tf.reduce_any(tf.not_equal(boxes, 0.0), axis=-1, keepdims=True)
+        return tf.where(real, normed, 0.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class MaskRCNNModel(keras.Model):
+    """Functional Mask R-CNN whose ``compute_loss`` combines the five losses.
+
+    In training mode the graph's outputs hold predictions and the sampled targets, so one
+    forward pass serves both. Each loss and the weight decay are tracked by their own
+    ``keras.metrics.Mean`` and logged by name; ``loss`` equals
+    ``sum(LOSS_WEIGHTS[k] * k) + weight_decay`` on every call.
+    """
+
+    def __init__(self, *args, loss_weights=None, weight_decay=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_weights = {k: float(v) for k, v in (loss_weights or {}).items()}
+        self.weight_decay = float(weight_decay)
+        self.loss_trackers = {name: keras.metrics.Mean(name=name)
+                              for name in losses.LOSS_NAMES + ("weight_decay_loss",)}
+
+    @property
+    def metrics(self):
+        return super().metrics + list(self.loss_trackers.values())
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if "rpn_class_logits" not in y_pred:
+            return super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        meta = tf.cast(x["input_image_meta"], tf.float32)
+        valid_rois = tf.reduce_any(tf.not_equal(y_pred["rois"], 0.0), axis=-1)
+        parts = {
+            "rpn_class_loss": losses.rpn_class_loss(x["input_rpn_match"],
+                                                    y_pred["rpn_class_logits"]),
+            "rpn_bbox_loss": losses.rpn_bbox_loss(x["input_rpn_bbox"], x["input_rpn_match"],
+                                                  y_pred["rpn_bbox"]),
+            "mrcnn_class_loss": losses.mrcnn_class_loss(
+                y_pred["target_class_ids"], y_pred["mrcnn_class_logits"], meta[:, 12:],
+                valid_rois),
+            "mrcnn_bbox_loss": losses.mrcnn_bbox_loss(
+                y_pred["target_bbox"], y_pred["target_class_ids"], y_pred["mrcnn_bbox"]),
+            "mrcnn_mask_loss": losses.mrcnn_mask_loss(
+                y_pred["mask_targets"], y_pred["mask_class_ids"], y_pred["mrcnn_mask"]),
+        }
+        decay = losses.l2_weight_decay(
+            [w for w in self.trainable_weights if len(w.shape) > 1], self.weight_decay)
+        total = decay
+        for name, value in parts.items():
+            total = total + self.loss_weights.get(name, 1.0) * value
+            self.loss_trackers[name].update_state(value)
+        self.loss_trackers["weight_decay_loss"].update_state(decay)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        return total / replicas if replicas > 1 else total
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(loss_weights=self.loss_weights, weight_decay=self.weight_decay)
+        return config
+
+
+def _inputs(image_channels, num_classes_meta, training, max_gt=None, mask_shape=None):
+    image = keras.Input((None, None, image_channels), name="input_image")
+    meta = keras.Input((num_classes_meta,), name="input_image_meta")
+    if not training:
+        return {"input_image": image, "input_image_meta": meta,
+                "input_anchors": keras.Input((None, 4), name="input_anchors")}
+    return {
+        "input_image": image, "input_image_meta": meta,
+        "input_rpn_match": keras.Input((None, 1), name="input_rpn_match", dtype="int32"),
+        "input_rpn_bbox": keras.Input((None, 4), name="input_rpn_bbox"),
+        "input_gt_class_ids": keras.Input((max_gt,), name="input_gt_class_ids", dtype="int32"),
+        "input_gt_boxes": keras.Input((max_gt, 4), name="input_gt_boxes"),
+        "input_gt_masks": keras.Input(tuple(mask_shape) + (max_gt,), name="input_gt_masks",
+                                      dtype="bool"),
+    }
+
+
+def build_maskrcnn_graph(*, mode, backbone, backbone_weights, train_bn, image_channels,
+                         image_meta_size, num_classes, top_down_pyramid_size, mask_head_channels,
+                         rpn_conv_channels,
+                         anchor_scales, anchor_ratios, anchor_strides, anchor_stride, rpn_nms_threshold,
+                         pre_nms_limit, post_nms_rois, rpn_bbox_std_dev, bbox_std_dev,
+                         fc_layers_size, pool_size, mask_pool_size, mask_shape,
+                         train_rois_per_image, roi_positive_ratio, use_mini_mask, gt_mask_shape,
+                         max_gt_instances, proposals_include_gt, detection_max_instances,
+                         detection_min_confidence, detection_nms_threshold, loss_weights,
+                         weight_decay, name="mask_rcnn"):
+    """Build the training or inference Mask R-CNN from plain arguments.
+
+    See :mod:`mrcnn.modeling.factory` for how each argument comes from the Config.
+
+    Training inputs (Matterport's names): input_image [B, H, W, C] (mean-subtracted),
+    input_image_meta [B, META], input_rpn_match [B, A, 1], input_rpn_bbox [B, R, 4],
+    input_gt_class_ids [B, G], input_gt_boxes [B, G, 4] pixels, input_gt_masks [B, h, w, G].
+    Inference inputs: input_image, input_image_meta, input_anchors [B, A, 4] normalised.
+
+    Returns:
+        MaskRCNNModel. Inference outputs: detections [B, D, 6], mrcnn_mask [B, D, 28, 28, C],
+        mrcnn_class [B, N, C], mrcnn_bbox [B, N, C, 4], rpn_rois [B, N, 4],
+        rpn_class [B, A, 2], rpn_bbox [B, A, 4].
+    """
+    training = mode == "training"
+    inputs = _inputs(image_channels, image_meta_size, training, max_gt_instances, gt_mask_shape)
+    image, meta = inputs["input_image"], inputs["input_image_meta"]
+    _, trunk = backbones.build_backbone(backbone, image, train_bn=train_bn,
+                                           weights=backbone_weights)
+    c = trunk.output
+    pyramid = build_fpn(c["C2"], c["C3"], c["C4"], c["C5"], top_down_pyramid_size)
+    rpn_class_logits, rpn_probs, rpn_bbox = RPNHead(
+        len(anchor_ratios), anchor_stride, rpn_conv_channels)(pyramid)
+
+    if training:
+        anchors = AnchorGenerator(anchor_scales, anchor_ratios, anchor_strides,
+                                  anchor_stride, name="anchors")(image)
+    else:
+        anchors = inputs["input_anchors"]
+    rpn_rois = ProposalLayer(post_nms_rois, rpn_nms_threshold, pre_nms_limit, rpn_bbox_std_dev,
+                             name="ROI")([rpn_probs, rpn_bbox, anchors])
+    features = pyramid[:4]
+    align = PyramidROIAlign((pool_size, pool_size), name="roi_align_classifier")
+    mask_align = PyramidROIAlign((mask_pool_size, mask_pool_size), name="roi_align_mask")
+
+    if training:
+        gt_boxes = NormalizeBoxes(name="gt_boxes_normalized")([inputs["input_gt_boxes"], image])
+        rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(
+            train_rois_per_image, roi_positive_ratio, bbox_std_dev, mask_shape,
+            use_mini_mask=use_mini_mask, include_gt=proposals_include_gt,
+            name="proposal_targets")([rpn_rois, inputs["input_gt_class_ids"], gt_boxes,
+                                      inputs["input_gt_masks"]])
+        boxes, batch_index, _ = SelectBoxes("all", name="all_rois")(rois)
+        logits, probs, deltas = build_classifier_head(
+            align([boxes, batch_index, meta] + features), num_classes, fc_layers_size, pool_size)
+        unflatten = UnflattenRois(name="unflatten_rois")
+        pos_boxes, pos_batch, pos_index = SelectBoxes("positive", name="positive_rois")(
+            [rois, target_class_ids])
+        masks = build_mask_head(mask_align([pos_boxes, pos_batch, meta] + features), num_classes,
+                                mask_head_channels)
+        outputs = {
+            "rpn_class_logits": rpn_class_logits, "rpn_bbox": rpn_bbox,
+            "rois": rois, "target_class_ids": target_class_ids, "target_bbox": target_bbox,
+            "mrcnn_class_logits": unflatten([logits, rois]),
+            "mrcnn_bbox": unflatten([deltas, rois]),
+            "mrcnn_mask": masks,
+            "mask_targets": GatherRows(name="mask_targets")([target_mask, pos_index]),
+            "mask_class_ids": GatherRows(name="mask_class_ids")([target_class_ids, pos_index]),
+        }
+    else:
+        boxes, batch_index, _ = SelectBoxes("all", name="all_rois")(rpn_rois)
+        _, probs, deltas = build_classifier_head(
+            align([boxes, batch_index, meta] + features), num_classes, fc_layers_size, pool_size)
+        unflatten = UnflattenRois(name="unflatten_rois")
+        probs, deltas = unflatten([probs, rpn_rois]), unflatten([deltas, rpn_rois])
+        detections = DetectionLayer(detection_max_instances, detection_min_confidence,
+                                    detection_nms_threshold, bbox_std_dev,
+                                    name="mrcnn_detection")([rpn_rois, probs, deltas, meta])
+        det_boxes, det_batch, det_index = SelectBoxes("detections", name="detected_boxes")(
+            detections)
+        masks = build_mask_head(mask_align([det_boxes, det_batch, meta] + features), num_classes,
+                                mask_head_channels)
+        outputs = {
+            "detections": detections,
+            "mrcnn_mask": ScatterToSlots(name="mrcnn_mask_slots")([masks, det_index, detections]),
+            "mrcnn_class": probs, "mrcnn_bbox": deltas, "rpn_rois": rpn_rois,
+            "rpn_class": rpn_probs, "rpn_bbox": rpn_bbox,
+        }
+    return MaskRCNNModel(inputs=inputs, outputs=outputs, loss_weights=loss_weights,
+                         weight_decay=weight_decay, name=name)

@@ -1,0 +1,1 @@
+"""Stateless box, anchor, mask and image operations (NumPy with TensorFlow twins)."""

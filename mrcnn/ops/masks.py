@@ -1,0 +1,50 @@
+"""Instance mask operations (NumPy): mini-masks and pasting predicted masks into images.
+
+Masks are ``[H, W, N]`` bool, one channel per instance. Boxes are pixels ``(y1, x1, y2, x2)``
+with (y2, x2) one past the last pixel.
+"""
+
+import numpy as np
+
+from mrcnn.ops.image import resize_array
+
+
+def minimize_mask(bbox, mask, mini_shape):
+    """Crop each instance to its box and resize to mini_shape -> [h, w, N] bool."""
+    mini = np.zeros(tuple(mini_shape) + (mask.shape[-1],), dtype=bool)
+    for i in range(mask.shape[-1]):
+        y1, x1, y2, x2 = bbox[i][:4]
+        crop = mask[y1:y2, x1:x2, i]
+        if crop.size == 0:
+            continue
+        mini[:, :, i] = resize_array(crop.astype(np.float32), mini_shape) >= 0.5
+    return mini
+
+
+def expand_mask(bbox, mini_mask, image_shape):
+    """Inverse of :func:`minimize_mask`: paste mini-masks back -> [H, W, N] bool."""
+    mask = np.zeros(tuple(image_shape[:2]) + (mini_mask.shape[-1],), dtype=bool)
+    for i in range(mask.shape[-1]):
+        y1, x1, y2, x2 = bbox[i][:4]
+        if y2 <= y1 or x2 <= x1:
+            continue
+        resized = resize_array(mini_mask[:, :, i].astype(np.float32), (y2 - y1, x2 - x1))
+        mask[y1:y2, x1:x2, i] = resized >= 0.5
+    return mask
+
+
+def unmold_mask(mask, bbox, image_shape, threshold=0.5):
+    """Paste one predicted soft mask [h, w] into an image-sized bool mask [H, W]."""
+    y1, x1, y2, x2 = (int(v) for v in bbox)
+    full = np.zeros(tuple(image_shape[:2]), dtype=bool)
+    if y2 <= y1 or x2 <= x1:
+        return full
+    full[y1:y2, x1:x2] = resize_array(mask.astype(np.float32), (y2 - y1, x2 - x1)) >= threshold
+    return full
+
+
+def masks_to_stack(masks, image_shape):
+    """A list of [H, W] masks -> [H, W, N] bool (N may be 0)."""
+    if not masks:
+        return np.zeros(tuple(image_shape[:2]) + (0,), dtype=bool)
+    return np.stack(masks, axis=-1)

@@ -1,0 +1,137 @@
+"""Staged training helpers: layer selection, optimizer, learning-rate schedule, callbacks."""
+
+import logging
+import math
+import os
+import re
+import time
+
+import keras
+import numpy as np
+
+from mrcnn.weights import save_weights_by_name
+
+log = logging.getLogger(__name__)
+
+
+def set_trainable(keras_model, regex, train_bn):
+    """Make layers whose name fully matches ``regex`` trainable, freeze the rest.
+
+    BatchNormalization layers are trainable only if they match and ``train_bn`` is True
+    (Keras 3 runs a non-trainable BatchNormalization in inference mode).
+
+    Returns:
+        names of the layers with weights that are now trainable.
+    """
+    pattern = re.compile(regex)
+    trainable = []
+    for layer in keras_model.layers:
+        if not layer.weights:
+            continue
+        on = bool(pattern.fullmatch(layer.name))
+        if isinstance(layer, keras.layers.BatchNormalization):
+            on = on and bool(train_bn)
+        layer.trainable = on
+        if on:
+            trainable.append(layer.name)
+    return trainable
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class WarmupStepSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from ``warmup_factor * lr`` to ``lr``, then x``decay_factor`` at each
+    step listed in ``decay_steps`` (global optimizer steps)."""
+
+    def __init__(self, learning_rate, warmup_steps=0, warmup_factor=0.001, decay_steps=(),
+                 decay_factor=0.1, start_step=0):
+        self.learning_rate = float(learning_rate)
+        self.warmup_steps = int(warmup_steps)
+        self.warmup_factor = float(warmup_factor)
+        self.decay_steps = [int(s) for s in decay_steps]
+        self.decay_factor = float(decay_factor)
+        self.start_step = int(start_step)
+
+    def __call__(self, step):
+        ops = keras.ops
+        step = ops.cast(step, "float32") + float(self.start_step)
+        lr = ops.convert_to_tensor(self.learning_rate, "float32")
+        if self.warmup_steps > 0:
+            frac = ops.minimum(step / float(self.warmup_steps), 1.0)
+            lr = lr * (self.warmup_factor + (1.0 - self.warmup_factor) * frac)
+        for boundary in self.decay_steps:
+            lr = ops.where(step >= float(boundary), lr * self.decay_factor, lr)
+        return lr
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps,
+                "warmup_factor": self.warmup_factor, "decay_steps": self.decay_steps,
+                "decay_factor": self.decay_factor, "start_step": self.start_step}
+
+
+def make_optimizer(config, learning_rate, start_step=0):
+    """SGD with momentum and per-tensor gradient clipping (Matterport's choice), with the
+    Config's warm-up (``LEARNING_RATE_WARMUP_STEPS``) and step decay
+    (``LEARNING_RATE_DECAY_STEPS``) as a schedule."""
+    schedule = WarmupStepSchedule(
+        learning_rate, warmup_steps=getattr(config, "LEARNING_RATE_WARMUP_STEPS", 0),
+        decay_steps=getattr(config, "LEARNING_RATE_DECAY_STEPS", ()), start_step=start_step)
+    kwargs = {}
+    if config.GRADIENT_CLIP_NORM:
+        kwargs["clipnorm"] = float(config.GRADIENT_CLIP_NORM)
+    return keras.optimizers.SGD(learning_rate=schedule, momentum=config.LEARNING_MOMENTUM,
+                                **kwargs)
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """Write ``path_pattern.format(epoch=N)`` by layer name after every epoch, atomically.
+
+    A crash while writing leaves earlier checkpoints intact and no half-written file.
+    """
+
+    def __init__(self, path_pattern):
+        super().__init__()
+        self.path_pattern = path_pattern
+        self.last_path = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last_path = save_weights_by_name(self.model, self.path_pattern.format(epoch=epoch + 1))
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Add the current learning rate to the epoch logs (TensorBoard shows it)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            lr = self.model.optimizer.learning_rate
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training cleanly once ``deadline`` (time.time() seconds) has passed.
+
+    Checked after every batch; the epoch in progress ends there and its checkpoint is written.
+    """
+
+    def __init__(self, deadline):
+        super().__init__()
+        self.deadline = deadline
+        self.expired = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.time() >= self.deadline:
+            self.expired = True
+            self.model.stop_training = True
+
+
+class EpochSummary(keras.callbacks.Callback):
+    """Log one line per epoch with every loss."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        parts = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items())
+                         if isinstance(v, (int, float, np.floating)) and math.isfinite(v))
+        log.info("epoch %d: %s", epoch + 1, parts)
+
+
+def checkpoint_pattern(log_dir, name):
+    """``<log_dir>/mask_rcnn_<name>_{epoch:04d}.weights.h5`` as a format string."""
+    return os.path.join(log_dir, f"mask_rcnn_{name.lower()}_{{epoch:04d}}.weights.h5")

@@ -1,0 +1,171 @@
+"""Weights by layer name: our own small HDF5 reader/writer.
+
+Keras 3 native ``.weights.h5`` files are keyed by object structure (``layers/conv2d/vars/0``),
+not by layer name, and Keras 3's by-name loader for legacy files is private and buggy
+(keras-team/keras #19694, #20536, #21676). Mask R-CNN needs by-name loading: training and
+inference graphs differ, users fine-tune with ``exclude=[...]``, and Matterport's COCO/nucleus
+``.h5`` files and the classic ImageNet ResNet-50 file are in the classic layout. So this module
+reads and writes that classic layout: root attribute ``layer_names``; one group per layer with
+attribute ``weight_names`` listing its datasets in weight order.
+"""
+
+import os
+import re
+import tempfile
+
+import h5py
+import keras
+import numpy as np
+
+
+def flat_layers(model):
+    """Every leaf layer of a (possibly nested) model, in order."""
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            out.extend(flat_layers(layer))
+        else:
+            out.append(layer)
+    return out
+
+
+def _decode(names):
+    return [n.decode("utf8") if isinstance(n, bytes) else str(n) for n in names]
+
+
+def save_weights_by_name(model, path):
+    """Write every layer's weights to ``path`` atomically (temp file, then rename).
+
+    A crash mid-write leaves any earlier file at ``path`` intact.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".h5.tmp", dir=folder)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            names = []
+            for layer in flat_layers(model):
+                if not layer.weights or layer.name in names:
+                    continue
+                names.append(layer.name)
+                group = f.create_group(layer.name)
+                weight_names = []
+                for i, w in enumerate(layer.weights):
+                    wname = f"{layer.name}/{i}_{w.name}"
+                    group.create_dataset(wname, data=keras.ops.convert_to_numpy(w))
+                    weight_names.append(wname.encode("utf8"))
+                group.attrs["weight_names"] = weight_names
+            f.attrs["layer_names"] = [n.encode("utf8") for n in names]
+            f.attrs["backend"] = b"tensorflow"
+            f.attrs["keras_version"] = keras.__version__.encode("utf8")
+            f.attrs["mrcnn_format"] = 1
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def read_weights_by_name(path):
+    """Read a classic-layout HDF5 file -> {layer_name: [np.ndarray, ...]}.
+
+    Groups that hold a nested model (Matterport's ``rpn_model``) are split by the first path
+    component of their weight names, so shared layers inside them load by their own names.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not HDF5, or a Keras 3 native file (structure-keyed, not name-keyed).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path} is not an HDF5 weights file ({err}).") from err
+    with f:
+        root = f["model_weights"] if "model_weights" in f else f
+        if "layer_names" not in root.attrs:
+            if "layers" in root and "vars" in root:
+                raise ValueError(
+                    f"{path} is a Keras 3 native weights file, keyed by model structure, not by "
+                    "layer name; load it with by_name=False into the same architecture.")
+            raise ValueError(f"{path} has no 'layer_names' attribute: not a Keras/Matterport "
+                             "HDF5 weights file.")
+        out = {}
+        for group_name in _decode(root.attrs["layer_names"]):
+            group = root[group_name]
+            weight_names = _decode(group.attrs.get("weight_names", []))
+            if not weight_names:
+                continue
+            out[group_name] = [np.asarray(group[w]) for w in weight_names]
+            by_prefix = {}
+            for w in weight_names:
+                by_prefix.setdefault(w.split("/")[0], []).append(np.asarray(group[w]))
+            for prefix, values in by_prefix.items():
+                if prefix != group_name:
+                    out.setdefault(prefix, values)
+        return out
+
+
+def load_weights_by_name(model, path, exclude=None, skip_mismatch=False):
+    """Assign weights from ``path`` to the layers of ``model`` that share a name.
+
+    Args:
+        model: keras.Model (nested models are walked).
+        path: classic-layout HDF5 file (ours, Matterport's, keras.applications' legacy files).
+        exclude: layer names (or regexes) to leave untouched, e.g. the class-specific heads
+            ``["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"]`` when the
+            file was trained with another NUM_CLASSES.
+        skip_mismatch: skip layers whose shapes differ instead of raising.
+
+    Returns:
+        dict with ``loaded`` (layer names set) and ``missing`` (layers with weights the file
+        lacks).
+
+    Raises:
+        ValueError: a shape mismatch (naming the layer and both shapes), or no layer matched.
+    """
+    stored = read_weights_by_name(path)
+    patterns = [re.compile(e) for e in (exclude or [])]
+    loaded, missing = [], []
+    for layer in flat_layers(model):
+        if not layer.weights:
+            continue
+        if any(p.fullmatch(layer.name) for p in patterns):
+            continue
+        values = stored.get(layer.name)
+        if values is None:
+            missing.append(layer.name)
+            continue
+        expected = [tuple(w.shape) for w in layer.weights]
+        got = [tuple(v.shape) for v in values]
+        if expected != got:
+            if skip_mismatch:
+                continue
+            raise ValueError(
+                f"{path}: layer {layer.name!r} has weights of shapes {got} but the model expects "
+                f"{expected}. If the file was trained with another NUM_CLASSES or backbone, pass "
+                f"exclude=[{layer.name!r}, ...].")
+        for w, v in zip(layer.weights, values):
+            w.assign(v)
+        loaded.append(layer.name)
+    if not loaded:
+        raise ValueError(f"{path}: no layer of the model matched a layer name in the file; is it "
+                         "a weights file for this model and backbone?")
+    return {"loaded": loaded, "missing": missing}
+
+
+def download_weights(url, md5_hash=None):
+    """Download (or find in ~/.keras/models) a weights file; clear error when offline."""
+    fname = url.rsplit("/", 1)[-1]
+    try:
+        return keras.utils.get_file(fname, url, cache_subdir="models", file_hash=md5_hash)
+    except Exception as err:
+        raise RuntimeError(
+            f"could not download {fname} from {url} ({type(err).__name__}: {err}). This machine "
+            f"may be offline: place the file at ~/.keras/models/{fname}, or use weights=None."
+        ) from err

@@ -1,0 +1,35 @@
+"""Install with ``pip install -e .`` (add ``[dev]`` for the tests)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    # Not "mrcnn": PyPI's mrcnn is Matterport's 2018 TF1 upload.
+    name="mrcnn-keras3",
+    version="0.1.0",
+    description="Mask R-CNN for Keras 3 / TensorFlow 2 with pluggable backbones "
+                "(Matterport-compatible API)",
+    long_description=open("README.md", encoding="utf8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["mrcnn", "mrcnn.*", "backbones", "backbones.*"]),
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.0",
+        "numpy",
+        "scipy",
+        "scikit-image",
+        "h5py",
+        "opencv-python-headless",
+        "pycocotools",
+        "tensorboard",
+        "albumentations",
+        "matplotlib",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-timeout"],
+        "coco": ["pycocotools"],
+        "aug": ["albumentations"],
+        "notebooks": ["jupyter", "nbconvert", "nbformat", "ipykernel"],
+    },
+    license="MIT",
+)

@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny configs, a tiny test backbone, synthetic nuclei datasets."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from keras import layers  # noqa: E402
+
+import backbones  # noqa: E402
+from mrcnn.config import Config  # noqa: E402
+from mrcnn.data.synthetic import SyntheticNucleiDataset  # noqa: E402
+
+SHARED_DSB = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "dsb2018",
+                          "stage1_train")
+
+
+def _tiny_backbone(input_tensor, *, train_bn, weights):
+    """A 4-stage conv net with C2..C5 at strides 4..32 (fast enough for CPU tests)."""
+    x = input_tensor
+    outputs = {}
+    for stage, (filters, strides) in enumerate([(16, 4), (24, 2), (32, 2), (48, 2)], start=2):
+        x = layers.Conv2D(filters, 3, strides=strides, padding="same", name=f"tiny{stage}_conv")(x)
+        x = layers.BatchNormalization(name=f"tiny{stage}_bn")(x)
+        x = layers.Activation("relu", name=f"tiny{stage}_out")(x)
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu",
+                          name=f"tiny{stage}_conv2")(x)
+        outputs[f"C{stage}"] = x
+    return keras.Model(keras.utils.get_source_inputs(input_tensor), outputs, name="tiny")
+
+
+if "tiny_test" not in backbones.list_backbones():
+    backbones.register_backbone(
+        "tiny_test", taps={f"C{i}": f"tiny{i}_conv2" for i in range(2, 6)},
+        channels=(16, 24, 32, 48),
+        stage_regex={"3+": r"tiny[345]_.*", "4+": r"tiny[45]_.*", "5+": r"tiny5_.*"},
+    )(_tiny_backbone)
+
+
+class TinyConfig(Config):
+    """64-128 px images, few ROIs, small heads."""
+
+    NAME = "tiny"
+    NUM_CLASSES = 2
+    BACKBONE = "tiny_test"
+    IMAGES_PER_GPU = 2
+    IMAGE_MIN_DIM = 128
+    IMAGE_MAX_DIM = 128
+    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
+    RPN_CONV_CHANNELS = 64
+    TOP_DOWN_PYRAMID_SIZE = 64
+    MASK_HEAD_CHANNELS = 32
+    FPN_CLASSIF_FC_LAYERS_SIZE = 128
+    RPN_TRAIN_ANCHORS_PER_IMAGE = 64
+    PRE_NMS_LIMIT = 600
+    POST_NMS_ROIS_TRAINING = 200
+    POST_NMS_ROIS_INFERENCE = 200
+    TRAIN_ROIS_PER_IMAGE = 64
+    MAX_GT_INSTANCES = 20
+    DETECTION_MAX_INSTANCES = 30
+    DETECTION_MIN_CONFIDENCE = 0.5
+    MINI_MASK_SHAPE = (28, 28)
+    STEPS_PER_EPOCH = 2
+    VALIDATION_STEPS = 1
+    TRAIN_BN = True
+    WEIGHT_DECAY = 1e-4
+
+
+class TinyInferenceConfig(TinyConfig):
+    IMAGES_PER_GPU = 1
+
+
+@pytest.fixture
+def tiny_config():
+    return TinyConfig()
+
+
+@pytest.fixture
+def tiny_inference_config():
+    return TinyInferenceConfig()
+
+
+@pytest.fixture
+def synthetic_dataset():
+    ds = SyntheticNucleiDataset().load_synthetic(6, size=128, seed=3)
+    ds.prepare()
+    return ds
+
+
+def random_image(rng, h, w):
+    return rng.randint(0, 255, (h, w, 3)).astype(np.uint8)

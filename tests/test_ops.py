@@ -1,0 +1,98 @@
+"""Box, anchor, image and mask ops: hand-computed cases and NumPy/TF parity."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mrcnn.ops import anchors as anchor_ops
+from mrcnn.ops import boxes as box_ops
+from mrcnn.ops.image import compose_image_meta, parse_image_meta, resize_image, resize_mask
+from mrcnn.ops.masks import expand_mask, minimize_mask, unmold_mask
+
+
+def test_overlaps_hand_computed():
+    a = np.array([[0, 0, 10, 10]])
+    b = np.array([[0, 0, 10, 10], [5, 5, 15, 15], [20, 20, 30, 30], [0, 0, 5, 10]])
+    iou = box_ops.compute_overlaps(a, b)[0]
+    np.testing.assert_allclose(iou, [1.0, 25 / 175, 0.0, 0.5])
+
+
+def test_numpy_tf_parity_boxes():
+    rng = np.random.RandomState(0)
+    y1x1 = rng.uniform(0, 50, (20, 2))
+    boxes = np.concatenate([y1x1, y1x1 + rng.uniform(2, 30, (20, 2))], 1).astype(np.float32)
+    gt = boxes + rng.uniform(-2, 2, boxes.shape).astype(np.float32)
+    np.testing.assert_allclose(box_ops.tf_overlaps(boxes, gt).numpy(),
+                               box_ops.compute_overlaps(boxes, gt), atol=1e-5)
+    deltas = box_ops.box_refinement(boxes, gt)
+    np.testing.assert_allclose(box_ops.tf_box_refinement(boxes, gt).numpy(), deltas, atol=1e-5)
+    np.testing.assert_allclose(box_ops.apply_box_deltas(boxes, deltas), gt, atol=1e-3)
+    np.testing.assert_allclose(box_ops.tf_apply_box_deltas(boxes, deltas).numpy(), gt, atol=1e-3)
+
+
+def test_clip_and_norm_roundtrip():
+    boxes = np.array([[-0.2, 0.1, 0.5, 1.4]], np.float32)
+    np.testing.assert_allclose(box_ops.tf_clip_boxes(tf.constant(boxes), [0., 0., 1., 1.]).numpy(),
+                               [[0, 0.1, 0.5, 1.0]])
+    pixel = np.array([[3, 4, 20, 30]])
+    np.testing.assert_array_equal(box_ops.denorm_boxes(box_ops.norm_boxes(pixel, (64, 64)),
+                                                       (64, 64)), pixel)
+    np.testing.assert_allclose(
+        box_ops.tf_norm_boxes(pixel.astype(np.float32), [64, 64]).numpy(),
+        box_ops.norm_boxes(pixel, (64, 64)), atol=1e-6)
+
+
+def test_extract_bboxes():
+    mask = np.zeros((10, 10, 2), bool)
+    mask[2:5, 3:7, 0] = True
+    np.testing.assert_array_equal(box_ops.extract_bboxes(mask), [[2, 3, 5, 7], [0, 0, 0, 0]])
+
+
+def test_anchors_numpy_tf_parity_and_layout():
+    strides = [4, 8, 16, 32, 64]
+    shapes = anchor_ops.backbone_shapes((128, 192), strides)
+    np.testing.assert_array_equal(shapes[:, 0], [32, 16, 8, 4, 2])
+    np.testing.assert_array_equal(shapes[:, 1], [48, 24, 12, 6, 3])
+    a = anchor_ops.generate_pyramid_anchors((8, 16, 32, 64, 128), [0.5, 1, 2], shapes, strides, 1)
+    assert a.shape == (3 * shapes.prod(axis=1).sum(), 4)
+    t = anchor_ops.tf_generate_pyramid_anchors(tf.constant([128, 192]), (8, 16, 32, 64, 128),
+                                               [0.5, 1, 2], strides, 1).numpy()
+    np.testing.assert_allclose(t, a, atol=1e-4)
+    # First cell, ratio 1: a square of side 8 centred at (0, 0).
+    np.testing.assert_allclose(a[1], [-4, -4, 4, 4])
+
+
+def test_resize_square_pad64_crop():
+    image = np.full((50, 100, 3), 7, np.uint8)
+    out, window, scale, padding, _ = resize_image(image, 64, 128, 0, "square")
+    assert out.shape == (128, 128, 3) and scale == pytest.approx(1.28)
+    assert window == (32, 0, 96, 128)
+    out, window, _, _, _ = resize_image(image, 0, 0, 0, "pad64")
+    assert out.shape == (64, 128, 3) and window == (7, 14, 57, 114)
+    rng = np.random.RandomState(0)
+    out, window, _, _, crop = resize_image(image, 32, 0, 0, "crop", rng=rng)
+    assert out.shape == (32, 32, 3) and crop[2:] == (32, 32)
+    mask = np.zeros((50, 100, 1), bool)
+    mask[10:20, 10:20] = True
+    resized = resize_mask(mask, 1.28, [(32, 32), (0, 0), (0, 0)])
+    assert resized.shape == (128, 128, 1) and resized.dtype == bool
+
+
+def test_image_meta_roundtrip():
+    meta = compose_image_meta(7, (50, 100, 3), (128, 128, 3), (32, 0, 96, 128), 1.28, [1, 1])
+    parsed = parse_image_meta(meta[None])
+    assert parsed["image_id"][0] == 7
+    np.testing.assert_array_equal(parsed["window"][0], [32, 0, 96, 128])
+    np.testing.assert_array_equal(parsed["active_class_ids"][0], [1, 1])
+
+
+def test_mini_mask_roundtrip_and_unmold():
+    mask = np.zeros((64, 64, 1), bool)
+    mask[10:40, 20:30] = True
+    box = box_ops.extract_bboxes(mask)
+    mini = minimize_mask(box, mask, (28, 28))
+    assert mini.shape == (28, 28, 1) and mini.all()
+    back = expand_mask(box, mini, (64, 64))
+    assert (back == mask).all()
+    full = unmold_mask(np.ones((28, 28), np.float32), box[0], (64, 64))
+    assert (full == mask[..., 0]).all()

@@ -1,0 +1,46 @@
+"""RPN targets: labels, balance, deltas; empty and crowd ground truth."""
+
+import numpy as np
+
+from mrcnn.data.targets import build_rpn_targets
+from mrcnn.ops.anchors import backbone_shapes, generate_pyramid_anchors
+from mrcnn.ops.boxes import apply_box_deltas
+
+STD = np.array([0.1, 0.1, 0.2, 0.2])
+
+
+def _anchors():
+    strides = [4, 8, 16, 32, 64]
+    return generate_pyramid_anchors((8, 16, 32, 64, 128), [0.5, 1, 2],
+                                    backbone_shapes((128, 128), strides), strides, 1)
+
+
+def test_rpn_targets_balance_and_deltas():
+    anchors = _anchors()
+    gt = np.array([[10, 10, 30, 30], [60, 60, 100, 90], [5, 80, 15, 90]])
+    match, deltas = build_rpn_targets(anchors, np.array([1, 1, 1]), gt, 64, STD,
+                                      rng=np.random.RandomState(0))
+    positives = np.flatnonzero(match == 1)
+    assert 3 <= len(positives) <= 32
+    assert (match != 0).sum() == 64                       # positives + negatives fill the quota
+    # Positive deltas reproduce a ground-truth box from each positive anchor.
+    rebuilt = apply_box_deltas(anchors[positives], deltas[:len(positives)] * STD)
+    best = [np.abs(gt - r).sum(axis=1).min() for r in rebuilt]
+    assert max(best) < 1e-2
+    assert not deltas[len(positives):].any()
+
+
+def test_rpn_targets_empty_ground_truth_all_negative():
+    match, deltas = build_rpn_targets(_anchors(), np.zeros([0]), np.zeros([0, 4]), 64, STD)
+    assert (match == 1).sum() == 0 and (match == -1).sum() == 64
+    assert not deltas.any()
+
+
+def test_rpn_targets_crowd_box_is_not_negative():
+    anchors = _anchors()
+    crowd = np.array([[0, 0, 64, 64]])
+    match, _ = build_rpn_targets(anchors, np.array([-1]), crowd, 100000, STD)
+    inside = (anchors[:, 0] >= 0) & (anchors[:, 2] <= 64) & (anchors[:, 1] >= 0) & \
+        (anchors[:, 3] <= 64)
+    assert (match[inside] == 0).all()
+    assert (match == 1).sum() == 0
