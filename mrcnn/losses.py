@@ -91,8 +91,8 @@ def mrcnn_mask_loss(target_masks, target_class_ids, pred_masks):
     """Binary cross-entropy of the true class's mask over positive ROIs.
 
     Args:
-        target_masks: [K, h, w] in {0, 1} (positive ROIs only).
-        target_class_ids: [K] int.
+        target_masks: [K, h, w] in {0, 1}.
+        target_class_ids: [K] int; rows with class 0 (a placeholder row) are ignored.
         pred_masks: [K, h, w, num_classes] probabilities.
     """
     ids = tf.cast(target_class_ids, tf.int32)
@@ -101,7 +101,8 @@ def mrcnn_mask_loss(target_masks, target_class_ids, pred_masks):
     pred = tf.clip_by_value(pred, eps, 1.0 - eps)
     target = tf.cast(target_masks, tf.float32)
     bce = -(target * tf.math.log(pred) + (1.0 - target) * tf.math.log(1.0 - pred))
-    return _mean(bce)
+    weights = tf.zeros_like(bce) + tf.cast(ids > 0, tf.float32)[:, None, None]
+    return _mean(bce, weights)
 
 
 def l2_weight_decay(weights, decay):

@@ -17,13 +17,14 @@ def _blur(image, sigma):
     return cv2.GaussianBlur(image, (0, 0), sigma) if sigma > 0 else image
 
 
-def make_nuclei_image(rng, size=128, count=None, kind=None, min_radius=4, max_radius=12):
+def make_nuclei_image(rng, size=128, num_nuclei=None, kind=None, min_radius=4, max_radius=12):
     """One synthetic image and its instance masks.
 
     Args:
         rng: numpy RandomState.
         size: side in pixels (int) or (H, W).
-        count: number of nuclei (random 3..12 by default).
+        num_nuclei: number of nuclei to place (random 3..12 by default; touching or
+            overlapping ones may be dropped, so masks can have fewer).
         kind: "fluorescence", "brightfield" or "histology" (random by default).
 
     Returns:
@@ -31,7 +32,7 @@ def make_nuclei_image(rng, size=128, count=None, kind=None, min_radius=4, max_ra
     """
     h, w = (size, size) if np.isscalar(size) else size
     kind = kind or rng.choice(["fluorescence", "fluorescence", "brightfield", "histology"])
-    count = int(rng.randint(3, 13)) if count is None else count
+    count = int(rng.randint(3, 13)) if num_nuclei is None else int(num_nuclei)
     yy, xx = np.mgrid[0:h, 0:w]
     taken = np.zeros((h, w), dtype=bool)
     masks = []

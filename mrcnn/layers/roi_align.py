@@ -23,15 +23,20 @@ class SelectBoxes(keras.layers.Layer):
 
     Outputs: ``boxes [K, 4]`` (same units as input), ``batch_index [K]`` int32,
     ``flat_index [K]`` int32 (row in the flattened [B * N] list).
+
+    With ``min_one`` an empty selection returns row 0 instead, so a head trained on it never
+    sees an empty batch (TensorFlow's CPU conv gradient fails on zero rows); the caller's loss
+    must ignore rows whose class id is 0.
     """
 
     MODES = ("all", "positive", "detections")
 
-    def __init__(self, mode="all", **kwargs):
+    def __init__(self, mode="all", min_one=False, **kwargs):
         super().__init__(**kwargs)
         if mode not in self.MODES:
             raise ValueError(f"SelectBoxes mode {mode!r}; use one of {self.MODES}")
         self.mode = mode
+        self.min_one = bool(min_one)
 
     def call(self, inputs):
         if self.mode == "positive":
@@ -46,6 +51,9 @@ class SelectBoxes(keras.layers.Layer):
             flat_index = tf.range(shape[0] * shape[1], dtype=tf.int32)
         else:
             flat_index = tf.cast(tf.where(tf.reshape(selector, [-1]) > 0)[:, 0], tf.int32)
+            if self.min_one:
+                flat_index = tf.cond(tf.size(flat_index) > 0, lambda: flat_index,
+                                     lambda: tf.zeros([1], tf.int32))
         batch_index = flat_index // shape[1]
         return (tf.stop_gradient(tf.gather(flat_boxes, flat_index)), batch_index, flat_index)
 
@@ -53,7 +61,7 @@ class SelectBoxes(keras.layers.Layer):
         return ((None, 4), (None,), (None,))
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
+        return {**super().get_config(), "mode": self.mode, "min_one": self.min_one}
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")

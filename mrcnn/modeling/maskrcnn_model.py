@@ -166,7 +166,8 @@ def build_maskrcnn_graph(*, mode, backbone, backbone_weights, train_bn, image_ch
         logits, probs, deltas = build_classifier_head(
             align([boxes, batch_index, meta] + features), num_classes, fc_layers_size, pool_size)
         unflatten = UnflattenRois(name="unflatten_rois")
-        pos_boxes, pos_batch, pos_index = SelectBoxes("positive", name="positive_rois")(
+        pos_boxes, pos_batch, pos_index = SelectBoxes("positive", min_one=True,
+                                                         name="positive_rois")(
             [rois, target_class_ids])
         masks = build_mask_head(mask_align([pos_boxes, pos_batch, meta] + features), num_classes,
                                 mask_head_channels)

@@ -1,0 +1,96 @@
+"""Training behaviour: staged layers, loss bookkeeping across train() calls, empty ground
+truth, checkpoints and TensorBoard logs."""
+
+import glob
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mrcnn import model as modellib
+from mrcnn.data.synthetic import SyntheticNucleiDataset
+from mrcnn.losses import LOSS_NAMES
+from tests.conftest import TinyConfig
+
+
+class WeightedConfig(TinyConfig):
+    LOSS_WEIGHTS = {"rpn_class_loss": 1.0, "rpn_bbox_loss": 0.5, "mrcnn_class_loss": 2.0,
+                    "mrcnn_bbox_loss": 1.0, "mrcnn_mask_loss": 3.0}
+    STEPS_PER_EPOCH = 1
+
+
+def _weights(model, name):
+    return [w.copy() for w in model.keras_model.get_layer(name).get_weights()]
+
+
+def _check_total(history):
+    weights = WeightedConfig.LOSS_WEIGHTS
+    for prefix in ("", "val_"):
+        for i in range(len(history["loss"])):
+            parts = sum(weights[k] * history[prefix + k][i] for k in LOSS_NAMES)
+            total = parts + history[prefix + "weight_decay_loss"][i]
+            assert history[prefix + "loss"][i] == pytest.approx(total, rel=1e-4, abs=1e-5)
+            assert all(math.isfinite(history[prefix + k][i]) for k in LOSS_NAMES)
+
+
+def test_staged_training_losses_checkpoints_and_logs(tmp_path, synthetic_dataset):
+    model = modellib.MaskRCNN("training", WeightedConfig(), str(tmp_path))
+    backbone_before = _weights(model, "tiny3_conv") + _weights(model, "tiny3_bn")
+    head_before = _weights(model, "mrcnn_class_logits") + _weights(model, "rpn_conv_shared")
+
+    first = model.train(synthetic_dataset, synthetic_dataset, 1e-2, 1, "heads", verbose=0)
+    assert model.epoch == 1
+    for a, b in zip(backbone_before, _weights(model, "tiny3_conv") + _weights(model, "tiny3_bn")):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.allclose(a, b) for a, b in zip(
+        head_before, _weights(model, "mrcnn_class_logits") + _weights(model, "rpn_conv_shared")))
+    _check_total(first.history)
+
+    second = model.train(synthetic_dataset, synthetic_dataset, 1e-2, 2, "all", verbose=0)
+    assert second.epoch == [1] and model.epoch == 2
+    _check_total(second.history)
+    assert any(not np.allclose(a, b) for a, b in zip(backbone_before,
+                                                     _weights(model, "tiny3_conv")))
+
+    checkpoints = sorted(glob.glob(os.path.join(model.log_dir, "*.weights.h5")))
+    assert [os.path.basename(p) for p in checkpoints] == [
+        "mask_rcnn_tiny_0001.weights.h5", "mask_rcnn_tiny_0002.weights.h5"]
+    assert model.find_last() == checkpoints[-1]
+
+    tags = set()
+    for event_file in glob.glob(os.path.join(model.log_dir, "**", "events.*"), recursive=True):
+        for event in tf.compat.v1.train.summary_iterator(event_file):
+            tags.update(v.tag for v in event.summary.value)
+    for name in LOSS_NAMES + ("loss", "learning_rate"):
+        assert f"epoch_{name}" in tags, (name, sorted(tags))
+
+
+def test_resume_continues_epoch_count(tmp_path, synthetic_dataset):
+    model = modellib.MaskRCNN("training", WeightedConfig(), str(tmp_path))
+    model.train(synthetic_dataset, None, 1e-3, 1, "all", verbose=0)
+    resumed = modellib.MaskRCNN("training", WeightedConfig(), str(tmp_path))
+    resumed.load_weights(model.find_last())
+    assert resumed.epoch == 1 and resumed.log_dir == model.log_dir
+    history = resumed.train(synthetic_dataset, None, 1e-3, 2, "all", verbose=0)
+    assert history.epoch == [1]
+    assert os.path.exists(os.path.join(model.log_dir, "mask_rcnn_tiny_0002.weights.h5"))
+
+
+def test_empty_ground_truth_trains(tmp_path):
+    dataset = SyntheticNucleiDataset().load_synthetic(4, size=128, seed=0, num_nuclei=0)
+    dataset.prepare()
+    assert dataset.load_mask(0)[0].shape[-1] == 0
+    model = modellib.MaskRCNN("training", WeightedConfig(), str(tmp_path))
+    history = model.train(dataset, None, 1e-2, 1, "all", verbose=0).history
+    assert history["rpn_bbox_loss"][0] == 0 and history["mrcnn_bbox_loss"][0] == 0
+    assert history["mrcnn_mask_loss"][0] == 0
+    assert history["rpn_class_loss"][0] > 0 and history["mrcnn_class_loss"][0] > 0
+    assert math.isfinite(history["loss"][0])
+
+
+def test_unknown_layers_selection_raises(tmp_path, synthetic_dataset):
+    model = modellib.MaskRCNN("training", WeightedConfig(), str(tmp_path))
+    with pytest.raises(ValueError, match="selects no layer"):
+        model.train(synthetic_dataset, None, 1e-3, 1, "nothing_matches_this", verbose=0)

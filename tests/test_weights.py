@@ -1,0 +1,101 @@
+"""By-name HDF5 weights: round trip, exclude, errors, Matterport nested groups, ResNet-50
+ImageNet file loading (from a file the test writes)."""
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+import backbones
+from backbones import resnet
+from mrcnn import weights as weights_lib
+
+
+def _small_model(units=3, name_suffix=""):
+    inp = keras.Input((4,))
+    x = keras.layers.Dense(5, name="dense_a")(inp)
+    x = keras.layers.BatchNormalization(name="bn_a")(x)
+    out = keras.layers.Dense(units, name="mrcnn_class_logits")(x)
+    return keras.Model(inp, out)
+
+
+def test_round_trip_and_exclude(tmp_path):
+    src, dst = _small_model(), _small_model()
+    path = weights_lib.save_weights_by_name(src, tmp_path / "w.weights.h5")
+    before = dst.get_layer("mrcnn_class_logits").get_weights()[0].copy()
+    report = weights_lib.load_weights_by_name(dst, path, exclude=["mrcnn_class_logits"])
+    assert sorted(report["loaded"]) == ["bn_a", "dense_a"]
+    np.testing.assert_array_equal(dst.get_layer("dense_a").get_weights()[0],
+                                  src.get_layer("dense_a").get_weights()[0])
+    np.testing.assert_array_equal(dst.get_layer("mrcnn_class_logits").get_weights()[0], before)
+
+
+def test_shape_mismatch_names_layer_and_suggests_exclude(tmp_path):
+    path = weights_lib.save_weights_by_name(_small_model(3), tmp_path / "w.h5")
+    with pytest.raises(ValueError, match="mrcnn_class_logits.*exclude"):
+        weights_lib.load_weights_by_name(_small_model(7), path)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        weights_lib.load_weights_by_name(_small_model(), tmp_path / "missing.h5")
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5 at all")
+    with pytest.raises(ValueError, match="not an HDF5"):
+        weights_lib.load_weights_by_name(_small_model(), junk)
+    native = tmp_path / "native.weights.h5"
+    _small_model().save_weights(native)
+    with pytest.raises(ValueError, match="Keras 3 native"):
+        weights_lib.load_weights_by_name(_small_model(), native)
+    other = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, name="unrelated")])
+    path = weights_lib.save_weights_by_name(other, tmp_path / "other.h5")
+    with pytest.raises(ValueError, match="no layer of the model matched"):
+        weights_lib.load_weights_by_name(_small_model(), path)
+
+
+def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.weights.h5"
+    weights_lib.save_weights_by_name(_small_model(), path)
+    good = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(h5py.Group, "create_dataset", boom)
+    with pytest.raises(OSError):
+        weights_lib.save_weights_by_name(_small_model(), path)
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.weights.h5"]
+
+
+def test_matterport_nested_rpn_model_group(tmp_path):
+    """Matterport stores the shared RPN as a nested model group 'rpn_model'."""
+    inp = keras.Input((8, 8, 4))
+    conv = keras.layers.Conv2D(6, 3, padding="same", name="rpn_conv_shared")
+    model = keras.Model(inp, conv(inp))
+    kernel = np.random.RandomState(0).randn(3, 3, 4, 6).astype(np.float32)
+    bias = np.arange(6, dtype=np.float32)
+    path = tmp_path / "matterport.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [b"input_image", b"rpn_model"]
+        f.create_group("input_image").attrs["weight_names"] = []
+        g = f.create_group("rpn_model")
+        g.attrs["weight_names"] = [b"rpn_conv_shared/kernel:0", b"rpn_conv_shared/bias:0"]
+        g.create_dataset("rpn_conv_shared/kernel:0", data=kernel)
+        g.create_dataset("rpn_conv_shared/bias:0", data=bias)
+    weights_lib.load_weights_by_name(model, path)
+    np.testing.assert_array_equal(conv.get_weights()[0], kernel)
+    np.testing.assert_array_equal(conv.get_weights()[1], bias)
+
+
+def test_resnet50_imagenet_file_loads_by_name(tmp_path, monkeypatch):
+    """The classic notop file layout: write one from a model with the same names, then have
+    weights='imagenet' pick it up instead of downloading."""
+    _, reference = backbones.build_backbone("resnet50", keras.Input((64, 64, 3)))
+    path = weights_lib.save_weights_by_name(reference, tmp_path / resnet.RESNET50_NOTOP_URL
+                                            .rsplit("/", 1)[-1])
+    monkeypatch.setattr(weights_lib, "download_weights", lambda url, md5=None: str(path))
+    _, model = backbones.build_backbone("resnet50", keras.Input((64, 64, 3)), weights="imagenet")
+    for name in ("conv1", "res3a_branch2a", "bn5c_branch2c"):
+        for a, b in zip(model.get_layer(name).get_weights(),
+                        reference.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
