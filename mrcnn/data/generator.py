@@ -28,7 +28,7 @@ class DataGenerator(keras.utils.PyDataset):
     Each item is ``(inputs,)`` with inputs a dict: input_image [B, H, W, C] float32
     (mean-subtracted), input_image_meta [B, META], input_rpn_match [B, A, 1] int32,
     input_rpn_bbox [B, R, 4], input_gt_class_ids [B, G] int32, input_gt_boxes [B, G, 4]
-    pixels, input_gt_masks [B, h, w, G] bool (G = MAX_GT_INSTANCES, zero-padded).
+    pixels, input_gt_masks [B, h, w, G] uint8 0/1 (G = MAX_GT_INSTANCES, zero-padded).
 
     Images without instances are kept (they train the RPN and classifier as negatives).
     An image that fails to load is logged once and replaced by the next one; if every image
@@ -117,7 +117,8 @@ class DataGenerator(keras.utils.PyDataset):
                                        np.float32),
             "input_gt_class_ids": np.zeros((self.batch_size, g), np.int32),
             "input_gt_boxes": np.zeros((self.batch_size, g, 4), np.float32),
-            "input_gt_masks": np.zeros((self.batch_size,) + tuple(mask_hw) + (g,), bool),
+            # uint8, not bool: tf.distribute cannot split bool tensors across replicas.
+            "input_gt_masks": np.zeros((self.batch_size,) + tuple(mask_hw) + (g,), np.uint8),
         }
         for b, (image, _, class_ids, boxes, masks) in enumerate(examples):
             if len(class_ids) > g:

@@ -24,9 +24,9 @@ class SelectBoxes(keras.layers.Layer):
     Outputs: ``boxes [K, 4]`` (same units as input), ``batch_index [K]`` int32,
     ``flat_index [K]`` int32 (row in the flattened [B * N] list).
 
-    With ``min_one`` an empty selection returns row 0 instead, so a head trained on it never
-    sees an empty batch (TensorFlow's CPU conv gradient fails on zero rows); the caller's loss
-    must ignore rows whose class id is 0.
+    With ``min_one`` an empty selection returns row 0 instead, so the heads never see an empty
+    batch (TensorFlow's CPU conv gradient, and grappler's folding of convs on empty tensors,
+    fail on zero rows); callers ignore rows whose class id is 0 (losses, unmolding).
     """
 
     MODES = ("all", "positive", "detections")

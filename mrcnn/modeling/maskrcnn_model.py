@@ -106,7 +106,7 @@ def _inputs(image_channels, num_classes_meta, training, max_gt=None, mask_shape=
         "input_gt_class_ids": keras.Input((max_gt,), name="input_gt_class_ids", dtype="int32"),
         "input_gt_boxes": keras.Input((max_gt, 4), name="input_gt_boxes"),
         "input_gt_masks": keras.Input(tuple(mask_shape) + (max_gt,), name="input_gt_masks",
-                                      dtype="bool"),
+                                      dtype="uint8"),
     }
 
 
@@ -126,7 +126,7 @@ def build_maskrcnn_graph(*, mode, backbone, backbone_weights, train_bn, image_ch
 
     Training inputs (Matterport's names): input_image [B, H, W, C] (mean-subtracted),
     input_image_meta [B, META], input_rpn_match [B, A, 1], input_rpn_bbox [B, R, 4],
-    input_gt_class_ids [B, G], input_gt_boxes [B, G, 4] pixels, input_gt_masks [B, h, w, G].
+    input_gt_class_ids [B, G], input_gt_boxes [B, G, 4] pixels, input_gt_masks [B, h, w, G] uint8 0/1.
     Inference inputs: input_image, input_image_meta, input_anchors [B, A, 4] normalised.
 
     Returns:
@@ -189,7 +189,7 @@ def build_maskrcnn_graph(*, mode, backbone, backbone_weights, train_bn, image_ch
         detections = DetectionLayer(detection_max_instances, detection_min_confidence,
                                     detection_nms_threshold, bbox_std_dev,
                                     name="mrcnn_detection")([rpn_rois, probs, deltas, meta])
-        det_boxes, det_batch, det_index = SelectBoxes("detections", name="detected_boxes")(
+        det_boxes, det_batch, det_index = SelectBoxes("detections", min_one=True, name="detected_boxes")(
             detections)
         masks = build_mask_head(mask_align([det_boxes, det_batch, meta] + features), num_classes,
                                 mask_head_channels)
