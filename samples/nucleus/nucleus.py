@@ -1,0 +1,120 @@
+"""Nuclei configs and the DSB2018-layout dataset (``<subset>/<id>/images/<id>.png`` and
+``<id>/masks/*.png``), following Matterport's nucleus sample."""
+
+import os
+
+import numpy as np
+
+from mrcnn.config import Config
+from mrcnn.data.dataset import Dataset, read_image_file
+
+
+class NucleusConfig(Config):
+    """Matterport's nucleus training defaults: 512 crops, scale >= 2, anchors 8-128."""
+
+    NAME = "nucleus"
+    IMAGES_PER_GPU = 1
+    NUM_CLASSES = 2
+    STEPS_PER_EPOCH = 100
+    VALIDATION_STEPS = 10
+    DETECTION_MIN_CONFIDENCE = 0
+    BACKBONE = "resnet50"
+    IMAGE_RESIZE_MODE = "crop"
+    IMAGE_MIN_DIM = 512
+    IMAGE_MAX_DIM = 512
+    IMAGE_MIN_SCALE = 2.0
+    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
+    POST_NMS_ROIS_TRAINING = 1000
+    POST_NMS_ROIS_INFERENCE = 2000
+    RPN_NMS_THRESHOLD = 0.9
+    RPN_TRAIN_ANCHORS_PER_IMAGE = 64
+    TRAIN_ROIS_PER_IMAGE = 128
+    MAX_GT_INSTANCES = 200
+    DETECTION_MAX_INSTANCES = 400
+    MEAN_PIXEL = np.array([43.53, 39.56, 48.22])
+    USE_MINI_MASK = True
+    MINI_MASK_SHAPE = (56, 56)
+    PRE_NMS_LIMIT = 6000
+    RPN_CONV_CHANNELS = 256
+
+
+class NucleusInferenceConfig(NucleusConfig):
+    """Whole images padded to multiples of 64, scaled x2 as in training."""
+
+    IMAGES_PER_GPU = 1
+    IMAGE_RESIZE_MODE = "pad64"
+    RPN_NMS_THRESHOLD = 0.7
+
+
+def image_kind(image):
+    """'histology' (colour), 'brightfield' (light background) or 'fluorescence' (dark)."""
+    rgb = image[..., :3].astype(np.float32)
+    if np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean() > 5:
+        return "histology"
+    return "brightfield" if np.median(rgb) > 127 else "fluorescence"
+
+
+def split_ids(dataset_dir, ids, val_fraction=0.1):
+    """Deterministic train/val split stratified by image kind (every k-th id of each kind,
+    in sorted order, goes to val)."""
+    by_kind = {}
+    for image_id in sorted(ids):
+        path = os.path.join(dataset_dir, image_id, "images", image_id + ".png")
+        by_kind.setdefault(image_kind(read_image_file(path)), []).append(image_id)
+    step = max(2, int(round(1 / val_fraction)))
+    val = {i for members in by_kind.values() for i in members[step // 2::step]}
+    return sorted(set(ids) - val), sorted(val)
+
+
+class NucleusDataset(Dataset):
+    """DSB2018 nuclei: one class, instance masks one PNG per nucleus."""
+
+    def load_nucleus(self, dataset_dir, subset):
+        """Register the images of ``subset``.
+
+        Args:
+            dataset_dir: folder holding ``stage1_train`` (and any other subset folders).
+            subset: "train" / "val" (a deterministic split of stage1_train stratified by image
+                kind), or any folder name under dataset_dir such as "stage1_train".
+
+        Raises:
+            ValueError: missing folder, or no image in it.
+        """
+        self.add_class("nucleus", 1, "nucleus")
+        if subset in ("train", "val"):
+            folder = os.path.join(dataset_dir, "stage1_train")
+        else:
+            folder = os.path.join(dataset_dir, subset)
+        if not os.path.isdir(folder):
+            raise ValueError(f"dataset folder not found: {folder}")
+        ids = sorted(d for d in os.listdir(folder)
+                     if os.path.isdir(os.path.join(folder, d, "images")))
+        if not ids:
+            raise ValueError(f"no images in {folder}: expected <id>/images/<id>.png folders")
+        if subset in ("train", "val"):
+            train_ids, val_ids = split_ids(folder, ids)
+            ids = train_ids if subset == "train" else val_ids
+        for image_id in ids:
+            self.add_image("nucleus", image_id=image_id,
+                           path=os.path.join(folder, image_id, "images", image_id + ".png"))
+        return self
+
+    def load_mask(self, image_id):
+        """Masks [H, W, N] bool, class ids [N]; a folder without masks gives N = 0.
+
+        Raises:
+            ValueError: a mask file that cannot be read, or an empty masks folder.
+        """
+        info = self.image_info[image_id]
+        mask_dir = os.path.join(os.path.dirname(os.path.dirname(info["path"])), "masks")
+        if not os.path.isdir(mask_dir):
+            return np.zeros((0, 0, 0), bool), np.zeros([0], np.int32)
+        files = sorted(f for f in os.listdir(mask_dir) if f.endswith(".png"))
+        if not files:
+            raise ValueError(f"masks folder is empty: {mask_dir}")
+        masks = [read_image_file(os.path.join(mask_dir, f)) for f in files]
+        masks = np.stack([m[..., 0] if m.ndim == 3 else m for m in masks], axis=-1) > 0
+        return masks, np.ones([masks.shape[-1]], dtype=np.int32)
+
+    def image_reference(self, image_id):
+        return self.image_info[image_id]["path"]

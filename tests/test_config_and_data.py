@@ -1,0 +1,159 @@
+"""Config validation and the data path: loading, mini-masks, augmentation, bad input,
+batches."""
+
+import logging
+
+import numpy as np
+import pytest
+
+from mrcnn.config import Config
+from mrcnn.data.augment import apply_augmentation, default_augmentation
+from mrcnn.data.dataset import Dataset
+from mrcnn.data.generator import DataGenerator
+from mrcnn.data.loader import load_image_gt
+from mrcnn.ops.masks import expand_mask
+from tests.conftest import TinyConfig
+
+
+def test_computed_fields_and_display(capsys):
+    config = TinyConfig()
+    assert config.BATCH_SIZE == 2 and list(config.IMAGE_SHAPE) == [128, 128, 3]
+    assert config.IMAGE_META_SIZE == 12 + 2
+    config.display()
+    assert "RPN_CONV_CHANNELS" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("NAME", None, "NAME is not set"),
+    ("NUM_CLASSES", 1, "counts the background"),
+    ("IMAGE_RESIZE_MODE", "stretch", "IMAGE_RESIZE_MODE"),
+    ("IMAGE_MAX_DIM", 100, "multiple of 64"),
+    ("RPN_ANCHOR_SCALES", (8, 16), "one scale per level"),
+    ("MASK_SHAPE", [56, 56], "twice MASK_POOL_SIZE"),
+    ("LOSS_WEIGHTS", {"mask": 1.0}, "unknown keys"),
+    ("DETECTION_MAX_INSTANCES", 1000, "POST_NMS_ROIS_INFERENCE"),
+])
+def test_validate_rejects(field, value, message):
+    config = TinyConfig()
+    setattr(config, field, value)
+    with pytest.raises(ValueError, match=message):
+        config.validate()
+
+
+def test_load_image_gt_mini_masks_match_instances(synthetic_dataset):
+    config = TinyConfig()
+    image, meta, class_ids, boxes, masks = load_image_gt(synthetic_dataset, config, 0)
+    full, _ = synthetic_dataset.load_mask(0)
+    assert image.shape == (128, 128, 3) and masks.shape == (28, 28, len(class_ids))
+    assert len(class_ids) == full.shape[-1] and (class_ids == 1).all()
+    expanded = expand_mask(boxes, masks, image.shape)
+    for i in range(full.shape[-1]):
+        inter = (expanded[..., i] & full[..., i]).sum()
+        union = (expanded[..., i] | full[..., i]).sum()
+        assert inter / union > 0.75
+
+
+def test_albumentations_keeps_masks_aligned():
+    import albumentations as A
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[2:6, 20:30] = 255
+    mask = np.zeros((32, 32, 1), bool)
+    mask[2:6, 20:30] = True
+    out_image, out_mask = apply_augmentation(A.HorizontalFlip(p=1.0), image, mask)
+    assert (out_mask[..., 0] == (out_image[..., 0] == 255)).all()
+    assert out_mask[2:6, 2:12].all()
+    aug_image, aug_mask = apply_augmentation(default_augmentation(seed=1), image, mask)
+    assert aug_mask.sum() == mask.sum() and aug_image.shape == image.shape
+
+
+def test_callable_augmentation_and_shape_change_error():
+    image, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 2), bool)
+    flipped = apply_augmentation(lambda i, m: (i[::-1], m[::-1]), image, mask)
+    assert flipped[1].shape == (8, 8, 2)
+    with pytest.raises(ValueError, match="changed the shapes"):
+        apply_augmentation(lambda i, m: (i[:4], m[:4]), image, mask)
+
+
+class _FilesDataset(Dataset):
+    def __init__(self, paths, mask_shape=None):
+        super().__init__()
+        self.add_class("cells", 1, "cell")
+        for p in paths:
+            self.add_image("cells", image_id=str(p), path=str(p))
+        self.mask_shape = mask_shape
+        self.prepare()
+
+    def load_mask(self, image_id):
+        shape = self.mask_shape or self.load_image(image_id).shape[:2]
+        mask = np.zeros(tuple(shape) + (1,), bool)
+        mask[5:15, 5:15] = True
+        return mask, np.array([1], np.int32)
+
+
+def _write_png(path, array):
+    import skimage.io
+    skimage.io.imsave(str(path), array, check_contrast=False)
+    return path
+
+
+def test_bad_input_errors_name_the_file(tmp_path):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match="corrupt.png"):
+        _FilesDataset([corrupt]).load_image(0)
+    with pytest.raises(ValueError, match="not found.*missing.png"):
+        _FilesDataset([tmp_path / "missing.png"]).load_image(0)
+    good = _write_png(tmp_path / "good.png", np.zeros((64, 64), np.uint8))
+    with pytest.raises(ValueError, match="good.png.*mask size"):
+        load_image_gt(_FilesDataset([good], mask_shape=(32, 32)), TinyConfig(), 0)
+    with pytest.raises(ValueError, match="no images"):
+        DataGenerator(_FilesDataset([]), TinyConfig())
+
+
+def test_grayscale_rgba_16bit_images_load(tmp_path):
+    gray = _write_png(tmp_path / "gray.png", np.full((20, 20), 100, np.uint8))
+    rgba = _write_png(tmp_path / "rgba.png", np.full((20, 20, 4), 50, np.uint8))
+    deep = _write_png(tmp_path / "deep.png", np.linspace(0, 4000, 400).reshape(20, 20)
+                      .astype(np.uint16))
+    ds = _FilesDataset([gray, rgba, deep])
+    for i in range(3):
+        image = ds.load_image(i)
+        assert image.shape == (20, 20, 3) and image.dtype == np.uint8
+    assert ds.load_image(2).max() == 255
+
+
+def test_generator_skips_a_bad_image_with_warning(tmp_path, caplog):
+    good = _write_png(tmp_path / "good.png", np.zeros((64, 64, 3), np.uint8))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"garbage")
+    ds = _FilesDataset([good, bad])
+    generator = DataGenerator(ds, TinyConfig(), shuffle=False, steps=2, seed=0)
+    with caplog.at_level(logging.WARNING):
+        (batch,) = generator[0]
+    assert "bad.png" in caplog.text
+    assert batch["input_image"].shape == (2, 128, 128, 3)
+    assert batch["input_gt_class_ids"][:, 0].tolist() == [1, 1]
+    assert batch["input_gt_masks"].dtype == np.uint8
+    assert (batch["input_rpn_match"] == 1).any()
+
+
+def test_generator_batch_layout(synthetic_dataset):
+    config = TinyConfig()
+    (batch,) = DataGenerator(synthetic_dataset, config, steps=1, seed=0)[0]
+    a = batch["input_rpn_match"].shape[1]
+    assert a == 3 * sum((128 // s) ** 2 for s in (4, 8, 16, 32, 64))
+    assert batch["input_rpn_bbox"].shape == (2, config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4)
+    assert batch["input_gt_boxes"].shape == (2, config.MAX_GT_INSTANCES, 4)
+    assert batch["input_gt_masks"].shape == (2, 28, 28, config.MAX_GT_INSTANCES)
+
+
+def test_dataset_class_maps():
+    ds = Dataset()
+    ds.add_class("coco", 1, "person")
+    ds.add_class("nucleus", 1, "nucleus")
+    ds.add_image("nucleus", image_id="a", path=None)
+    ds.prepare()
+    assert ds.class_names == ["BG", "person", "nucleus"]
+    assert ds.map_source_class_id("nucleus.1") == 2
+    assert ds.source_class_ids["nucleus"] == [0, 2]
+    assert isinstance(Config, type)
