@@ -175,7 +175,8 @@ class MaskRCNN:
         log.info("Starting at epoch %d, LR=%s, layers=%s, checkpoints in %s",
                  self.epoch, learning_rate, layers, self.log_dir)
         with self.strategy.scope():
-            trainable = training_lib.set_trainable(self.keras_model, regex, config.TRAIN_BN)
+            trainable = training_lib.set_trainable(self.keras_model, regex, config.TRAIN_BN,
+                                                   config.TRAIN_HEAD_BN)
             if not trainable:
                 raise ValueError(f"layers={layers!r} selects no layer with weights.")
             start_step = self.epoch * config.STEPS_PER_EPOCH

@@ -14,11 +14,12 @@ from mrcnn.weights import save_weights_by_name
 log = logging.getLogger(__name__)
 
 
-def set_trainable(keras_model, regex, train_bn):
+def set_trainable(keras_model, regex, train_bn, train_head_bn=False):
     """Make layers whose name fully matches ``regex`` trainable, freeze the rest.
 
     BatchNormalization layers are trainable only if they match and ``train_bn`` is True
-    (Keras 3 runs a non-trainable BatchNormalization in inference mode).
+    (``train_head_bn`` for the heads' ``mrcnn_*`` ones); Keras 3 runs a non-trainable
+    BatchNormalization in inference mode.
 
     Returns:
         names of the layers with weights that are now trainable.
@@ -30,7 +31,7 @@ def set_trainable(keras_model, regex, train_bn):
             continue
         on = bool(pattern.fullmatch(layer.name))
         if isinstance(layer, keras.layers.BatchNormalization):
-            on = on and bool(train_bn)
+            on = on and bool(train_head_bn if layer.name.startswith("mrcnn_") else train_bn)
         layer.trainable = on
         if on:
             trainable.append(layer.name)

@@ -189,8 +189,8 @@ def build_maskrcnn_graph(*, mode, backbone, backbone_weights, train_bn, image_ch
         detections = DetectionLayer(detection_max_instances, detection_min_confidence,
                                     detection_nms_threshold, bbox_std_dev,
                                     name="mrcnn_detection")([rpn_rois, probs, deltas, meta])
-        det_boxes, det_batch, det_index = SelectBoxes("detections", min_one=True, name="detected_boxes")(
-            detections)
+        det_boxes, det_batch, det_index = SelectBoxes(
+            "detections", min_one=True, name="detected_boxes")(detections)
         masks = build_mask_head(mask_align([det_boxes, det_batch, meta] + features), num_classes,
                                 mask_head_channels)
         outputs = {
