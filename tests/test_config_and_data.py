@@ -157,3 +157,17 @@ def test_dataset_class_maps():
     assert ds.map_source_class_id("nucleus.1") == 2
     assert ds.source_class_ids["nucleus"] == [0, 2]
     assert isinstance(Config, type)
+
+
+def test_mask_recall_hand_computed():
+    from mrcnn.metrics import mask_iou_matrix, mask_recall
+    true = np.zeros((4, 4, 2), bool)
+    true[:2, :2, 0] = True            # 4 px
+    true[2:, 2:, 1] = True            # 4 px
+    pred = np.zeros((4, 4, 1), bool)
+    pred[:2, :1, 0] = True            # 2 px inside the first: IoU 0.5, not > 0.5
+    np.testing.assert_allclose(mask_iou_matrix(true, pred), [[0.5], [0.0]])
+    assert mask_recall(true, pred)[:2] == (0, 2)
+    pred[:2, :2, 0] = True
+    assert mask_recall(true, pred)[:2] == (1, 2)
+    assert mask_recall(true, np.zeros((4, 4, 0), bool))[:2] == (0, 2)

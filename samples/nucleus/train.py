@@ -22,6 +22,7 @@ from nucleus import NucleusConfig, NucleusDataset  # noqa: E402
 from mrcnn import model as modellib  # noqa: E402
 from mrcnn.data.augment import default_augmentation  # noqa: E402
 from mrcnn.data.synthetic import write_synthetic_dsb  # noqa: E402
+from mrcnn.metrics import mask_recall  # noqa: E402
 
 log = logging.getLogger("nucleus")
 
@@ -59,18 +60,6 @@ class DemoInferenceConfig(DemoConfig):
     IMAGES_PER_GPU = 1
 
 
-def mask_matches(gt, pred, threshold=0.5):
-    """(found, total, IoUs of the best match of each true nucleus)."""
-    if gt.shape[-1] == 0:
-        return 0, 0, []
-    if pred.shape[-1] == 0:
-        return 0, gt.shape[-1], [0.0] * gt.shape[-1]
-    inter = (gt[..., :, None] & pred[..., None, :]).sum((0, 1))
-    union = (gt[..., :, None] | pred[..., None, :]).sum((0, 1))
-    best = (inter / np.maximum(union, 1)).max(axis=1)
-    return int((best > threshold).sum()), gt.shape[-1], best.tolist()
-
-
 def run_demo(args):
     out = os.path.abspath(args.out)
     data_dir = os.path.join(out, "data")
@@ -101,8 +90,8 @@ def run_demo(args):
     results = infer.detect([val.load_image(i) for i in val.image_ids])
     seconds = (time.time() - t) / len(val.image_ids)
     for image_id, result in zip(val.image_ids, results):
-        f, n, best = mask_matches(val.load_mask(image_id)[0], result["masks"])
-        found, total, ious = found + f, total + n, ious + best
+        f, n, best = mask_recall(val.load_mask(image_id)[0], result["masks"])
+        found, total, ious = found + f, total + n, ious + list(best)
     print(f"\nDemo finished in {time.time() - started:.0f} s")
     print(f"  held-out nuclei found (mask IoU > 0.5): {found}/{total} = {found / total:.2f}")
     print(f"  mean best-match mask IoU: {np.mean(ious):.3f}")
