@@ -236,8 +236,8 @@ class MaskRCNN:
                 return model({"input_image": image, "input_image_meta": meta,
                               "input_anchors": anchors}, training=False)
             self._predict = predict
-        anchors = np.broadcast_to(self.get_anchors(molded.shape[1:]),
-                                  (len(molded),) + self.get_anchors(molded.shape[1:]).shape)
+        anchors = self.get_anchors(molded.shape[1:])
+        anchors = np.broadcast_to(anchors, (len(molded),) + anchors.shape)
         out = self._predict(tf.constant(molded), tf.constant(metas), tf.constant(anchors))
         return {k: v.numpy() for k, v in out.items()}
 

@@ -13,7 +13,8 @@ def backbone_spec(config):
 
 def backbone_strides(config):
     """Strides of P2..P6: the backbone spec's C2..C5 strides plus 64 for P6."""
-    return list(backbone_spec(config).strides) + [2 * backbone_spec(config).strides[-1]]
+    strides = list(backbone_spec(config).strides)
+    return strides + [2 * strides[-1]]
 
 
 def maskrcnn_kwargs(config, mode, backbone_weights=None):
