@@ -1,4 +1,5 @@
-"""ResNet-50/101 with Matterport's (classic Keras) layer names.
+"""ResNet-50/101 with Matterport's (classic Keras) layer names, and ResNet-18/34 (basic blocks,
+the same naming scheme) — the light trunks that learn fastest from scratch on a CPU budget.
 
 The names (``conv1``, ``bn_conv1``, ``res2a_branch2a``, ``bn2a_branch2a``, ...) let Matterport's
 COCO/nucleus ``.h5`` files and the classic ImageNet ``resnet50..._notop.h5`` load by name.
@@ -34,21 +35,45 @@ def _block(x, filters, stage, block, strides=1, shortcut_conv=False):
     return layers.Activation("relu", name=f"res{stage}{block}_out")(y)
 
 
+def _basic_block(x, filters, stage, block, strides=1, shortcut_conv=False):
+    conv = f"res{stage}{block}_branch"
+    bn = f"bn{stage}{block}_branch"
+    y = layers.Conv2D(filters, 3, strides=strides, padding="same", name=conv + "2a")(x)
+    y = layers.BatchNormalization(name=bn + "2a")(y)
+    y = layers.Activation("relu")(y)
+    y = layers.Conv2D(filters, 3, padding="same", name=conv + "2b")(y)
+    y = layers.BatchNormalization(name=bn + "2b")(y)
+    if shortcut_conv:
+        x = layers.Conv2D(filters, 1, strides=strides, name=conv + "1")(x)
+        x = layers.BatchNormalization(name=bn + "1")(x)
+    y = layers.Add()([y, x])
+    return layers.Activation("relu", name=f"res{stage}{block}_out")(y)
+
+
+_LAYOUT = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
+           50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
+
+
 def resnet_graph(input_tensor, depth):
-    """ResNet-50 (depth 50) or ResNet-101 trunk -> dict of C2..C5 tensors."""
-    blocks_stage4 = {50: 6, 101: 23}[depth]
+    """ResNet-18/34/50/101 trunk -> dict of C2..C5 tensors (strides 4, 8, 16, 32)."""
+    kind, counts = _LAYOUT[depth]
     x = layers.ZeroPadding2D(3)(input_tensor)
     x = layers.Conv2D(64, 7, strides=2, name="conv1")(x)
     x = layers.BatchNormalization(name="bn_conv1")(x)
     x = layers.Activation("relu")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
     outputs = {}
-    for stage, (filters, count, strides) in enumerate(
-            [((64, 64, 256), 3, 1), ((128, 128, 512), 4, 2),
-             ((256, 256, 1024), blocks_stage4, 2), ((512, 512, 2048), 3, 2)], start=2):
+    for stage, (width, count, strides) in enumerate(
+            zip((64, 128, 256, 512), counts, (1, 2, 2, 2)), start=2):
         for i in range(count):
-            x = _block(x, filters, stage, chr(ord("a") + i), strides if i == 0 else 1,
-                       shortcut_conv=(i == 0))
+            block = chr(ord("a") + i)  # Matterport's names: res4a .. res4w
+            first = i == 0
+            if kind == "basic":
+                x = _basic_block(x, width, stage, block, strides if first else 1,
+                                 shortcut_conv=first and (stage > 2))
+            else:
+                x = _block(x, (width, width, 4 * width), stage, block,
+                           strides if first else 1, shortcut_conv=first)
         outputs[f"C{stage}"] = x
     return outputs
 
@@ -60,7 +85,7 @@ def _build(depth):
         if weights == "imagenet":
             if depth != 50:
                 raise ValueError(
-                    "no ImageNet file exists for resnet101 in Matterport's layer names; use "
+                    f"no ImageNet file exists for resnet{depth} in Matterport's layer names; use "
                     "weights=None, COCO weights (MaskRCNN.load_weights) or resnet50.")
             from mrcnn.weights import download_weights, load_weights_by_name
             path = download_weights(RESNET50_NOTOP_URL, RESNET50_NOTOP_MD5)
@@ -80,6 +105,12 @@ _STAGES = {"3+": _resnet_regex("345"), "4+": _resnet_regex("45"), "5+": _resnet_
 _CHANNELS = (256, 512, 1024, 2048)
 _TAPS = {"C2": "res2c_out", "C3": "res3d_out", "C5": "res5c_out"}
 
+register_backbone("resnet18", taps={"C2": "res2b_out", "C3": "res3b_out", "C4": "res4b_out",
+                                    "C5": "res5b_out"}, channels=(64, 128, 256, 512),
+                  stage_regex=_STAGES)(_build(18))
+register_backbone("resnet34", taps={"C2": "res2c_out", "C3": "res3d_out", "C4": "res4f_out",
+                                    "C5": "res5c_out"}, channels=(64, 128, 256, 512),
+                  stage_regex=_STAGES)(_build(34))
 register_backbone("resnet50", taps={**_TAPS, "C4": "res4f_out"}, channels=_CHANNELS,
                   stage_regex=_STAGES)(_build(50))
 register_backbone("resnet101", taps={**_TAPS, "C4": "res4w_out"}, channels=_CHANNELS,

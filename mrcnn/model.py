@@ -46,6 +46,22 @@ def _strategy(config):
     return tf.distribute.MirroredStrategy([d.name for d in devices[:config.GPU_COUNT]])
 
 
+def find_last_checkpoint(model_dir, name):
+    """Newest ``mask_rcnn_<name>_NNNN.weights.h5`` of the newest ``<name><timestamp>`` run.
+
+    Raises:
+        FileNotFoundError: no run folder or no checkpoint in it.
+    """
+    name = name.lower()
+    runs = sorted(d for d in glob.glob(os.path.join(model_dir, f"{name}*")) if os.path.isdir(d))
+    for run in reversed(runs):
+        checkpoints = sorted(glob.glob(os.path.join(run, f"mask_rcnn_{name}_*.weights.h5")))
+        if checkpoints:
+            return checkpoints[-1]
+    raise FileNotFoundError(f"no checkpoint of {name!r} under {model_dir}: train first "
+                            "or pass a weights path.")
+
+
 class MaskRCNN:
     """Mask R-CNN with Matterport's API over a Keras 3 model.
 
@@ -92,15 +108,7 @@ class MaskRCNN:
         Raises:
             FileNotFoundError: no run folder or no checkpoint in it.
         """
-        name = self.config.NAME.lower()
-        runs = sorted(d for d in glob.glob(os.path.join(self.model_dir, f"{name}*"))
-                      if os.path.isdir(d))
-        for run in reversed(runs):
-            checkpoints = sorted(glob.glob(os.path.join(run, f"mask_rcnn_{name}_*.weights.h5")))
-            if checkpoints:
-                return checkpoints[-1]
-        raise FileNotFoundError(f"no checkpoint of {name!r} under {self.model_dir}: train first "
-                                "or pass a weights path.")
+        return find_last_checkpoint(self.model_dir, self.config.NAME)
 
     def load_weights(self, filepath, by_name=True, exclude=None):
         """Load weights by layer name (ours and Matterport's HDF5 files), or a Keras 3 native

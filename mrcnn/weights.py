@@ -159,6 +159,10 @@ def load_weights_by_name(model, path, exclude=None, skip_mismatch=False):
     return {"loaded": loaded, "missing": missing}
 
 
+# Matterport's Mask R-CNN COCO weights (ResNet-101 backbone, 81 classes).
+COCO_WEIGHTS_URL = "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5"
+
+
 def download_weights(url, md5_hash=None):
     """Download (or find in ~/.keras/models) a weights file; clear error when offline."""
     fname = url.rsplit("/", 1)[-1]

@@ -35,11 +35,7 @@ def apply_augmentation(augmentation, image, mask):
     """
     shape, mask_shape = image.shape, mask.shape
     if _is_albumentations(augmentation):
-        if mask.shape[-1]:
-            out = augmentation(image=image, mask=mask.astype(np.uint8))
-            image, mask = out["image"], np.asarray(out["mask"]).astype(bool)
-        else:
-            image = augmentation(image=image)["image"]
+        image, mask = _apply_albumentations(augmentation, image, mask)
     elif _is_imgaug(augmentation):
         image, mask = _apply_imgaug(augmentation, image, mask)
     elif callable(augmentation):
@@ -53,6 +49,21 @@ def apply_augmentation(augmentation, image, mask):
                          f"masks {mask_shape} -> {mask.shape}; size-changing transforms are "
                          "not supported inside the hook.")
     return image, mask
+
+
+def _apply_albumentations(augmentation, image, mask):
+    """Masks travel as one label image when they do not overlap (OpenCV handles at most 512
+    channels, and one channel is fastest), else as a list of 2-D masks."""
+    count = mask.shape[-1]
+    if count == 0:
+        return augmentation(image=image)["image"], mask
+    if count < 65535 and mask.sum(-1).max() <= 1:
+        labels = np.where(mask.any(-1), mask.argmax(-1) + 1, 0).astype(np.uint16)
+        out = augmentation(image=image, mask=labels)
+        labels = np.asarray(out["mask"])
+        return out["image"], labels[..., None] == np.arange(1, count + 1, dtype=np.uint16)
+    out = augmentation(image=image, masks=[m for m in mask.astype(np.uint8).transpose(2, 0, 1)])
+    return out["image"], np.stack([np.asarray(m) for m in out["masks"]], axis=-1).astype(bool)
 
 
 def _apply_imgaug(augmentation, image, mask):

@@ -4,7 +4,7 @@ import numpy as np
 
 from mrcnn.data.augment import apply_augmentation
 from mrcnn.ops.boxes import extract_bboxes
-from mrcnn.ops.image import compose_image_meta, resize_image, resize_mask
+from mrcnn.ops.image import compose_image_meta, resize_array, resize_image, resize_mask
 from mrcnn.ops.masks import minimize_mask
 
 
@@ -21,6 +21,43 @@ def check_mask(dataset, image_id, image, mask, class_ids):
                          f"{image.shape[:2]}.")
     if len(class_ids) != mask.shape[-1]:
         raise ValueError(f"{ref}: {mask.shape[-1]} masks but {len(class_ids)} class ids.")
+
+
+def crop_then_resize(image, mask, class_ids, min_dim, min_scale, rng=None):
+    """``crop`` mode done cheaply: cut the random window from the original image and masks
+    first, then scale only that window to min_dim x min_dim.
+
+    The scale is Matterport's (short side >= min_dim, at least min_scale); the window covers
+    ceil(min_dim / scale) original pixels (zero-padded when the image is smaller). Instances
+    absent from the window are dropped.
+
+    Returns:
+        image [min_dim, min_dim, C], masks [min_dim, min_dim, N'] bool, class_ids [N'],
+        window (0, 0, min_dim, min_dim), scale (min_dim / window side).
+    """
+    rng = rng if rng is not None else np.random
+    h, w = image.shape[:2]
+    scale = max(1.0, min_dim / min(h, w))
+    if min_scale and scale < min_scale:
+        scale = float(min_scale)
+    side = int(np.ceil(min_dim / scale))
+    pad = [(0, max(0, side - h)), (0, max(0, side - w))]
+    if pad[0][1] or pad[1][1]:
+        image = np.pad(image, pad + [(0, 0)])
+        mask = np.pad(mask, pad + [(0, 0)])
+    y = int(rng.randint(0, image.shape[0] - side + 1))
+    x = int(rng.randint(0, image.shape[1] - side + 1))
+    image = image[y:y + side, x:x + side]
+    mask = mask[y:y + side, x:x + side]
+    kept = np.flatnonzero(mask.reshape(-1, mask.shape[-1]).any(axis=0))
+    mask, class_ids = mask[:, :, kept], np.asarray(class_ids)[kept]
+    if side != min_dim:
+        image = resize_array(image, (min_dim, min_dim)).astype(image.dtype)
+        if mask.shape[-1]:
+            mask = resize_array(mask, (min_dim, min_dim), nearest=True)
+        else:
+            mask = np.zeros((min_dim, min_dim, 0), bool)
+    return image, mask, class_ids, (0, 0, min_dim, min_dim), min_dim / side
 
 
 def load_image_gt(dataset, config, image_id, augmentation=None, rng=None, mode=None):
@@ -46,10 +83,14 @@ def load_image_gt(dataset, config, image_id, augmentation=None, rng=None, mode=N
         mask = np.zeros(image.shape[:2] + (0,), dtype=bool)
     check_mask(dataset, image_id, image, mask, class_ids)
     original_shape = image.shape
-    image, window, scale, padding, crop = resize_image(
-        image, min_dim=config.IMAGE_MIN_DIM, max_dim=config.IMAGE_MAX_DIM,
-        min_scale=config.IMAGE_MIN_SCALE, mode=mode or config.IMAGE_RESIZE_MODE, rng=rng)
-    mask = resize_mask(mask, scale, padding, crop)
+    if (mode or config.IMAGE_RESIZE_MODE) == "crop":
+        image, mask, class_ids, window, scale = crop_then_resize(
+            image, mask, class_ids, config.IMAGE_MIN_DIM, config.IMAGE_MIN_SCALE, rng)
+    else:
+        image, window, scale, padding, crop = resize_image(
+            image, min_dim=config.IMAGE_MIN_DIM, max_dim=config.IMAGE_MAX_DIM,
+            min_scale=config.IMAGE_MIN_SCALE, mode=mode or config.IMAGE_RESIZE_MODE, rng=rng)
+        mask = resize_mask(mask, scale, padding, crop)
     if augmentation is not None:
         image, mask = apply_augmentation(augmentation, image, mask)
 

@@ -99,12 +99,31 @@ class NucleusDataset(Dataset):
                            path=os.path.join(folder, image_id, "images", image_id + ".png"))
         return self
 
+    def __init__(self, class_map=None, cache_masks=True):
+        super().__init__(class_map)
+        # DSB images have up to ~400 mask PNGs; reading them every epoch dominates a CPU
+        # step. Non-overlapping masks are cached as one int32 label image per image.
+        self.cache_masks = cache_masks
+        self._label_cache = {}
+
     def load_mask(self, image_id):
         """Masks [H, W, N] bool, class ids [N]; a folder without masks gives N = 0.
 
         Raises:
             ValueError: a mask file that cannot be read, or an empty masks folder.
         """
+        labels = self._label_cache.get(image_id)
+        if labels is not None:
+            n = int(labels.max())
+            masks = labels[..., None] == np.arange(1, n + 1, dtype=labels.dtype)
+            return masks, np.ones([n], dtype=np.int32)
+        masks, class_ids = self._read_masks(image_id)
+        if self.cache_masks and masks.shape[-1] and masks.sum(-1).max() <= 1:
+            self._label_cache[image_id] = np.where(
+                masks.any(-1), masks.argmax(-1) + 1, 0).astype(np.int32)
+        return masks, class_ids
+
+    def _read_masks(self, image_id):
         info = self.image_info[image_id]
         mask_dir = os.path.join(os.path.dirname(os.path.dirname(info["path"])), "masks")
         if not os.path.isdir(mask_dir):

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cli_train import add_train_arguments, run_train  # noqa: E402
 from nucleus import NucleusConfig, NucleusDataset  # noqa: E402
 
 from mrcnn import model as modellib  # noqa: E402
@@ -112,10 +113,14 @@ def main(argv=None):
     demo.add_argument("--lr", type=float, default=0.01)
     demo.add_argument("--train-images", type=int, default=24)
     demo.add_argument("--verbose", type=int, default=2)
+    train = sub.add_parser("train", help="train Mask R-CNN on a DSB2018-layout folder")
+    add_train_arguments(train)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.command == "demo":
         run_demo(args)
+    elif args.command == "train":
+        run_train(args)
 
 
 if __name__ == "__main__":
