@@ -56,13 +56,18 @@ def image_kind(image):
 
 def split_ids(dataset_dir, ids, val_fraction=0.1):
     """Deterministic train/val split stratified by image kind (every k-th id of each kind,
-    in sorted order, goes to val)."""
+    in sorted order, goes to val; a kind too small for that gives its middle image)."""
     by_kind = {}
     for image_id in sorted(ids):
         path = os.path.join(dataset_dir, image_id, "images", image_id + ".png")
         by_kind.setdefault(image_kind(read_image_file(path)), []).append(image_id)
     step = max(2, int(round(1 / val_fraction)))
-    val = {i for members in by_kind.values() for i in members[step // 2::step]}
+    val = set()
+    for members in by_kind.values():
+        chosen = members[step // 2::step]
+        if not chosen and len(members) >= 2:  # small datasets: still one val image per kind
+            chosen = [members[len(members) // 2]]
+        val.update(chosen)
     return sorted(set(ids) - val), sorted(val)
 
 

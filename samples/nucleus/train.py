@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cli_eval import add_predictor_arguments, run_detect, run_evaluate  # noqa: E402
 from cli_train import add_train_arguments, run_train  # noqa: E402
 from nucleus import NucleusConfig, NucleusDataset  # noqa: E402
 
@@ -115,12 +116,22 @@ def main(argv=None):
     demo.add_argument("--verbose", type=int, default=2)
     train = sub.add_parser("train", help="train Mask R-CNN on a DSB2018-layout folder")
     add_train_arguments(train)
+    evaluate = sub.add_parser("evaluate", help="DSB score, COCO AP, IoU, Dice, s/image")
+    add_predictor_arguments(evaluate, "val")
+    evaluate.add_argument("--out", default=None, help="write the metrics as JSON here")
+    detect = sub.add_parser("detect", help="submission.csv, COCO results, overlay PNGs")
+    add_predictor_arguments(detect, "stage1_test")
+    detect.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.command == "demo":
         run_demo(args)
     elif args.command == "train":
         run_train(args)
+    elif args.command == "evaluate":
+        run_evaluate(args)
+    elif args.command == "detect":
+        run_detect(args)
 
 
 if __name__ == "__main__":

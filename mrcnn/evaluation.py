@@ -1,0 +1,116 @@
+"""Evaluate any instance-segmentation predictor on a Dataset with every metric at once.
+
+Used by ``samples/nucleus/train.py evaluate`` and ``compare`` for Mask R-CNN, the U-Net and the
+Otsu baseline alike, so all models are scored by the same code on the same images.
+"""
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+from mrcnn.metrics import (coco_evaluate, compute_ap, dice, dsb_image_score, pixel_iou,
+                           remove_overlaps)
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_dataset(dataset, predict, image_ids=None, warmup=1, group_fn=None,
+                     log_every=10):
+    """Run ``predict`` on every image and score it against the dataset's masks.
+
+    Args:
+        dataset: a prepared Dataset whose load_mask gives the truth.
+        predict: ``fn(image [H, W, C] uint8) -> {"masks": [H, W, N] bool, "scores": [N]}``
+            at the image's original resolution.
+        image_ids: subset of dataset.image_ids (default all).
+        warmup: untimed predictions on the first image before timing (graph tracing).
+        group_fn: optional ``fn(image) -> str`` (e.g. the image kind) for per-group scores.
+
+    Overlapping predicted masks are resolved by score first, as a Kaggle submission must be.
+
+    Returns:
+        dict with dsb_score, iou, dice (means over images), voc_ap50 (Matterport's mAP at
+        IoU 0.5), COCO mask ap/ap50/ap75 and box_ap/box_ap50, seconds_per_image (median) and
+        mean_seconds_per_image, images, groups {name: {dsb_score, images}}, per_image list.
+    """
+    ids = list(dataset.image_ids if image_ids is None else image_ids)
+    if not ids:
+        raise ValueError("no images to evaluate")
+    first = dataset.load_image(ids[0])
+    for _ in range(warmup):
+        predict(first)
+    per_image, trues, preds, scores, times = [], [], [], [], []
+    for n, image_id in enumerate(ids):
+        image = dataset.load_image(image_id)
+        true, _ = dataset.load_mask(image_id)
+        if true.shape[-1] == 0:
+            true = np.zeros(image.shape[:2] + (0,), bool)
+        start = time.perf_counter()
+        result = predict(image)
+        times.append(time.perf_counter() - start)
+        masks, kept = remove_overlaps(result["masks"], result["scores"])
+        score = np.asarray(result["scores"])[kept]
+        ap50 = compute_ap(None, np.ones(true.shape[-1], np.int32), true, None,
+                          np.ones(len(kept), np.int32), score, masks, 0.5)[0]
+        row = {"image": str(dataset.image_info[image_id].get("id", image_id)),
+               "dsb_score": dsb_image_score(true, masks), "iou": pixel_iou(true, masks),
+               "dice": dice(true, masks), "voc_ap50": ap50, "true": int(true.shape[-1]),
+               "predicted": int(masks.shape[-1]), "seconds": times[-1]}
+        if group_fn is not None:
+            row["group"] = group_fn(image)
+        per_image.append(row)
+        trues.append(true)
+        preds.append(masks)
+        scores.append(score)
+        if log_every and (n + 1) % log_every == 0:
+            log.info("evaluated %d/%d images, DSB score so far %.3f", n + 1, len(ids),
+                     np.mean([r["dsb_score"] for r in per_image]))
+    coco = coco_evaluate(trues, preds, scores)
+    out = {"dsb_score": float(np.mean([r["dsb_score"] for r in per_image])),
+           "ap": coco["segm"]["ap"], "ap50": coco["segm"]["ap50"], "ap75": coco["segm"]["ap75"],
+           "box_ap": coco["bbox"]["ap"], "box_ap50": coco["bbox"]["ap50"],
+           "voc_ap50": float(np.mean([r["voc_ap50"] for r in per_image])),
+           "iou": float(np.mean([r["iou"] for r in per_image])),
+           "dice": float(np.mean([r["dice"] for r in per_image])),
+           "seconds_per_image": float(np.median(times)),
+           "mean_seconds_per_image": float(np.mean(times)),
+           "images": len(ids)}
+    if group_fn is not None:
+        groups = {}
+        for r in per_image:
+            groups.setdefault(r["group"], []).append(r["dsb_score"])
+        out["groups"] = {g: {"dsb_score": float(np.mean(v)), "images": len(v)}
+                         for g, v in sorted(groups.items())}
+    out["per_image"] = per_image
+    return out
+
+
+def format_metrics(metrics):
+    """One human-readable block of the headline numbers."""
+    lines = [f"images:            {metrics['images']}",
+             f"DSB2018 score:     {metrics['dsb_score']:.4f}",
+             f"COCO mask AP:      {metrics['ap']:.4f}  AP50 {metrics['ap50']:.4f}  "
+             f"AP75 {metrics['ap75']:.4f}",
+             f"COCO box AP:       {metrics['box_ap']:.4f}  AP50 {metrics['box_ap50']:.4f}",
+             f"VOC AP50 (Matterport compute_ap): {metrics['voc_ap50']:.4f}",
+             f"pixel IoU:         {metrics['iou']:.4f}",
+             f"Dice:              {metrics['dice']:.4f}",
+             f"seconds per image: {metrics['seconds_per_image']:.3f} (median; mean "
+             f"{metrics['mean_seconds_per_image']:.3f})"]
+    for name, g in metrics.get("groups", {}).items():
+        lines.append(f"  {name:12s} DSB {g['dsb_score']:.4f} on {g['images']} images")
+    return "\n".join(lines)
+
+
+def write_json(path, data):
+    """Write JSON atomically (temporary file + rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+    return path

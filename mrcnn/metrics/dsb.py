@@ -1,0 +1,66 @@
+"""The Kaggle 2018 Data Science Bowl score.
+
+For each image and each threshold t in 0.50, 0.55, ..., 0.95, a predicted object matches a
+true object when their IoU is strictly greater than t (one-to-one; for t >= 0.5 a match is
+unique anyway when the objects of each side do not overlap). Then
+``precision(t) = TP(t) / (TP(t) + FP(t) + FN(t))``; the image score is the mean over t and the
+dataset score the mean over images. An image with neither true nor predicted objects scores 1;
+one with objects on one side only scores 0.
+"""
+
+import numpy as np
+
+from mrcnn.metrics.matching import mask_iou_matrix
+
+DSB_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
+
+
+def _one_to_one_matches(iou, threshold):
+    """Number of true/pred pairs matched greedily by IoU with IoU > threshold."""
+    pairs = np.argwhere(iou > threshold)
+    if len(pairs) == 0:
+        return 0
+    order = np.argsort(-iou[pairs[:, 0], pairs[:, 1]], kind="stable")
+    used_t, used_p = set(), set()
+    for i, j in pairs[order]:
+        if i not in used_t and j not in used_p:
+            used_t.add(i)
+            used_p.add(j)
+    return len(used_t)
+
+
+def dsb_precisions(true_masks, pred_masks, thresholds=DSB_THRESHOLDS):
+    """precision(t) for each threshold, for one image.
+
+    Args:
+        true_masks: [H, W, N] bool; pred_masks: [H, W, M] bool.
+
+    Returns:
+        [len(thresholds)] float array.
+    """
+    n, m = true_masks.shape[-1], pred_masks.shape[-1]
+    if n == 0 and m == 0:
+        return np.ones(len(thresholds))
+    if n == 0 or m == 0:
+        return np.zeros(len(thresholds))
+    iou = mask_iou_matrix(true_masks, pred_masks)
+    out = []
+    for t in thresholds:
+        tp = _one_to_one_matches(iou, t)
+        out.append(tp / (tp + (m - tp) + (n - tp)))
+    return np.array(out)
+
+
+def dsb_image_score(true_masks, pred_masks, thresholds=DSB_THRESHOLDS):
+    """Mean over thresholds of TP / (TP + FP + FN) for one image."""
+    return float(dsb_precisions(true_masks, pred_masks, thresholds).mean())
+
+
+def dsb_score(true_mask_list, pred_mask_list, thresholds=DSB_THRESHOLDS):
+    """Dataset score: the mean of the image scores."""
+    if len(true_mask_list) != len(pred_mask_list):
+        raise ValueError("need one prediction per image")
+    if not true_mask_list:
+        raise ValueError("no images to score")
+    return float(np.mean([dsb_image_score(t, p, thresholds)
+                          for t, p in zip(true_mask_list, pred_mask_list)]))

@@ -1,0 +1,139 @@
+"""``train.py detect`` and ``train.py evaluate``: predictions, Kaggle submission, metrics.
+
+Predictors share one signature, ``predict(image) -> {"masks": [H, W, N] bool, "scores": [N]}``
+at the image's own resolution, so Mask R-CNN, the U-Net and the Otsu baseline are scored by
+the same code (:func:`mrcnn.evaluation.evaluate_dataset`).
+"""
+
+import logging
+import os
+
+import numpy as np
+
+from cli_train import load_run_overrides, make_config, parse_overrides
+from nucleus import NucleusConfig, NucleusDataset, image_kind
+
+from mrcnn import model as modellib
+from mrcnn.evaluation import evaluate_dataset, format_metrics, write_json
+
+log = logging.getLogger("nucleus")
+
+
+def resolve_checkpoint(weights, logs, name=NucleusConfig.NAME):
+    """'last' -> newest checkpoint under logs; else the path, which must exist."""
+    if weights == "last":
+        return modellib.find_last_checkpoint(logs, name)
+    if not os.path.exists(weights):
+        raise FileNotFoundError(f"--weights {weights}: no such file")
+    return weights
+
+
+def maskrcnn_predictor(args):
+    """(predict, config) for a trained Mask R-CNN checkpoint."""
+    path = resolve_checkpoint(args.weights, args.logs)
+    overrides = load_run_overrides(path)
+    if args.backbone:
+        overrides["BACKBONE"] = args.backbone
+    if args.min_confidence is not None:
+        overrides["DETECTION_MIN_CONFIDENCE"] = args.min_confidence
+    overrides.update(parse_overrides(args.set))
+    config = make_config(overrides, inference=True)
+    model = modellib.MaskRCNN("inference", config, args.logs)
+    model.load_weights(path, by_name=True)
+    log.info("Mask R-CNN %s from %s (min confidence %.2f)", config.BACKBONE, path,
+             config.DETECTION_MIN_CONFIDENCE)
+
+    def predict(image):
+        r = model.detect([image])[0]
+        return {"masks": r["masks"], "scores": r["scores"]}
+    return predict
+
+
+def otsu_predictor(args=None):
+    """The classical baseline: Otsu threshold (dark nuclei on light backgrounds are inverted)
+    and connected components, objects under 10 pixels dropped."""
+    import skimage.filters
+    import skimage.measure
+
+    def predict(image):
+        gray = image[..., :3].mean(axis=-1) if image.ndim == 3 else image.astype(np.float64)
+        if np.median(gray) > 127:  # brightfield / histology: nuclei darker than background
+            gray = gray.max() - gray
+        if gray.max() == gray.min():
+            return {"masks": np.zeros(gray.shape + (0,), bool), "scores": np.zeros(0)}
+        labels = skimage.measure.label(gray > skimage.filters.threshold_otsu(gray))
+        ids = [r.label for r in skimage.measure.regionprops(labels) if r.area >= 10]
+        masks = labels[..., None] == np.array(ids, dtype=labels.dtype).reshape(1, 1, -1)
+        return {"masks": masks, "scores": np.ones(len(ids))}
+    return predict
+
+
+def make_predictor(args):
+    model = getattr(args, "model", "maskrcnn")
+    if model == "otsu":
+        return otsu_predictor(args)
+    if model == "unet":
+        from mrcnn.unet.cli import unet_predictor
+        return unet_predictor(args)
+    return maskrcnn_predictor(args)
+
+
+def load_subset(dataset_dir, subset, limit=None):
+    dataset = NucleusDataset().load_nucleus(dataset_dir, subset)
+    dataset.prepare()
+    ids = list(dataset.image_ids)
+    return dataset, ids[:limit] if limit else ids
+
+
+def run_evaluate(args):
+    dataset, ids = load_subset(args.dataset, args.subset, args.limit)
+    predict = make_predictor(args)
+    metrics = evaluate_dataset(dataset, predict, ids, group_fn=image_kind)
+    metrics.update(model=getattr(args, "model", "maskrcnn"), weights=args.weights,
+                   subset=args.subset)
+    print(format_metrics(metrics))
+    if args.out:
+        write_json(args.out, metrics)
+        print(f"metrics written to {args.out}")
+    return metrics
+
+
+def run_detect(args):
+    from skimage.io import imsave
+
+    from mrcnn.metrics import coco_results, mask_to_rle, remove_overlaps, write_submission
+    from mrcnn.visualize import overlay_instances
+    dataset, ids = load_subset(args.dataset, args.subset, args.limit)
+    predict = make_predictor(args)
+    overlay_dir = os.path.join(args.out, "overlays")
+    os.makedirs(overlay_dir, exist_ok=True)
+    rows, results = [], []
+    for n, image_id in enumerate(ids):
+        name = dataset.image_info[image_id]["id"]
+        image = dataset.load_image(image_id)
+        r = predict(image)
+        masks, kept = remove_overlaps(r["masks"], r["scores"])
+        scores = np.asarray(r["scores"])[kept]
+        rows += mask_to_rle(name, masks, scores)
+        results += coco_results([name], [masks], [scores])
+        tmp = os.path.join(overlay_dir, f".{name}.tmp.png")
+        imsave(tmp, overlay_instances(image, masks), check_contrast=False)
+        os.replace(tmp, os.path.join(overlay_dir, f"{name}.png"))
+        log.info("%d/%d %s: %d nuclei", n + 1, len(ids), name, masks.shape[-1])
+    submission = write_submission(os.path.join(args.out, "submission.csv"), rows)
+    coco_path = write_json(os.path.join(args.out, "coco_results.json"), results)
+    print(f"{len(ids)} images: submission {submission}, COCO results {coco_path}, "
+          f"overlays {overlay_dir}")
+
+
+def add_predictor_arguments(parser, default_subset):
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--subset", default=default_subset)
+    parser.add_argument("--model", choices=("maskrcnn", "unet", "otsu"), default="maskrcnn")
+    parser.add_argument("--weights", default="last", help="last | PATH (default %(default)s)")
+    parser.add_argument("--logs", default="logs")
+    parser.add_argument("--backbone", default=None, help="only when the run has no config")
+    parser.add_argument("--min-confidence", type=float, default=None,
+                        help="DETECTION_MIN_CONFIDENCE (default: the config's)")
+    parser.add_argument("--limit", type=int, default=None, help="first N images only")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE")

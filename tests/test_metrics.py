@@ -1,0 +1,178 @@
+"""Metrics on hand-computed cases: pixel IoU/Dice, DSB2018 score, VOC AP, COCO AP, RLE."""
+
+import numpy as np
+import pytest
+
+from mrcnn import metrics
+
+
+def stack(*masks):
+    return np.stack(masks, axis=-1).astype(bool)
+
+
+def box_mask(shape, y1, x1, y2, x2):
+    m = np.zeros(shape, bool)
+    m[y1:y2, x1:x2] = True
+    return m
+
+
+# Pixel IoU / Dice --------------------------------------------------------------------------
+def test_pixel_iou_and_dice_hand_computed():
+    t = box_mask((4, 4), 0, 0, 2, 2)          # 4 pixels
+    p = box_mask((4, 4), 0, 0, 2, 3)          # 6 pixels, 4 shared
+    assert metrics.pixel_iou(t, p) == pytest.approx(4 / 6)
+    assert metrics.dice(t, p) == pytest.approx(2 * 4 / 10)
+    # instances are merged into one foreground first
+    assert metrics.pixel_iou(stack(t, t), stack(p)) == pytest.approx(4 / 6)
+
+
+def test_pixel_metrics_empty_cases():
+    empty = np.zeros((3, 3), bool)
+    assert metrics.pixel_iou(empty, empty) == 1.0
+    assert metrics.dice(empty, empty) == 1.0
+    assert metrics.pixel_iou(empty, box_mask((3, 3), 0, 0, 1, 1)) == 0.0
+
+
+# DSB2018 score --------------------------------------------------------------------------
+def test_dsb_perfect_and_disjoint():
+    a = box_mask((10, 10), 0, 0, 4, 4)
+    b = box_mask((10, 10), 5, 5, 9, 9)
+    assert metrics.dsb_image_score(stack(a, b), stack(b, a)) == 1.0
+    assert metrics.dsb_image_score(stack(a), stack(b)) == 0.0   # TP 0, FP 1, FN 1
+
+
+def test_dsb_hand_computed_partial_overlap():
+    # truth 10x10 block, prediction 10x8 inside it: IoU = 80/100 = 0.8
+    t = box_mask((20, 20), 0, 0, 10, 10)
+    p = box_mask((20, 20), 0, 0, 10, 8)
+    extra = box_mask((20, 20), 15, 15, 18, 18)  # a false positive
+    # IoU > t holds for t in 0.50..0.75 (6 thresholds): precision 1/(1+1+0) = 0.5 there,
+    # 0 for t in 0.80..0.95 (0.8 is not > 0.8): 0/(0+2+1).
+    expected = (6 * 0.5 + 4 * 0.0) / 10
+    assert metrics.dsb_image_score(stack(t), stack(p, extra)) == pytest.approx(expected)
+
+
+def test_dsb_iou_exactly_at_threshold_is_not_a_match():
+    t = box_mask((1, 4), 0, 0, 1, 4)
+    p = box_mask((1, 4), 0, 0, 1, 2)       # IoU exactly 0.5
+    precisions = metrics.dsb_precisions(stack(t), stack(p))
+    assert np.all(precisions == 0.0)      # 0.5 is not > 0.5
+    p3 = box_mask((1, 4), 0, 0, 1, 3)      # IoU 0.75: matches at 0.50..0.70 only
+    precisions = metrics.dsb_precisions(stack(t), stack(p3))
+    np.testing.assert_allclose(precisions, [1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
+
+
+def test_dsb_no_predictions_no_truth():
+    shape = (5, 5)
+    none = np.zeros(shape + (0,), bool)
+    some = stack(box_mask(shape, 0, 0, 2, 2))
+    assert metrics.dsb_image_score(none, none) == 1.0
+    assert metrics.dsb_image_score(some, none) == 0.0
+    assert metrics.dsb_image_score(none, some) == 0.0
+    assert metrics.dsb_score([some, some], [some, none]) == pytest.approx(0.5)
+
+
+def test_dsb_duplicate_predictions_count_once():
+    t = box_mask((10, 10), 0, 0, 6, 6)
+    # two identical predictions: one TP and one FP at every threshold -> 1/2
+    assert metrics.dsb_image_score(stack(t), stack(t, t)) == pytest.approx(0.5)
+
+
+# VOC-style AP (Matterport) ------------------------------------------------------------------
+def test_compute_ap_hand_computed():
+    shape = (20, 20)
+    g1, g2 = box_mask(shape, 0, 0, 5, 5), box_mask(shape, 10, 10, 15, 15)
+    fp = box_mask(shape, 0, 10, 4, 14)
+    gt_masks, pred_masks = stack(g1, g2), stack(g1, fp, g2)
+    scores = np.array([0.9, 0.8, 0.7])
+    ones = np.ones(3, np.int32)
+    ap, precisions, recalls, _ = metrics.compute_ap(
+        None, np.ones(2, np.int32), gt_masks, None, ones, scores, pred_masks)
+    # ranked: TP, FP, TP -> precision 1, 1/2, 2/3 at recall 0.5, 0.5, 1
+    # interpolated AP = 0.5 * 1 + 0.5 * 2/3
+    assert ap == pytest.approx(0.5 + 0.5 * 2 / 3)
+    ap_all_right = metrics.compute_ap(None, np.ones(2, np.int32), gt_masks, None,
+                                      ones[:2], scores[:2], stack(g1, g2))[0]
+    assert ap_all_right == pytest.approx(1.0)
+    r = metrics.compute_ap_range(None, np.ones(2, np.int32), gt_masks, None, ones, scores,
+                                 pred_masks)
+    assert r == pytest.approx(0.5 + 0.5 * 2 / 3)   # exact masks: same at every threshold
+
+
+def test_compute_ap_empty_cases():
+    shape = (5, 5)
+    none = np.zeros(shape + (0,), bool)
+    one = stack(box_mask(shape, 0, 0, 2, 2))
+    c = np.ones(1, np.int32)
+    assert metrics.compute_ap(None, [], none, None, [], [], none)[0] == 1.0
+    assert metrics.compute_ap(None, [], none, None, c, [0.9], one)[0] == 0.0
+    assert metrics.compute_ap(None, c, one, None, [], [], none)[0] == 0.0
+
+
+def test_compute_recall_boxes():
+    gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30]])
+    pred = np.array([[0, 0, 10, 9]])    # IoU 0.9 with the first
+    recall, ids = metrics.compute_recall(pred, gt, 0.5)
+    assert recall == 0.5 and list(ids) == [0]
+
+
+# COCO ---------------------------------------------------------------------------------------
+def test_coco_perfect_and_missing():
+    shape = (32, 32)
+    a, b = box_mask(shape, 2, 2, 12, 12), box_mask(shape, 16, 16, 28, 28)
+    perfect = metrics.coco_evaluate([stack(a, b)], [stack(a, b)], [np.array([0.9, 0.8])])
+    assert perfect["segm"]["ap"] == pytest.approx(1.0)
+    assert perfect["bbox"]["ap50"] == pytest.approx(1.0)
+    half = metrics.coco_evaluate([stack(a, b)], [stack(a)], [np.array([0.9])])
+    assert half["segm"]["ap50"] == pytest.approx(0.5, abs=0.01)   # recall stops at 1/2
+    nothing = metrics.coco_evaluate([stack(a)], [np.zeros(shape + (0,), bool)], [np.zeros(0)])
+    assert nothing["segm"] == {"ap": 0.0, "ap50": 0.0, "ap75": 0.0}
+
+
+# RLE and submissions ------------------------------------------------------------------------
+def test_rle_hand_computed_column_major_one_based():
+    m = np.array([[0, 1, 0],
+                  [1, 1, 0],
+                  [0, 1, 1]], bool)
+    # column-major order: col0 = 0,1,0; col1 = 1,1,1; col2 = 0,0,1 -> pixels 2, 4-6, 9
+    assert metrics.rle_encode(m) == "2 1 4 3 9 1"
+    np.testing.assert_array_equal(metrics.rle_decode("2 1 4 3 9 1", (3, 3)), m)
+    assert metrics.rle_encode(np.zeros((2, 2), bool)) == ""
+
+
+def test_rle_round_trip_random():
+    rng = np.random.RandomState(0)
+    m = rng.rand(37, 23) > 0.6
+    np.testing.assert_array_equal(metrics.rle_decode(metrics.rle_encode(m), m.shape), m)
+
+
+def test_rle_decode_rejects_bad_input():
+    with pytest.raises(ValueError, match="odd"):
+        metrics.rle_decode("1 2 3", (3, 3))
+    with pytest.raises(ValueError, match="outside"):
+        metrics.rle_decode("8 5", (3, 3))
+
+
+def test_mask_to_rle_removes_overlaps_by_score(tmp_path):
+    shape = (6, 6)
+    low = box_mask(shape, 0, 0, 4, 4)
+    high = box_mask(shape, 2, 2, 6, 6)
+    rows = metrics.mask_to_rle("img", stack(low, high), scores=np.array([0.2, 0.9]))
+    decoded = [metrics.rle_decode(r, shape) for _, r in rows]
+    assert len(decoded) == 2
+    np.testing.assert_array_equal(decoded[0], high)             # highest score first, whole
+    np.testing.assert_array_equal(decoded[1], low & ~high)      # loses the shared pixels
+    assert not (decoded[0] & decoded[1]).any()
+    # an image without detections still gets a line
+    empty_rows = metrics.mask_to_rle("empty", np.zeros(shape + (0,), bool))
+    path = metrics.write_submission(str(tmp_path / "sub.csv"), rows + empty_rows)
+    text = open(path).read().splitlines()
+    assert text[0] == "ImageId,EncodedPixels" and text[-1] == "empty,"
+    assert metrics.read_submission(path) == {"img": [r for _, r in rows], "empty": []}
+
+
+def test_remove_overlaps_drops_fully_covered():
+    a = box_mask((4, 4), 0, 0, 4, 4)
+    b = box_mask((4, 4), 1, 1, 2, 2)
+    clean, kept = metrics.remove_overlaps(stack(a, b), np.array([0.9, 0.1]))
+    assert clean.shape[-1] == 1 and list(kept) == [0]

@@ -1,0 +1,164 @@
+"""DSB-layout nucleus data, COCO JSON data, crop-then-resize and the evaluation pipeline."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import skimage.io
+
+from mrcnn.data.coco import CocoDataset
+from mrcnn.data.loader import crop_then_resize
+from mrcnn.data.synthetic import write_synthetic_dsb
+from mrcnn.evaluation import evaluate_dataset
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "samples", "nucleus"))
+from cli_eval import otsu_predictor  # noqa: E402
+from cli_train import make_config, parse_overrides, select_fraction  # noqa: E402
+from nucleus import NucleusDataset, split_ids  # noqa: E402
+
+SHARED_DSB = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "dsb2018")
+
+
+@pytest.fixture(scope="module")
+def dsb_dir(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("dsb"))
+    write_synthetic_dsb(root, 12, size=96, seed=0)
+    return root
+
+
+def test_train_val_split_is_deterministic_disjoint_and_complete(dsb_dir):
+    train = NucleusDataset().load_nucleus(dsb_dir, "train")
+    val = NucleusDataset().load_nucleus(dsb_dir, "val")
+    train_ids = {i["id"] for i in train.image_info}
+    val_ids = {i["id"] for i in val.image_info}
+    assert val_ids and not train_ids & val_ids and len(train_ids | val_ids) == 12
+    again = {i["id"] for i in NucleusDataset().load_nucleus(dsb_dir, "val").image_info}
+    assert again == val_ids
+
+
+def test_nucleus_bad_input_errors(dsb_dir, tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        NucleusDataset().load_nucleus(str(tmp_path), "stage1_test")
+    (tmp_path / "empty_subset").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        NucleusDataset().load_nucleus(str(tmp_path), "empty_subset")
+    # an image whose masks folder exists but is empty
+    folder = tmp_path / "broken" / "x1"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    skimage.io.imsave(str(folder / "images" / "x1.png"), np.zeros((8, 8), np.uint8),
+                      check_contrast=False)
+    ds = NucleusDataset().load_nucleus(str(tmp_path), "broken")
+    ds.prepare()
+    with pytest.raises(ValueError, match="masks folder is empty.*x1"):
+        ds.load_mask(0)
+
+
+def test_detection_only_folder_and_mask_cache(dsb_dir, tmp_path):
+    folder = tmp_path / "stage1_test" / "t1" / "images"
+    folder.mkdir(parents=True)
+    skimage.io.imsave(str(folder / "t1.png"), np.zeros((8, 8, 4), np.uint8),
+                      check_contrast=False)
+    ds = NucleusDataset().load_nucleus(str(tmp_path), "stage1_test")
+    ds.prepare()
+    assert ds.load_mask(0)[0].shape[-1] == 0
+    train = NucleusDataset().load_nucleus(dsb_dir, "stage1_train")
+    train.prepare()
+    first, ids = train.load_mask(0)
+    cached, ids2 = train.load_mask(0)      # second call comes from the label cache
+    np.testing.assert_array_equal(first, cached)
+    np.testing.assert_array_equal(ids, ids2)
+
+
+def test_crop_then_resize_keeps_masks_aligned():
+    rng = np.random.RandomState(0)
+    image = np.zeros((50, 70, 3), np.uint8)
+    masks = np.zeros((50, 70, 3), bool)
+    masks[5:15, 5:15, 0] = masks[30:45, 40:60, 1] = masks[20:25, 60:68, 2] = True
+    image[masks.any(-1)] = 200
+    for _ in range(5):
+        out, m, ids, window, scale = crop_then_resize(image, masks, np.array([1, 1, 1]), 64,
+                                                      2.0, rng)
+        assert out.shape == (64, 64, 3) and m.shape[:2] == (64, 64)
+        assert len(ids) == m.shape[-1] and scale == pytest.approx(2.0)
+        assert (out[m.any(-1)] > 100).mean() > 0.95  # mask pixels fall on bright pixels
+
+
+def test_coco_dataset_polygons_rle_and_crowd(tmp_path):
+    from pycocotools import mask as mask_utils
+    skimage.io.imsave(str(tmp_path / "a.png"), np.zeros((20, 30, 3), np.uint8),
+                      check_contrast=False)
+    square = np.zeros((20, 30), np.uint8)
+    square[10:15, 20:28] = 1
+    rle = mask_utils.encode(np.asfortranarray(square))
+    rle["counts"] = rle["counts"].decode("ascii")
+    data = {"images": [{"id": 7, "file_name": "a.png", "width": 30, "height": 20}],
+            "categories": [{"id": 3, "name": "nucleus"}, {"id": 5, "name": "cell"}],
+            "annotations": [
+                {"id": 1, "image_id": 7, "category_id": 3, "iscrowd": 0,
+                 "segmentation": [[2, 2, 9, 2, 9, 7, 2, 7]], "area": 35, "bbox": [2, 2, 7, 5]},
+                {"id": 2, "image_id": 7, "category_id": 5, "iscrowd": 0,
+                 "segmentation": rle, "area": 40, "bbox": [20, 10, 8, 5]},
+                {"id": 3, "image_id": 7, "category_id": 3, "iscrowd": 1,
+                 "segmentation": rle, "area": 40, "bbox": [20, 10, 8, 5]}]}
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    ds = CocoDataset().load_coco(str(path))
+    ds.prepare()
+    assert ds.class_names == ["BG", "nucleus", "cell"]
+    masks, class_ids = ds.load_mask(0)
+    assert masks.shape == (20, 30, 2) and class_ids.tolist() == [1, 2]
+    np.testing.assert_array_equal(masks[..., 1], square.astype(bool))
+    assert masks[3:6, 3:8, 0].all() and not masks[10:, :, 0].any()
+    assert ds.load_image(0).shape == (20, 30, 3)
+    with pytest.raises(ValueError, match="not found"):
+        CocoDataset().load_coco(str(tmp_path / "missing.json"))
+
+
+def test_evaluate_dataset_with_otsu_on_synthetic(dsb_dir):
+    ds = NucleusDataset().load_nucleus(dsb_dir, "stage1_train")
+    ds.prepare()
+    out = evaluate_dataset(ds, otsu_predictor(), list(ds.image_ids)[:4])
+    for key in ("dsb_score", "ap", "ap50", "ap75", "iou", "dice", "voc_ap50",
+                "seconds_per_image"):
+        assert key in out
+    assert out["images"] == 4 and len(out["per_image"]) == 4
+    assert 0.0 < out["dsb_score"] <= 1.0 and out["iou"] > 0.3
+
+    def perfect(image, _it=iter(list(ds.image_ids)[:4] * 2)):
+        masks = ds.load_mask(next(_it))[0]
+        return {"masks": masks, "scores": np.ones(masks.shape[-1])}
+    best = evaluate_dataset(ds, perfect, list(ds.image_ids)[:4], warmup=0)
+    assert best["dsb_score"] == pytest.approx(1.0) and best["ap"] == pytest.approx(1.0)
+
+
+def test_config_overrides_and_fraction(dsb_dir):
+    overrides = parse_overrides(["image_min_scale=1", "BACKBONE=resnet18",
+                                 "MEAN_PIXEL=[1, 2, 3]"])
+    assert overrides == {"IMAGE_MIN_SCALE": 1, "BACKBONE": "resnet18", "MEAN_PIXEL": [1, 2, 3]}
+    config = make_config(overrides)
+    assert config.BACKBONE == "resnet18" and isinstance(config.MEAN_PIXEL, np.ndarray)
+    assert make_config({"IMAGE_MIN_DIM": 256}, inference=True).IMAGE_RESIZE_MODE == "pad64"
+    with pytest.raises(ValueError, match="NO_SUCH"):
+        parse_overrides(["NO_SUCH=1"])
+    ds = NucleusDataset().load_nucleus(dsb_dir, "stage1_train")
+    ds.prepare()
+    half = select_fraction(ds, 0.5, seed=3)
+    assert len(half.image_ids) == 6
+    assert [i["id"] for i in half.image_info] == \
+        [i["id"] for i in select_fraction(ds, 0.5, seed=3).image_info]
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DSB, "stage1_train")),
+                    reason="real DSB2018 data not present")
+def test_real_dsb_split_is_stratified():
+    folder = os.path.join(SHARED_DSB, "stage1_train")
+    ids = sorted(os.listdir(folder))
+    train, val = split_ids(folder, ids)
+    assert len(val) == pytest.approx(0.1 * len(ids), abs=5) and not set(train) & set(val)
+    ds = NucleusDataset().load_nucleus(SHARED_DSB, "val")
+    ds.prepare()
+    masks, class_ids = ds.load_mask(0)
+    assert masks.shape[:2] == ds.load_image(0).shape[:2] and len(class_ids) > 0
