@@ -26,10 +26,10 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout"],
+        "dev": ["pytest", "pytest-timeout", "nbclient", "nbformat", "ipykernel"],
         "coco": ["pycocotools"],
         "aug": ["albumentations"],
-        "notebooks": ["jupyter", "nbconvert", "nbformat", "ipykernel"],
+        "notebooks": ["jupyter", "nbconvert", "nbformat", "ipykernel", "nbclient"],
     },
     license="MIT",
 )

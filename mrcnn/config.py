@@ -102,6 +102,10 @@ class Config:
     # Linear warm-up over this many optimizer steps, then x0.1 at each listed global step.
     LEARNING_RATE_WARMUP_STEPS = 0
     LEARNING_RATE_DECAY_STEPS = ()
+    # TensorBoard detection metrics: every N epochs (0 = off), detect on the first
+    # EVAL_IMAGES validation images and log the DSB score, AP50, IoU, Dice and overlays.
+    EVAL_EVERY_N_EPOCHS = 0
+    EVAL_IMAGES = 4
     # Data loading: worker processes for keras.utils.PyDataset (0 = in the main thread).
     WORKERS = 0
 

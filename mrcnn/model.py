@@ -172,10 +172,15 @@ class MaskRCNN:
             val_gen = DataGenerator(val_dataset, config, shuffle=True,
                                     steps=config.VALIDATION_STEPS, seed=seed)
         os.makedirs(self.log_dir, exist_ok=True)
-        callbacks = [training_lib.LearningRateLogger(),
-                     keras.callbacks.TensorBoard(log_dir=self.log_dir, write_graph=False),
-                     training_lib.CheckpointCallback(self.checkpoint_path),
-                     training_lib.EpochSummary()]
+        callbacks = [training_lib.LearningRateLogger()]
+        if val_dataset is not None and config.EVAL_EVERY_N_EPOCHS > 0:
+            from mrcnn.monitoring import DetectionMetricsCallback
+            callbacks.append(DetectionMetricsCallback(
+                val_dataset, config, self.log_dir, every=config.EVAL_EVERY_N_EPOCHS,
+                num_images=config.EVAL_IMAGES))
+        callbacks += [keras.callbacks.TensorBoard(log_dir=self.log_dir, write_graph=False),
+                      training_lib.CheckpointCallback(self.checkpoint_path),
+                      training_lib.EpochSummary()]
         if time_budget_seconds:
             callbacks.append(training_lib.TimeBudget(time.time() + time_budget_seconds))
         callbacks += list(custom_callbacks or [])
@@ -248,6 +253,25 @@ class MaskRCNN:
         anchors = np.broadcast_to(anchors, (len(molded),) + anchors.shape)
         out = self._predict(tf.constant(molded), tf.constant(metas), tf.constant(anchors))
         return {k: v.numpy() for k, v in out.items()}
+
+    def run_graph(self, image):
+        """Every raw output of the inference graph for one image, for inspection.
+
+        Returns:
+            dict: the molded ``image``, ``window`` (pixels of the molded image), ``anchors``
+            [A, 4] normalised, and the network outputs for this image: ``rpn_class`` [A, 2],
+            ``rpn_bbox`` [A, 4], ``rpn_rois`` [N, 4] normalised, ``mrcnn_class`` [N, C],
+            ``mrcnn_bbox`` [N, C, 4], ``detections`` [D, 6] (normalised y1, x1, y2, x2,
+            class, score), ``mrcnn_mask`` [D, 28, 28, C].
+        """
+        assert self.mode == "inference", "Create the model in inference mode."
+        molded, metas, windows = self.mold_inputs([image])
+        size = self.config.BATCH_SIZE
+        out = self._run(np.repeat(molded, size, axis=0), np.repeat(metas, size, axis=0))
+        result = {k: v[0] for k, v in out.items()}
+        result.update(image=molded[0], window=windows[0],
+                      anchors=self.get_anchors(molded.shape[1:]))
+        return result
 
     def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape,
                           window):

@@ -46,6 +46,7 @@ def maskrcnn_predictor(args):
     def predict(image):
         r = model.detect([image])[0]
         return {"masks": r["masks"], "scores": r["scores"]}
+    predict.num_params = model.keras_model.count_params()
     return predict
 
 
@@ -65,6 +66,7 @@ def otsu_predictor(args=None):
         ids = [r.label for r in skimage.measure.regionprops(labels) if r.area >= 10]
         masks = labels[..., None] == np.array(ids, dtype=labels.dtype).reshape(1, 1, -1)
         return {"masks": masks, "scores": np.ones(len(ids))}
+    predict.num_params = 0
     return predict
 
 
@@ -73,7 +75,7 @@ def make_predictor(args):
     if model == "otsu":
         return otsu_predictor(args)
     if model == "unet":
-        from mrcnn.unet.cli import unet_predictor
+        from cli_unet import unet_predictor
         return unet_predictor(args)
     return maskrcnn_predictor(args)
 
@@ -89,8 +91,10 @@ def run_evaluate(args):
     dataset, ids = load_subset(args.dataset, args.subset, args.limit)
     predict = make_predictor(args)
     metrics = evaluate_dataset(dataset, predict, ids, group_fn=image_kind)
+    from cli_train import peak_memory_mb
     metrics.update(model=getattr(args, "model", "maskrcnn"), weights=args.weights,
-                   subset=args.subset)
+                   subset=args.subset, params=int(getattr(predict, "num_params", 0)),
+                   peak_mb=peak_memory_mb())
     print(format_metrics(metrics))
     if args.out:
         write_json(args.out, metrics)

@@ -135,7 +135,26 @@ def resolve_weights(model, weights, logs):
     return path, False
 
 
+def peak_memory_mb():
+    """Peak resident memory of this process in MB (Linux ru_maxrss is in KB)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_train_summary(logs, started):
+    """``<logs>/peak_memory.json``: peak MB and minutes of this training process."""
+    from mrcnn.evaluation import write_json
+    write_json(os.path.join(logs, "peak_memory.json"),
+               {"peak_mb": peak_memory_mb(), "minutes": (time.time() - started) / 60})
+
+
 def run_train(args):
+    started = time.time()
+    if getattr(args, "model", "maskrcnn") == "unet":
+        from cli_unet import run_train_unet
+        out = run_train_unet(args)
+        write_train_summary(args.logs, started)
+        return out
     overrides = {}
     if args.weights == "none":
         overrides.update(SCRATCH_OVERRIDES)
@@ -183,7 +202,6 @@ def run_train(args):
         first_layers = "all"
     else:
         first_layers = "heads"
-    started = time.time()
     stages = [(args.heads_epochs, first_layers, lr, 0.75), (args.all_epochs, "all", lr / 10, 1.0)]
     for end_epoch, layers, stage_lr, budget_share in stages:
         if model.epoch >= end_epoch:
@@ -201,12 +219,16 @@ def run_train(args):
                     seed=args.seed, verbose=args.verbose)
     print(f"Training finished after {(time.time() - started) / 60:.1f} min at epoch "
           f"{model.epoch}; last checkpoint: {model.find_last()}")
+    write_train_summary(args.logs, started)
     return model
 
 
 def add_train_arguments(parser):
     parser.add_argument("--dataset", required=True,
                         help="folder holding stage1_train (or the subset folder's parent)")
+    parser.add_argument("--model", choices=("maskrcnn", "unet"), default="maskrcnn")
+    parser.add_argument("--unet-variant", choices=("boundary", "seed"), default="boundary",
+                        help="U-Net: boundary channel + watershed (default) or the seed's")
     parser.add_argument("--subset", default="train")
     parser.add_argument("--val-subset", default="val",
                         help="validation subset for the val losses ('' for none)")

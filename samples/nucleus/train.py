@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cli_compare import add_compare_arguments, run_compare  # noqa: E402
 from cli_eval import add_predictor_arguments, run_detect, run_evaluate  # noqa: E402
 from cli_train import add_train_arguments, run_train  # noqa: E402
 from nucleus import NucleusConfig, NucleusDataset  # noqa: E402
@@ -122,6 +123,8 @@ def main(argv=None):
     detect = sub.add_parser("detect", help="submission.csv, COCO results, overlay PNGs")
     add_predictor_arguments(detect, "stage1_test")
     detect.add_argument("--out", required=True, help="output folder")
+    compare = sub.add_parser("compare", help="train + evaluate several models at one budget")
+    add_compare_arguments(compare)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.command == "demo":
@@ -132,6 +135,8 @@ def main(argv=None):
         run_evaluate(args)
     elif args.command == "detect":
         run_detect(args)
+    elif args.command == "compare":
+        run_compare(args)
 
 
 if __name__ == "__main__":

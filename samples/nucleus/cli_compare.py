@@ -1,0 +1,195 @@
+"""``train.py compare``: every model trained on the same split with the same budget, evaluated
+on the same validation images; a table, a CSV and a speed-versus-accuracy plot.
+
+Each model x seed runs in its own subprocess (``train`` then ``evaluate``), so memory is
+measured per model and a killed comparison resumes with the runs not yet done:
+``<out>/<model>_seed<S>/metrics.json`` marks a finished run, ``train_done.json`` a finished
+training whose evaluation is still missing.
+"""
+
+import csv
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+from mrcnn.evaluation import write_json
+
+log = logging.getLogger("nucleus")
+
+TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+COLUMNS = ["model", "seed", "dsb_score", "ap50", "ap", "iou", "dice", "seconds_per_image",
+           "params_m", "peak_train_mb", "peak_eval_mb", "train_minutes"]
+
+
+def _run(cmd, log_path):
+    log.info("$ %s", " ".join(cmd))
+    with open(log_path, "a") as f:
+        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if code:
+        raise RuntimeError(f"command failed with exit code {code} (log: {log_path}): "
+                           f"{' '.join(cmd)}")
+
+
+def run_one(args, model, seed, run_dir):
+    """Train (unless done) and evaluate one model x seed; returns its metrics dict."""
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    if os.path.exists(metrics_path):
+        log.info("%s seed %d: already done, skipped", model, seed)
+        with open(metrics_path) as f:
+            return json.load(f)
+    done_path = os.path.join(run_dir, "train_done.json")
+    logs = os.path.join(run_dir, "logs")
+    log_path = os.path.join(run_dir, "output.log")
+    common = ["--dataset", args.dataset]
+    if model != "otsu" and not os.path.exists(done_path):
+        shutil.rmtree(run_dir, ignore_errors=True)  # a killed training restarts cleanly
+        os.makedirs(run_dir)
+        cmd = [sys.executable, TRAIN_PY, "train", *common, "--subset", args.subset,
+               "--logs", logs, "--seed", str(seed), "--weights", "none", "--verbose", "2"]
+        if model == "unet":
+            cmd += ["--model", "unet"]
+        else:
+            cmd += ["--backbone", model]
+        if args.time_budget:
+            cmd += ["--time-budget", str(args.time_budget), "--heads-epochs", "100000",
+                    "--all-epochs", "200000"]
+        if args.epochs:
+            cmd += ["--heads-epochs", str(int(np.ceil(0.75 * args.epochs))),
+                    "--all-epochs", str(args.epochs)]
+        if args.steps_per_epoch:
+            cmd += ["--steps-per-epoch", str(args.steps_per_epoch)]
+        for item in args.set or []:
+            cmd += ["--set", item]
+        _run(cmd, log_path)
+        with open(os.path.join(logs, "peak_memory.json")) as f:
+            write_json(done_path, json.load(f))
+    os.makedirs(run_dir, exist_ok=True)
+    cmd = [sys.executable, TRAIN_PY, "evaluate", *common, "--subset", args.val_subset,
+           "--out", metrics_path + ".eval", "--logs", logs]
+    cmd += ["--model", model] if model in ("unet", "otsu") else []
+    if args.limit:
+        cmd += ["--limit", str(args.limit)]
+    _run(cmd, log_path)
+    with open(metrics_path + ".eval") as f:
+        metrics = json.load(f)
+    metrics.pop("per_image", None)
+    if os.path.exists(done_path):
+        with open(done_path) as f:
+            metrics.update({f"train_{k}": v for k, v in json.load(f).items()})
+    metrics.update(model=model, seed=seed)
+    write_json(metrics_path, metrics)
+    os.remove(metrics_path + ".eval")
+    return metrics
+
+
+def row_of(m):
+    return {"model": m["model"], "seed": m["seed"], "dsb_score": m["dsb_score"],
+            "ap50": m["ap50"], "ap": m["ap"], "iou": m["iou"], "dice": m["dice"],
+            "seconds_per_image": m["seconds_per_image"],
+            "params_m": m.get("params", 0) / 1e6, "peak_train_mb": m.get("train_peak_mb", 0),
+            "peak_eval_mb": m.get("peak_mb", 0),
+            "train_minutes": m.get("train_minutes", 0)}
+
+
+def summarise(rows):
+    """{model: {column: (mean, std)}} over seeds, in first-seen model order."""
+    out = {}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        group = [r for r in rows if r["model"] == model]
+        out[model] = {c: (float(np.mean([r[c] for r in group])),
+                          float(np.std([r[c] for r in group])), len(group))
+                      for c in COLUMNS[2:]}
+    return out
+
+
+def write_table(path, summary, command):
+    def cell(stat, digits):
+        mean, std, n = stat
+        return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+    lines = ["| model | DSB score | COCO AP50 | COCO AP | pixel IoU | Dice | s / image | "
+             "params (M) | peak train MB | train min |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    ranked = sorted(summary.items(), key=lambda kv: -kv[1]["dsb_score"][0])
+    for model, s in ranked:
+        lines.append(f"| {model} | {cell(s['dsb_score'], 3)} | {cell(s['ap50'], 3)} | "
+                     f"{cell(s['ap'], 3)} | {cell(s['iou'], 3)} | {cell(s['dice'], 3)} | "
+                     f"{cell(s['seconds_per_image'], 2)} | {s['params_m'][0]:.1f} | "
+                     f"{s['peak_train_mb'][0]:.0f} | {s['train_minutes'][0]:.1f} |")
+    lines += ["", f"Command: `{command}`", ""]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines))
+    os.replace(tmp, path)
+
+
+def plot(path, summary):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for model, s in summary.items():
+        x, xs, _ = s["seconds_per_image"]
+        y, ys, n = s["dsb_score"]
+        ax.errorbar(x, y, xerr=xs if n > 1 else None, yerr=ys if n > 1 else None, fmt="o",
+                    capsize=3)
+        ax.annotate(model, (x, y), textcoords="offset points", xytext=(5, 5))
+    ax.set_xscale("log")
+    ax.set_xlabel("inference seconds per image (median, CPU)")
+    ax.set_ylabel("DSB2018 score (validation)")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run_compare(args):
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        raise ValueError("--models is empty")
+    if not args.time_budget and not args.epochs:
+        raise ValueError("give --time-budget MINUTES or --epochs N so every model gets the "
+                         "same budget")
+    os.makedirs(args.out, exist_ok=True)
+    rows = []
+    for seed in range(args.seeds):
+        for model in models:
+            metrics = run_one(args, model, seed, os.path.join(args.out, f"{model}_seed{seed}"))
+            rows.append(row_of(metrics))
+    tmp = os.path.join(args.out, "results.csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, os.path.join(args.out, "results.csv"))
+    summary = summarise(rows)
+    command = "python samples/nucleus/train.py " + " ".join(sys.argv[2:] if len(sys.argv) > 2
+                                                            else [])
+    write_table(os.path.join(args.out, "results.md"), summary, command.strip())
+    plot(os.path.join(args.out, "speed_vs_accuracy.png"), summary)
+    with open(os.path.join(args.out, "results.md")) as f:
+        print(f.read())
+    return summary
+
+
+def add_compare_arguments(parser):
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--subset", default="train")
+    parser.add_argument("--val-subset", default="val")
+    parser.add_argument("--models", default="resnet50,resnet101,mobilenet,mobilenet_v2,"
+                        "densenet121,unet",
+                        help="comma-separated backbones, 'unet' and 'otsu'")
+    parser.add_argument("--time-budget", type=float, default=None, help="minutes per model")
+    parser.add_argument("--epochs", type=int, default=None, help="instead of a time budget")
+    parser.add_argument("--steps-per-epoch", type=int, default=None)
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--limit", type=int, default=None, help="evaluate on N images only")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="config override passed to every Mask R-CNN run")
+    parser.add_argument("--out", default="results/compare")

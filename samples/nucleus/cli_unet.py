@@ -1,0 +1,56 @@
+"""``train.py train|evaluate|detect --model unet``: the U-Net baseline on DSB-layout data."""
+
+import datetime
+import glob
+import logging
+import os
+import time
+
+from nucleus import NucleusDataset
+
+from mrcnn.data.augment import default_augmentation
+from mrcnn.unet import UNetPredictor, train_unet
+from mrcnn.unet.train import MODEL_FILE
+
+log = logging.getLogger("nucleus")
+
+
+def find_last_unet(logs):
+    """Newest ``<logs>/unet<timestamp>/unet.keras``."""
+    found = sorted(glob.glob(os.path.join(logs, "unet*", MODEL_FILE)))
+    if not found:
+        raise FileNotFoundError(f"no trained U-Net under {logs}: run train --model unet first")
+    return found[-1]
+
+
+def unet_predictor(args):
+    path = find_last_unet(args.logs) if args.weights == "last" else args.weights
+    log.info("U-Net from %s", path)
+    predictor = UNetPredictor(path)
+    predictor.num_params = predictor.model.count_params()
+    return predictor
+
+
+def run_train_unet(args):
+    train = NucleusDataset().load_nucleus(args.dataset, args.subset)
+    train.prepare()
+    if args.train_fraction < 1:
+        from cli_train import select_fraction
+        train = select_fraction(train, args.train_fraction, args.seed)
+    val = None
+    if args.val_subset:
+        val = NucleusDataset().load_nucleus(args.dataset, args.val_subset)
+        val.prepare()
+    out_dir = os.path.join(args.logs, f"unet{datetime.datetime.now():%Y%m%dT%H%M}")
+    augmentation = default_augmentation(seed=args.seed) if args.augment == "default" else None
+    started = time.time()
+    log.info("U-Net (%s) on %d images, checkpoints and TensorBoard in %s", args.unet_variant,
+             len(train.image_ids), out_dir)
+    train_unet(train, val, out_dir, variant=args.unet_variant,
+               epochs=args.all_epochs, steps_per_epoch=args.steps_per_epoch or 50,
+               learning_rate=args.lr or 1e-3, augmentation=augmentation,
+               time_budget_seconds=args.time_budget * 60 if args.time_budget else None,
+               seed=args.seed, verbose=args.verbose)
+    print(f"U-Net training finished after {(time.time() - started) / 60:.1f} min: "
+          f"{os.path.join(out_dir, MODEL_FILE)}")
+    return out_dir

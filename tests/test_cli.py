@@ -1,0 +1,101 @@
+"""samples/nucleus/train.py end to end on synthetic DSB-layout data: train, resume,
+time budget, evaluate, detect (submission, COCO JSON, overlays) and compare."""
+
+import csv
+import glob
+import json
+import os
+import sys
+
+import pytest
+
+from mrcnn.data.synthetic import write_synthetic_dsb
+from mrcnn.metrics import read_submission
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "samples", "nucleus"))
+import train as nucleus_cli  # noqa: E402
+
+SMALL = ["IMAGE_MIN_DIM=128", "IMAGE_MAX_DIM=128", "IMAGE_MIN_SCALE=1", "IMAGES_PER_GPU=1",
+         "TOP_DOWN_PYRAMID_SIZE=64", "RPN_CONV_CHANNELS=64", "MASK_HEAD_CHANNELS=32",
+         "FPN_CLASSIF_FC_LAYERS_SIZE=128", "POST_NMS_ROIS_TRAINING=200",
+         "POST_NMS_ROIS_INFERENCE=200", "PRE_NMS_LIMIT=600", "TRAIN_ROIS_PER_IMAGE=64",
+         "DETECTION_MAX_INSTANCES=50", "VALIDATION_STEPS=1", "MAX_GT_INSTANCES=40",
+         "EVAL_EVERY_N_EPOCHS=0"]
+
+
+def _sets(items):
+    out = []
+    for item in items:
+        out += ["--set", item]
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("cli_data"))
+    write_synthetic_dsb(root, 8, size=96, seed=0)
+    write_synthetic_dsb(root, 2, size=80, seed=50, subset="stage1_test")
+    return root
+
+
+def test_train_resume_evaluate_detect(data_dir, tmp_path):
+    logs = str(tmp_path / "logs")
+    base = ["train", "--dataset", data_dir, "--logs", logs, "--backbone", "resnet18",
+            "--steps-per-epoch", "2", "--verbose", "0"] + _sets(SMALL)
+    nucleus_cli.main(base + ["--heads-epochs", "1", "--all-epochs", "2"])
+    runs = glob.glob(os.path.join(logs, "nucleus*"))
+    assert len(runs) == 1
+    assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(runs[0], "*.h5"))) == [
+        "mask_rcnn_nucleus_0001.weights.h5", "mask_rcnn_nucleus_0002.weights.h5"]
+    saved = json.load(open(os.path.join(runs[0], "run_config.json")))["overrides"]
+    assert saved["BACKBONE"] == "resnet18" and saved["TRAIN_BN"] is True
+
+    # --weights last resumes the same run at epoch 2
+    nucleus_cli.main(base + ["--weights", "last", "--heads-epochs", "1", "--all-epochs", "3"])
+    assert os.path.exists(os.path.join(runs[0], "mask_rcnn_nucleus_0003.weights.h5"))
+    assert len(glob.glob(os.path.join(logs, "nucleus*"))) == 1
+
+    out = str(tmp_path / "metrics.json")
+    nucleus_cli.main(["evaluate", "--dataset", data_dir, "--subset", "val", "--logs", logs,
+                      "--out", out, "--min-confidence", "0.1"])
+    metrics = json.load(open(out))
+    for key in ("dsb_score", "ap", "ap50", "ap75", "iou", "dice", "seconds_per_image"):
+        assert 0.0 <= metrics[key]
+    assert metrics["images"] >= 1 and metrics["params"] > 1e6
+
+    det = str(tmp_path / "det")
+    nucleus_cli.main(["detect", "--dataset", data_dir, "--subset", "stage1_test", "--logs",
+                      logs, "--out", det, "--min-confidence", "0.1"])
+    rows = list(csv.reader(open(os.path.join(det, "submission.csv"))))
+    assert rows[0] == ["ImageId", "EncodedPixels"]
+    assert {r[0] for r in rows[1:]} == set(read_submission(os.path.join(det, "submission.csv")))
+    assert len({r[0] for r in rows[1:]}) == 2           # every image has a line
+    assert len(glob.glob(os.path.join(det, "overlays", "*.png"))) == 2
+    assert isinstance(json.load(open(os.path.join(det, "coco_results.json"))), list)
+
+
+def test_time_budget_stops_with_a_checkpoint(data_dir, tmp_path):
+    logs = str(tmp_path / "logs")
+    nucleus_cli.main(["train", "--dataset", data_dir, "--logs", logs, "--backbone", "resnet18",
+                      "--steps-per-epoch", "50", "--heads-epochs", "100", "--all-epochs",
+                      "200", "--time-budget", "0.3", "--verbose", "0", "--val-subset", ""]
+                     + _sets(SMALL))
+    checkpoints = glob.glob(os.path.join(logs, "nucleus*", "*.weights.h5"))
+    assert 1 <= len(checkpoints) <= 3
+    summary = json.load(open(os.path.join(logs, "peak_memory.json")))
+    assert summary["minutes"] < 3 and summary["peak_mb"] > 100
+
+
+def test_compare_writes_table_and_resumes(data_dir, tmp_path):
+    out = str(tmp_path / "cmp")
+    args = ["compare", "--dataset", data_dir, "--models", "otsu", "--epochs", "1",
+            "--out", out]
+    nucleus_cli.main(args)
+    for name in ("results.csv", "results.md", "speed_vs_accuracy.png"):
+        assert os.path.exists(os.path.join(out, name))
+    table = open(os.path.join(out, "results.md")).read()
+    assert "| otsu |" in table and "DSB score" in table
+    marker = os.path.join(out, "otsu_seed0", "metrics.json")
+    stamp = os.path.getmtime(marker)
+    nucleus_cli.main(args)                      # resumes: nothing is recomputed
+    assert os.path.getmtime(marker) == stamp
