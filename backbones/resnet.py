@@ -16,36 +16,57 @@ RESNET50_NOTOP_URL = ("https://github.com/fchollet/deep-learning-models/releases
 RESNET50_NOTOP_MD5 = "a268eb855778b3df3c7506639542a6af"
 
 
-def _block(x, filters, stage, block, strides=1, shortcut_conv=False):
+def _norm(name, norm):
+    """BatchNormalization (Matterport) or GroupNormalization (32 groups) under one name.
+
+    GroupNorm normalises each image by itself, so training (batch statistics) and inference
+    agree even at batch size 1-2 — what training from scratch on a CPU needs (He et al.,
+    "Rethinking ImageNet Pre-training", 2019).
+    """
+    if norm == "gn":
+        return _GroupNorm(name)
+    return layers.BatchNormalization(name=name)
+
+
+class _GroupNorm:
+    def __init__(self, name):
+        self.name = name
+
+    def __call__(self, x):
+        groups = 32 if x.shape[-1] % 32 == 0 else 1
+        return layers.GroupNormalization(groups=groups, name=self.name)(x)
+
+
+def _block(x, filters, stage, block, strides=1, shortcut_conv=False, norm="bn"):
     f1, f2, f3 = filters
     conv = f"res{stage}{block}_branch"
     bn = f"bn{stage}{block}_branch"
     y = layers.Conv2D(f1, 1, strides=strides, name=conv + "2a")(x)
-    y = layers.BatchNormalization(name=bn + "2a")(y)
+    y = _norm(bn + "2a", norm)(y)
     y = layers.Activation("relu")(y)
     y = layers.Conv2D(f2, 3, padding="same", name=conv + "2b")(y)
-    y = layers.BatchNormalization(name=bn + "2b")(y)
+    y = _norm(bn + "2b", norm)(y)
     y = layers.Activation("relu")(y)
     y = layers.Conv2D(f3, 1, name=conv + "2c")(y)
-    y = layers.BatchNormalization(name=bn + "2c")(y)
+    y = _norm(bn + "2c", norm)(y)
     if shortcut_conv:
         x = layers.Conv2D(f3, 1, strides=strides, name=conv + "1")(x)
-        x = layers.BatchNormalization(name=bn + "1")(x)
+        x = _norm(bn + "1", norm)(x)
     y = layers.Add()([y, x])
     return layers.Activation("relu", name=f"res{stage}{block}_out")(y)
 
 
-def _basic_block(x, filters, stage, block, strides=1, shortcut_conv=False):
+def _basic_block(x, filters, stage, block, strides=1, shortcut_conv=False, norm="bn"):
     conv = f"res{stage}{block}_branch"
     bn = f"bn{stage}{block}_branch"
     y = layers.Conv2D(filters, 3, strides=strides, padding="same", name=conv + "2a")(x)
-    y = layers.BatchNormalization(name=bn + "2a")(y)
+    y = _norm(bn + "2a", norm)(y)
     y = layers.Activation("relu")(y)
     y = layers.Conv2D(filters, 3, padding="same", name=conv + "2b")(y)
-    y = layers.BatchNormalization(name=bn + "2b")(y)
+    y = _norm(bn + "2b", norm)(y)
     if shortcut_conv:
         x = layers.Conv2D(filters, 1, strides=strides, name=conv + "1")(x)
-        x = layers.BatchNormalization(name=bn + "1")(x)
+        x = _norm(bn + "1", norm)(x)
     y = layers.Add()([y, x])
     return layers.Activation("relu", name=f"res{stage}{block}_out")(y)
 
@@ -54,12 +75,12 @@ _LAYOUT = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
            50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
 
 
-def resnet_graph(input_tensor, depth):
+def resnet_graph(input_tensor, depth, norm="bn"):
     """ResNet-18/34/50/101 trunk -> dict of C2..C5 tensors (strides 4, 8, 16, 32)."""
     kind, counts = _LAYOUT[depth]
     x = layers.ZeroPadding2D(3)(input_tensor)
     x = layers.Conv2D(64, 7, strides=2, name="conv1")(x)
-    x = layers.BatchNormalization(name="bn_conv1")(x)
+    x = _norm("bn_conv1", norm)(x)
     x = layers.Activation("relu")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
     outputs = {}
@@ -70,18 +91,18 @@ def resnet_graph(input_tensor, depth):
             first = i == 0
             if kind == "basic":
                 x = _basic_block(x, width, stage, block, strides if first else 1,
-                                 shortcut_conv=first and (stage > 2))
+                                 shortcut_conv=first and (stage > 2), norm=norm)
             else:
                 x = _block(x, (width, width, 4 * width), stage, block,
-                           strides if first else 1, shortcut_conv=first)
+                           strides if first else 1, shortcut_conv=first, norm=norm)
         outputs[f"C{stage}"] = x
     return outputs
 
 
-def _build(depth):
+def _build(depth, norm="bn"):
     def build(input_tensor, *, train_bn, weights):
         model = keras.Model(keras.utils.get_source_inputs(input_tensor),
-                            resnet_graph(input_tensor, depth), name=f"resnet{depth}")
+                            resnet_graph(input_tensor, depth, norm), name=f"resnet{depth}")
         if weights == "imagenet":
             if depth != 50:
                 raise ValueError(
@@ -111,6 +132,12 @@ register_backbone("resnet18", taps={"C2": "res2b_out", "C3": "res3b_out", "C4": 
 register_backbone("resnet34", taps={"C2": "res2c_out", "C3": "res3d_out", "C4": "res4f_out",
                                     "C5": "res5c_out"}, channels=(64, 128, 256, 512),
                   stage_regex=_STAGES)(_build(34))
+# GroupNorm twins: the same layers and names, per-image normalisation (from-scratch default).
+register_backbone("resnet18_gn", taps={"C2": "res2b_out", "C3": "res3b_out", "C4": "res4b_out",
+                                       "C5": "res5b_out"}, channels=(64, 128, 256, 512),
+                  stage_regex=_STAGES)(_build(18, "gn"))
+register_backbone("resnet50_gn", taps={**_TAPS, "C4": "res4f_out"}, channels=_CHANNELS,
+                  stage_regex=_STAGES)(_build(50, "gn"))
 register_backbone("resnet50", taps={**_TAPS, "C4": "res4f_out"}, channels=_CHANNELS,
                   stage_regex=_STAGES)(_build(50))
 register_backbone("resnet101", taps={**_TAPS, "C4": "res4w_out"}, channels=_CHANNELS,

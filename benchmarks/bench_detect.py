@@ -33,7 +33,7 @@ def _median_time(fn, warmups=2, repeats=5):
     return float(np.median(times))
 
 
-def measure(backbone, sizes):
+def measure(backbone, sizes, rpn_channels=512):
     from mrcnn import model as modellib
     from mrcnn.config import Config
     from mrcnn.data.dataset import Dataset
@@ -52,6 +52,7 @@ def measure(backbone, sizes):
         DETECTION_MIN_CONFIDENCE = 0.0
         MAX_GT_INSTANCES = 20
         STEPS_PER_EPOCH = 1
+        RPN_CONV_CHANNELS = rpn_channels
 
     rng = np.random.RandomState(0)
     result = {"backbone": backbone}
@@ -95,18 +96,21 @@ def measure(backbone, sizes):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--backbones", default="resnet50,resnet101,mobilenet,mobilenet_v2,"
-                                                "densenet121")
+    parser.add_argument("--backbones", default="resnet18,resnet50,resnet101,mobilenet,"
+                                                "mobilenet_v2,densenet121")
     parser.add_argument("--sizes", default="512,1024")
+    parser.add_argument("--rpn-channels", type=int, default=512,
+                        help="RPN_CONV_CHANNELS (Matterport 512; 256 halves the RPN)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.one:
-        print("RESULT " + json.dumps(measure(args.one, sizes)))
+        print("RESULT " + json.dumps(measure(args.one, sizes, args.rpn_channels)))
         return
     rows = []
     for backbone in args.backbones.split(","):
-        proc = subprocess.run([sys.executable, __file__, "--one", backbone, "--sizes", args.sizes],
+        proc = subprocess.run([sys.executable, __file__, "--one", backbone, "--sizes", args.sizes,
+                               "--rpn-channels", str(args.rpn_channels)],
                               capture_output=True, text=True, env=dict(
                                   os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]

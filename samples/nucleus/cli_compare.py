@@ -53,8 +53,8 @@ def run_one(args, model, seed, run_dir):
                "--logs", logs, "--seed", str(seed), "--weights", "none", "--verbose", "2"]
         if model == "unet":
             cmd += ["--model", "unet"]
-        else:
-            cmd += ["--backbone", model]
+        else:  # equal budgets: no periodic detection metrics inside the timed training
+            cmd += ["--backbone", model, "--set", "EVAL_EVERY_N_EPOCHS=0"]
         if args.time_budget:
             cmd += ["--time-budget", str(args.time_budget), "--heads-epochs", "100000",
                     "--all-epochs", "200000"]

@@ -36,6 +36,9 @@ class NucleusConfig(Config):
     MINI_MASK_SHAPE = (56, 56)
     PRE_NMS_LIMIT = 6000
     RPN_CONV_CHANNELS = 256
+    # TensorBoard: DSB score, AP50 and mask overlays on 4 validation images every 10 epochs.
+    EVAL_EVERY_N_EPOCHS = 10
+    EVAL_IMAGES = 4
 
 
 class NucleusInferenceConfig(NucleusConfig):
