@@ -37,6 +37,22 @@ def test_frozen_batchnorm_by_default():
     assert bns and not any(layer.trainable for layer in bns)
 
 
+def test_groupnorm_twin_has_the_same_layer_names_and_per_image_normalisation():
+    import numpy as np
+    _, bn = backbones.build_backbone("resnet18", keras.Input((64, 64, 3)), train_bn=False)
+    _, gn = backbones.build_backbone("resnet18_gn", keras.Input((64, 64, 3)), train_bn=False)
+    weighted = lambda m: [l.name for l in m.layers if l.weights]  # noqa: E731
+    assert weighted(bn) == weighted(gn)
+    norms = [l for l in gn.layers if isinstance(l, keras.layers.GroupNormalization)]
+    assert len(norms) == 20 and all(l.trainable for l in norms)
+    # per-image: an image's features do not depend on the other images in the batch
+    rng = np.random.RandomState(0)
+    a, b = rng.rand(1, 64, 64, 3), 50 * rng.rand(1, 64, 64, 3)
+    alone = gn(a, training=True)["C3"]
+    together = gn(np.concatenate([a, b]), training=True)["C3"][:1]
+    np.testing.assert_allclose(alone, together, atol=1e-4)
+
+
 def test_unknown_backbone_lists_registered_names():
     with pytest.raises(ValueError, match="resnet50.*") as err:
         backbones.get_backbone_spec("resnet5O")
