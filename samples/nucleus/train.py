@@ -117,7 +117,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train briefly on synthetic nuclei, detect, evaluate")
     demo.add_argument("--out", default="demo_nucleus", help="output folder (default %(default)s)")
-    demo.add_argument("--backbone", default="resnet18")
+    demo.add_argument("--backbone", default="resnet18_gn")
     demo.add_argument("--epochs", type=int, default=15)
     demo.add_argument("--lr", type=float, default=0.01)
     demo.add_argument("--train-images", type=int, default=24)
