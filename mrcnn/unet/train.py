@@ -82,6 +82,14 @@ class UNetSequence(keras.utils.PyDataset):
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
+def save_model_atomic(model, path):
+    """``model.save(path)`` through a temporary ``.keras`` file and a rename."""
+    tmp = path[:-len(".keras")] + ".tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
 class SaveBest(keras.callbacks.Callback):
     """Save the model as ``.keras`` whenever val_loss (or loss) improves, atomically."""
 
@@ -94,9 +102,7 @@ class SaveBest(keras.callbacks.Callback):
         value = logs.get("val_loss", logs.get("loss"))
         if value is not None and value < self.best:
             self.best = value
-            tmp = self.path[:-len(".keras")] + ".tmp.keras"
-            self.model.save(tmp)
-            os.replace(tmp, self.path)
+            save_model_atomic(self.model, self.path)
 
 
 def train_unet(train_dataset, val_dataset, out_dir, variant="boundary", epochs=100,
@@ -135,9 +141,7 @@ def train_unet(train_dataset, val_dataset, out_dir, variant="boundary", epochs=1
     history = model.fit(train_seq, validation_data=val_seq, epochs=epochs,
                         callbacks=callbacks, verbose=verbose)
     # EarlyStopping restores the best weights only when it fires; save what we return.
-    path = os.path.join(out_dir, MODEL_FILE)
-    model.save(path[:-len(".keras")] + ".tmp.keras")
-    os.replace(path[:-len(".keras")] + ".tmp.keras", path)
+    save_model_atomic(model, os.path.join(out_dir, MODEL_FILE))
     return model, history
 
 
