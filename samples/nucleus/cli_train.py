@@ -115,6 +115,20 @@ def select_fraction(dataset, fraction, seed):
     return subset
 
 
+def load_train_val(args):
+    """(train, val or None) prepared datasets from --dataset, --subset, --train-fraction,
+    --seed and --val-subset (shared by Mask R-CNN and U-Net training)."""
+    train = NucleusDataset().load_nucleus(args.dataset, args.subset)
+    train.prepare()
+    if args.train_fraction < 1:
+        train = select_fraction(train, args.train_fraction, args.seed)
+    val = None
+    if args.val_subset:
+        val = NucleusDataset().load_nucleus(args.dataset, args.val_subset)
+        val.prepare()
+    return train, val
+
+
 def resolve_weights(model, weights, logs):
     """Load --weights into a training model. Returns (loaded_path or None, from_scratch)."""
     if weights in ("none", "imagenet"):
@@ -176,14 +190,7 @@ def run_train(args):
     overrides.update(parse_overrides(args.set))
     config = make_config(overrides)
 
-    train = NucleusDataset().load_nucleus(args.dataset, args.subset)
-    train.prepare()
-    if args.train_fraction < 1:
-        train = select_fraction(train, args.train_fraction, args.seed)
-    val = None
-    if args.val_subset:
-        val = NucleusDataset().load_nucleus(args.dataset, args.val_subset)
-        val.prepare()
+    train, val = load_train_val(args)
     log.info("%d training images (%s), %d validation images", len(train.image_ids),
              args.subset, len(val.image_ids) if val else 0)
 

@@ -6,8 +6,6 @@ import logging
 import os
 import time
 
-from nucleus import NucleusDataset
-
 from mrcnn.data.augment import default_augmentation
 from mrcnn.unet import UNetPredictor, train_unet
 from mrcnn.unet.train import MODEL_FILE
@@ -32,15 +30,8 @@ def unet_predictor(args):
 
 
 def run_train_unet(args):
-    train = NucleusDataset().load_nucleus(args.dataset, args.subset)
-    train.prepare()
-    if args.train_fraction < 1:
-        from cli_train import select_fraction
-        train = select_fraction(train, args.train_fraction, args.seed)
-    val = None
-    if args.val_subset:
-        val = NucleusDataset().load_nucleus(args.dataset, args.val_subset)
-        val.prepare()
+    from cli_train import load_train_val
+    train, val = load_train_val(args)
     out_dir = os.path.join(args.logs, f"unet{datetime.datetime.now():%Y%m%dT%H%M}")
     augmentation = default_augmentation(seed=args.seed) if args.augment == "default" else None
     started = time.time()
