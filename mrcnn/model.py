@@ -87,6 +87,7 @@ class MaskRCNN:
         self.log_dir = None
         self.checkpoint_path = None
         self._predict = None
+        self._optimizer_state = None
         self.set_log_dir()
 
     # Run folders and checkpoints -------------------------------------------------------
@@ -124,6 +125,8 @@ class MaskRCNN:
         else:
             self.keras_model.load_weights(filepath)
         self.set_log_dir(filepath)
+        state = training_lib.optimizer_state_path(os.fspath(filepath))
+        self._optimizer_state = state if os.path.exists(state) else None
         return self
 
     def save_weights(self, filepath):
@@ -146,7 +149,7 @@ class MaskRCNN:
         obj.spec = backbones.get_backbone_spec(config.BACKBONE)
         obj.strategy = tf.distribute.get_strategy()
         obj.keras_model = keras.models.load_model(filepath, safe_mode=True)
-        obj.epoch, obj._predict = 0, None
+        obj.epoch, obj._predict, obj._optimizer_state = 0, None, None
         obj.set_log_dir()
         return obj
 
@@ -196,6 +199,9 @@ class MaskRCNN:
             self.keras_model.compile(
                 optimizer=training_lib.make_optimizer(config, learning_rate, start_step),
                 jit_compile=False)
+            if self._optimizer_state:  # resuming a checkpoint: continue its momentum
+                training_lib.restore_optimizer_state(self.keras_model, self._optimizer_state)
+                self._optimizer_state = None
         history = self.keras_model.fit(
             train_gen, initial_epoch=self.epoch, epochs=epochs,
             steps_per_epoch=config.STEPS_PER_EPOCH, validation_data=val_gen,

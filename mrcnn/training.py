@@ -4,6 +4,7 @@ import logging
 import math
 import os
 import re
+import tempfile
 import time
 
 import keras
@@ -96,6 +97,73 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.last_path = save_weights_by_name(self.model, self.path_pattern.format(epoch=epoch + 1))
+        state = save_optimizer_state(self.model, optimizer_state_path(self.last_path))
+        if state:  # only the newest optimizer state is kept (it is as large as the weights)
+            folder = os.path.dirname(os.path.abspath(state))
+            for name in os.listdir(folder):
+                stale = os.path.join(folder, name)
+                if name.endswith(".optimizer.npz") and stale != os.path.abspath(state):
+                    os.remove(stale)
+
+
+def optimizer_state_path(checkpoint_path):
+    """``.../mask_rcnn_x_0005.weights.h5`` -> ``.../mask_rcnn_x_0005.optimizer.npz``."""
+    base = checkpoint_path[:-len(".weights.h5")] if checkpoint_path.endswith(".weights.h5") \
+        else os.path.splitext(checkpoint_path)[0]
+    return base + ".optimizer.npz"
+
+
+def _trainable_paths(keras_model):
+    return np.array([v.path for v in keras_model.trainable_variables], dtype=str)
+
+
+def save_optimizer_state(keras_model, path):
+    """Write the optimizer's variables (momentum slots) and the trainable variables they
+    belong to, atomically, as a plain ``.npz`` (no pickle)."""
+    optimizer = keras_model.optimizer
+    if optimizer is None or not optimizer.built:
+        return None
+    arrays = {f"v{i:05d}": keras.ops.convert_to_numpy(v)
+              for i, v in enumerate(optimizer.variables)}
+    arrays["trainable_paths"] = _trainable_paths(keras_model)
+    fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return os.path.abspath(path)
+
+
+def restore_optimizer_state(keras_model, path):
+    """Load momentum slots written by :func:`save_optimizer_state` into the compiled model's
+    optimizer, if they were saved for the same trainable variables.
+
+    The step counter is reset to 0 because the learning-rate schedule already starts at the
+    resumed epoch's step. Returns True when the state was restored.
+    """
+    with np.load(path, allow_pickle=False) as data:
+        if not np.array_equal(data["trainable_paths"], _trainable_paths(keras_model)):
+            log.info("%s was saved for other trainable layers; momentum starts from zero.", path)
+            return False
+        values = [data[k] for k in sorted(k for k in data.files if k.startswith("v"))]
+    optimizer = keras_model.optimizer
+    if not optimizer.built:
+        optimizer.build(keras_model.trainable_variables)
+    variables = optimizer.variables
+    if len(values) != len(variables) or any(
+            tuple(v.shape) != a.shape for v, a in zip(variables, values)):
+        log.info("%s does not fit this optimizer; momentum starts from zero.", path)
+        return False
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+    optimizer.iterations.assign(0)
+    log.info("Optimizer state restored from %s", path)
+    return True
 
 
 class LearningRateLogger(keras.callbacks.Callback):

@@ -74,6 +74,27 @@ def test_callable_augmentation_and_shape_change_error():
         apply_augmentation(lambda i, m: (i[:4], m[:4]), image, mask)
 
 
+
+def test_imgaug_augmenter_without_imgaug_fails_clearly():
+    try:
+        import imgaug  # noqa: F401
+        pytest.skip("imgaug imports here; the clear-error path cannot be exercised")
+    except Exception:
+        pass
+
+    class ImgaugLikeAugmenter:  # the duck type apply_augmentation treats as imgaug
+        def to_deterministic(self):
+            return self
+
+        def augment_image(self, image, hooks=None):
+            return image
+
+    image, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 1), bool)
+    with pytest.raises(RuntimeError, match="imgaug cannot be imported.*albumentations"):
+        apply_augmentation(ImgaugLikeAugmenter(), image, mask)
+    with pytest.raises(ValueError, match="neither an albumentations"):
+        apply_augmentation(42, image, mask)
+
 class _FilesDataset(Dataset):
     def __init__(self, paths, mask_shape=None):
         super().__init__()

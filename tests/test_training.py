@@ -12,6 +12,7 @@ import tensorflow as tf
 from mrcnn import model as modellib
 from mrcnn.data.synthetic import SyntheticNucleiDataset
 from mrcnn.losses import LOSS_NAMES
+from mrcnn.training import optimizer_state_path
 from tests.conftest import TinyConfig
 
 
@@ -67,15 +68,43 @@ def test_staged_training_losses_checkpoints_and_logs(tmp_path, synthetic_dataset
         assert f"epoch_{name}" in tags, (name, sorted(tags))
 
 
-def test_resume_continues_epoch_count(tmp_path, synthetic_dataset):
+def test_resume_continues_epoch_count_and_momentum(tmp_path, synthetic_dataset):
     model = modellib.MaskRCNN("training", WeightedConfig(), str(tmp_path))
     model.train(synthetic_dataset, None, 1e-3, 1, "all", verbose=0)
+    checkpoint = model.find_last()
+    state = optimizer_state_path(checkpoint)
+    assert state.endswith("mask_rcnn_tiny_0001.optimizer.npz") and os.path.exists(state)
+    with np.load(state, allow_pickle=False) as data:
+        saved = [data[k] for k in sorted(k for k in data.files if k.startswith("v"))]
+    momentum = [v for v in saved if v.ndim > 0]
+    assert any(np.abs(v).max() > 0 for v in momentum)
+
     resumed = modellib.MaskRCNN("training", WeightedConfig(), str(tmp_path))
-    resumed.load_weights(model.find_last())
+    resumed.load_weights(checkpoint)
     assert resumed.epoch == 1 and resumed.log_dir == model.log_dir
+    # Training "until epoch 1" runs no step: it only compiles and restores the momentum.
+    assert resumed.train(synthetic_dataset, None, 1e-3, 1, "all", verbose=0).epoch == []
+    restored = [np.asarray(v) for v in resumed.keras_model.optimizer.variables if v.ndim > 0]
+    assert len(restored) == len(momentum)
+    for a, b in zip(restored, momentum):
+        np.testing.assert_array_equal(a, b)
+
     history = resumed.train(synthetic_dataset, None, 1e-3, 2, "all", verbose=0)
     assert history.epoch == [1]
     assert os.path.exists(os.path.join(model.log_dir, "mask_rcnn_tiny_0002.weights.h5"))
+    # Only the newest optimizer state is kept; the weights of every epoch stay.
+    assert os.path.exists(optimizer_state_path(resumed.find_last()))
+    assert not os.path.exists(state)
+
+
+def test_optimizer_state_for_other_layers_is_ignored(tmp_path, synthetic_dataset):
+    model = modellib.MaskRCNN("training", WeightedConfig(), str(tmp_path))
+    model.train(synthetic_dataset, None, 1e-3, 1, "heads", verbose=0)
+    resumed = modellib.MaskRCNN("training", WeightedConfig(), str(tmp_path))
+    resumed.load_weights(model.find_last())
+    assert os.path.exists(optimizer_state_path(model.find_last()))
+    resumed.train(synthetic_dataset, None, 1e-3, 1, "all", verbose=0)  # no step: compile only
+    assert not resumed.keras_model.optimizer.built  # state of "heads" not forced onto "all"
 
 
 def test_empty_ground_truth_trains(tmp_path):

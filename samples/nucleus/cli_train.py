@@ -35,6 +35,10 @@ SCRATCH_OVERRIDES = {
     "LEARNING_RATE_WARMUP_STEPS": 200,
     "POST_NMS_ROIS_TRAINING": 600,
     "TRAIN_ROIS_PER_IMAGE": 128,
+    # 128 instead of 256 channels in the FPN and the mask head: a training step on two 256
+    # crops takes 0.65 s instead of 1.24 s (measured), so twice the steps fit in a CPU budget.
+    "TOP_DOWN_PYRAMID_SIZE": 128,
+    "MASK_HEAD_CHANNELS": 128,
 }
 
 
