@@ -95,6 +95,7 @@ def test_compare_writes_table_and_resumes(data_dir, tmp_path):
         assert os.path.exists(os.path.join(out, name))
     table = open(os.path.join(out, "results.md")).read()
     assert "| otsu |" in table and "DSB score" in table
+    assert f"`python samples/nucleus/train.py compare --dataset {data_dir} --models otsu" in table
     marker = os.path.join(out, "otsu_seed0", "metrics.json")
     stamp = os.path.getmtime(marker)
     nucleus_cli.main(args)                      # resumes: nothing is recomputed

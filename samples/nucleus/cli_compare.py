@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -169,9 +170,9 @@ def run_compare(args):
         writer.writerows(rows)
     os.replace(tmp, os.path.join(args.out, "results.csv"))
     summary = summarise(rows)
-    command = "python samples/nucleus/train.py " + " ".join(sys.argv[2:] if len(sys.argv) > 2
-                                                            else [])
-    write_table(os.path.join(args.out, "results.md"), summary, command.strip())
+    command = "python samples/nucleus/train.py " + " ".join(
+        shlex.quote(str(a)) for a in getattr(args, "argv", ["compare"]))
+    write_table(os.path.join(args.out, "results.md"), summary, command)
     plot(os.path.join(args.out, "speed_vs_accuracy.png"), summary)
     with open(os.path.join(args.out, "results.md")) as f:
         print(f.read())

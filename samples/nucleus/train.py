@@ -133,6 +133,7 @@ def main(argv=None):
     compare = sub.add_parser("compare", help="train + evaluate several models at one budget")
     add_compare_arguments(compare)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.command == "demo":
         run_demo(args)
