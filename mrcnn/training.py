@@ -4,13 +4,12 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 
 import keras
 import numpy as np
 
-from mrcnn.weights import save_weights_by_name
+from mrcnn.weights import atomic_target, save_weights_by_name
 
 log = logging.getLogger(__name__)
 
@@ -126,16 +125,8 @@ def save_optimizer_state(keras_model, path):
     arrays = {f"v{i:05d}": keras.ops.convert_to_numpy(v)
               for i, v in enumerate(optimizer.variables)}
     arrays["trainable_paths"] = _trainable_paths(keras_model)
-    fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_target(path, ".npz.tmp") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     return os.path.abspath(path)
 
 

@@ -9,6 +9,7 @@ reads and writes that classic layout: root attribute ``layer_names``; one group 
 attribute ``weight_names`` listing its datasets in weight order.
 """
 
+import contextlib
 import os
 import re
 import tempfile
@@ -33,17 +34,30 @@ def _decode(names):
     return [n.decode("utf8") if isinstance(n, bytes) else str(n) for n in names]
 
 
+@contextlib.contextmanager
+def atomic_target(path, suffix=".tmp"):
+    """Yield a temporary path beside ``path``; on success rename it to ``path``, on any error
+    remove it. A crash mid-write leaves any earlier file at ``path`` intact."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def save_weights_by_name(model, path):
     """Write every layer's weights to ``path`` atomically (temp file, then rename).
 
     A crash mid-write leaves any earlier file at ``path`` intact.
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".h5.tmp", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_target(path, ".h5.tmp") as tmp:
         with h5py.File(tmp, "w") as f:
             names = []
             for layer in flat_layers(model):
@@ -61,11 +75,6 @@ def save_weights_by_name(model, path):
             f.attrs["backend"] = b"tensorflow"
             f.attrs["keras_version"] = keras.__version__.encode("utf8")
             f.attrs["mrcnn_format"] = 1
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 
