@@ -6,11 +6,11 @@ Otsu baseline alike, so all models are scored by the same code on the same image
 
 import json
 import logging
-import os
 import time
 
 import numpy as np
 
+from mrcnn.atomic import atomic_target
 from mrcnn.metrics import (coco_evaluate, compute_ap, dice, dsb_image_score, pixel_iou,
                            remove_overlaps)
 
@@ -107,10 +107,6 @@ def format_metrics(metrics):
 
 def write_json(path, data):
     """Write JSON atomically (temporary file + rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_target(path, ".json.tmp") as tmp, open(tmp, "w") as f:
         json.dump(data, f, indent=1)
-    os.replace(tmp, path)
     return path

@@ -9,7 +9,8 @@ import time
 import keras
 import numpy as np
 
-from mrcnn.weights import atomic_target, save_weights_by_name
+from mrcnn.atomic import atomic_target
+from mrcnn.weights import save_weights_by_name
 
 log = logging.getLogger(__name__)
 

@@ -9,14 +9,14 @@ reads and writes that classic layout: root attribute ``layer_names``; one group 
 attribute ``weight_names`` listing its datasets in weight order.
 """
 
-import contextlib
 import os
 import re
-import tempfile
 
 import h5py
 import keras
 import numpy as np
+
+from mrcnn.atomic import atomic_target
 
 
 def flat_layers(model):
@@ -32,23 +32,6 @@ def flat_layers(model):
 
 def _decode(names):
     return [n.decode("utf8") if isinstance(n, bytes) else str(n) for n in names]
-
-
-@contextlib.contextmanager
-def atomic_target(path, suffix=".tmp"):
-    """Yield a temporary path beside ``path``; on success rename it to ``path``, on any error
-    remove it. A crash mid-write leaves any earlier file at ``path`` intact."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_weights_by_name(model, path):

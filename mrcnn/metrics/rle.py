@@ -6,9 +6,10 @@ each contested pixel to the highest-scoring instance first.
 """
 
 import csv
-import os
 
 import numpy as np
+
+from mrcnn.atomic import atomic_target
 
 
 def rle_encode(mask):
@@ -75,14 +76,10 @@ def mask_to_rle(image_id, masks, scores=None):
 
 def write_submission(path, rows):
     """Write ``ImageId,EncodedPixels`` rows atomically (a crash leaves no partial file)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_target(path, ".csv.tmp") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["ImageId", "EncodedPixels"])
         writer.writerows(rows)
-    os.replace(tmp, path)
     return path
 
 

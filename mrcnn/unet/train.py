@@ -12,6 +12,7 @@ import time
 import keras
 import numpy as np
 
+from mrcnn.atomic import atomic_target
 from mrcnn.data.augment import apply_augmentation
 from mrcnn.training import TimeBudget
 from mrcnn.unet.model import BceDiceLoss, build_unet, dice_coefficient
@@ -84,9 +85,8 @@ class UNetSequence(keras.utils.PyDataset):
 
 def save_model_atomic(model, path):
     """``model.save(path)`` through a temporary ``.keras`` file and a rename."""
-    tmp = path[:-len(".keras")] + ".tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_target(path, ".tmp.keras") as tmp:
+        model.save(tmp)
     return path
 
 

@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from mrcnn.atomic import atomic_target
 from mrcnn.evaluation import write_json
 
 log = logging.getLogger("nucleus")
@@ -122,10 +123,8 @@ def write_table(path, summary, command):
                      f"{cell(s['seconds_per_image'], 2)} | {s['params_m'][0]:.1f} | "
                      f"{s['peak_train_mb'][0]:.0f} | {s['train_minutes'][0]:.1f} |")
     lines += ["", f"Command: `{command}`", ""]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_target(path, ".md.tmp") as tmp, open(tmp, "w") as f:
         f.write("\n".join(lines))
-    os.replace(tmp, path)
 
 
 def plot(path, summary):
@@ -144,10 +143,11 @@ def plot(path, summary):
     ax.set_ylabel("DSB2018 score (validation)")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_target(path, ".tmp.png") as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def run_compare(args):
@@ -163,12 +163,11 @@ def run_compare(args):
         for model in models:
             metrics = run_one(args, model, seed, os.path.join(args.out, f"{model}_seed{seed}"))
             rows.append(row_of(metrics))
-    tmp = os.path.join(args.out, "results.csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_target(os.path.join(args.out, "results.csv"), ".csv.tmp") as tmp, \
+            open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, os.path.join(args.out, "results.csv"))
     summary = summarise(rows)
     command = "python samples/nucleus/train.py " + " ".join(
         shlex.quote(str(a)) for a in getattr(args, "argv", ["compare"]))

@@ -14,6 +14,7 @@ from cli_train import load_run_overrides, make_config, parse_overrides
 from nucleus import NucleusConfig, NucleusDataset, image_kind
 
 from mrcnn import model as modellib
+from mrcnn.atomic import atomic_target
 from mrcnn.evaluation import evaluate_dataset, format_metrics, write_json
 
 log = logging.getLogger("nucleus")
@@ -120,9 +121,8 @@ def run_detect(args):
         scores = np.asarray(r["scores"])[kept]
         rows += mask_to_rle(name, masks, scores)
         results += coco_results([name], [masks], [scores])
-        tmp = os.path.join(overlay_dir, f".{name}.tmp.png")
-        imsave(tmp, overlay_instances(image, masks), check_contrast=False)
-        os.replace(tmp, os.path.join(overlay_dir, f"{name}.png"))
+        with atomic_target(os.path.join(overlay_dir, f"{name}.png"), ".tmp.png") as tmp:
+            imsave(tmp, overlay_instances(image, masks), check_contrast=False)
         log.info("%d/%d %s: %d nuclei", n + 1, len(ids), name, masks.shape[-1])
     submission = write_submission(os.path.join(args.out, "submission.csv"), rows)
     coco_path = write_json(os.path.join(args.out, "coco_results.json"), results)

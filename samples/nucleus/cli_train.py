@@ -14,6 +14,7 @@ import numpy as np
 from nucleus import NucleusConfig, NucleusDataset, NucleusInferenceConfig
 
 from mrcnn import model as modellib
+from mrcnn.atomic import atomic_target
 from mrcnn.data.augment import default_augmentation
 
 log = logging.getLogger("nucleus")
@@ -88,12 +89,9 @@ def load_run_overrides(weights_path):
 
 
 def save_run_overrides(log_dir, overrides):
-    os.makedirs(log_dir, exist_ok=True)
     path = os.path.join(log_dir, RUN_CONFIG_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_target(path, ".json.tmp") as tmp, open(tmp, "w") as f:
         json.dump({"overrides": overrides}, f, indent=1, default=_jsonable)
-    os.replace(tmp, path)
 
 
 def _jsonable(value):
