@@ -65,13 +65,36 @@ def test_train_resume_evaluate_detect(data_dir, tmp_path):
 
     det = str(tmp_path / "det")
     nucleus_cli.main(["detect", "--dataset", data_dir, "--subset", "stage1_test", "--logs",
-                      logs, "--out", det, "--min-confidence", "0.1"])
+                      logs, "--out", det, "--min-confidence", "0.1", "--tta"])
     rows = list(csv.reader(open(os.path.join(det, "submission.csv"))))
     assert rows[0] == ["ImageId", "EncodedPixels"]
     assert {r[0] for r in rows[1:]} == set(read_submission(os.path.join(det, "submission.csv")))
     assert len({r[0] for r in rows[1:]}) == 2           # every image has a line
     assert len(glob.glob(os.path.join(det, "overlays", "*.png"))) == 2
     assert isinstance(json.load(open(os.path.join(det, "coco_results.json"))), list)
+
+
+def test_weights_coco_matches_matterports_architecture(data_dir, tmp_path, monkeypatch):
+    """--weights coco: Matterport's file has a 512-channel RPN and 81 classes; the CLI sets the
+    RPN width to match and excludes only the class-specific head layers."""
+    import cli_train
+    from mrcnn import model as modellib
+    from mrcnn import weights as weights_lib
+    small = [s for s in SMALL if not s.startswith("RPN_CONV_CHANNELS")]
+    overrides = dict(cli_train.parse_overrides(small), BACKBONE="resnet18", NUM_CLASSES=81,
+                     RPN_CONV_CHANNELS=512)
+    coco_like = modellib.MaskRCNN("training", cli_train.make_config(overrides), str(tmp_path))
+    coco_file = weights_lib.save_weights_by_name(coco_like.keras_model,
+                                                 str(tmp_path / "mask_rcnn_coco.h5"))
+    monkeypatch.setattr(weights_lib, "download_weights", lambda url, md5_hash=None: coco_file)
+    logs = str(tmp_path / "logs")
+    nucleus_cli.main(["train", "--dataset", data_dir, "--logs", logs, "--backbone", "resnet18",
+                      "--weights", "coco", "--steps-per-epoch", "1", "--heads-epochs", "1",
+                      "--all-epochs", "1", "--verbose", "0"] + _sets(small))
+    run = glob.glob(os.path.join(logs, "nucleus*"))[0]
+    saved = json.load(open(os.path.join(run, "run_config.json")))["overrides"]
+    assert saved["RPN_CONV_CHANNELS"] == 512
+    assert os.path.exists(os.path.join(run, "mask_rcnn_nucleus_0001.weights.h5"))
 
 
 def test_time_budget_stops_with_a_checkpoint(data_dir, tmp_path):

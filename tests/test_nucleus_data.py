@@ -16,7 +16,7 @@ from mrcnn.evaluation import evaluate_dataset
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "samples", "nucleus"))
 from cli_eval import otsu_predictor  # noqa: E402
 from cli_train import make_config, parse_overrides, select_fraction  # noqa: E402
-from nucleus import NucleusDataset, split_ids  # noqa: E402
+from nucleus import NucleusDataset, image_kind, set_kind_repeat_factors, split_ids  # noqa: E402
 
 SHARED_DSB = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "dsb2018")
 
@@ -162,3 +162,40 @@ def test_real_dsb_split_is_stratified():
     ds.prepare()
     masks, class_ids = ds.load_mask(0)
     assert masks.shape[:2] == ds.load_image(0).shape[:2] and len(class_ids) > 0
+
+
+def test_repeat_factors_oversample_in_the_generator():
+    from mrcnn.config import Config
+    from mrcnn.data.dataset import Dataset
+    from mrcnn.data.generator import DataGenerator
+    ds = Dataset()
+    ds.add_class("x", 1, "thing")
+    for i, factor in enumerate([1.0, 1.0, 3.0, 1.5]):
+        ds.add_image("x", image_id=i, path=f"{i}.png", repeat_factor=factor)
+    ds.prepare()
+
+    class Cfg(Config):
+        NAME, NUM_CLASSES, IMAGES_PER_GPU = "t", 2, 1
+    gen = DataGenerator(ds, Cfg(), shuffle=True, seed=0)
+    seen = np.zeros(4)
+    for _ in range(400):
+        order = gen._make_order()
+        counts = np.bincount(order, minlength=4)
+        assert counts[0] == counts[1] == 1 and counts[2] == 3 and counts[3] in (1, 2)
+        seen += counts
+        gen.on_epoch_end()
+    assert seen[3] / 400 == pytest.approx(1.5, abs=0.1)
+
+
+def test_kind_repeat_factors(tmp_path):
+    root = str(tmp_path)
+    write_synthetic_dsb(root, 6, size=64, seed=0, kind="fluorescence")
+    write_synthetic_dsb(root, 2, size=64, seed=100, kind="histology")
+    ds = NucleusDataset().load_nucleus(root, "stage1_train")
+    ds.prepare()
+    table = set_kind_repeat_factors(ds)
+    assert table == {"fluorescence": (6, 1.0),
+                     "histology": (2, pytest.approx(np.sqrt(0.5 * 8 / 2)))}
+    for info in ds.image_info:
+        assert info["kind"] == image_kind(skimage.io.imread(info["path"]))
+        assert info["repeat_factor"] == (1.0 if info["kind"] == "fluorescence" else np.sqrt(2))

@@ -31,6 +31,7 @@ class DataGenerator(keras.utils.PyDataset):
     pixels, input_gt_masks [B, h, w, G] uint8 0/1 (G = MAX_GT_INSTANCES, zero-padded).
 
     Images without instances are kept (they train the RPN and classifier as negatives).
+    ``dataset.image_info[i]["repeat_factor"]`` (optional, default 1) oversamples image i.
     An image that fails to load is logged once and replaced by the next one; if every image
     fails the error is raised.
 
@@ -65,10 +66,21 @@ class DataGenerator(keras.utils.PyDataset):
         self._anchor_cache = {}
 
     def _make_order(self):
+        """This epoch's image order. An image whose ``image_info`` has ``repeat_factor`` r
+        appears floor(r) times plus once more with probability r - floor(r) (repeat-factor
+        sampling, as LVIS does for rare classes), so rare image kinds are seen more often."""
         ids = np.array(self.dataset.image_ids)
+        rng = np.random.RandomState(None if self.seed is None else self.seed + self.epoch)
+        factors = np.array([float(info.get("repeat_factor", 1.0))
+                            for info in self.dataset.image_info])
+        if np.any(factors != 1.0):
+            counts = np.floor(factors).astype(int)
+            counts += rng.rand(len(factors)) < factors - counts
+            ids = np.repeat(ids, counts)
+            if not len(ids):
+                raise ValueError("every image has a repeat_factor below 1 and none was drawn")
         if self.shuffle:
-            ids = np.random.RandomState(
-                None if self.seed is None else self.seed + self.epoch).permutation(ids)
+            ids = rng.permutation(ids)
         return ids
 
     def __len__(self):

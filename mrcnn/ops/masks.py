@@ -43,8 +43,17 @@ def unmold_mask(mask, bbox, image_shape, threshold=0.5):
     return full
 
 
-def masks_to_stack(masks, image_shape):
-    """A list of [H, W] masks -> [H, W, N] bool (N may be 0)."""
-    if not masks:
-        return np.zeros(tuple(image_shape[:2]) + (0,), dtype=bool)
-    return np.stack(masks, axis=-1)
+def unmold_masks(masks, boxes, image_shape, threshold=0.5):
+    """Paste soft masks [N, h, w] into one image-sized bool stack [H, W, N].
+
+    Same result as stacking :func:`unmold_mask` per box, without N temporary full-size arrays
+    (a dense 1000x1000 image with 400 detections would otherwise copy 400 MB twice).
+    Boxes [N, 4] are pixels (y1, x1, y2, x2), y2/x2 exclusive; empty boxes give empty masks.
+    """
+    out = np.zeros(tuple(image_shape[:2]) + (len(boxes),), dtype=bool)
+    for i, (mask, box) in enumerate(zip(masks, boxes)):
+        y1, x1, y2, x2 = (int(v) for v in box)
+        if y2 > y1 and x2 > x1:
+            out[y1:y2, x1:x2, i] = resize_array(
+                np.asarray(mask, np.float32), (y2 - y1, x2 - x1)) >= threshold
+    return out

@@ -78,7 +78,9 @@ class UNetSequence(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         rng = np.random.RandomState((self.seed * 100_003 + self.epoch * 1009 + index) % 2**31)
-        ids = rng.choice(self.dataset.image_ids, self.batch_size)
+        factors = np.array([float(self.dataset.image_info[i].get("repeat_factor", 1.0))
+                            for i in self.dataset.image_ids])   # oversampling, as Mask R-CNN
+        ids = rng.choice(self.dataset.image_ids, self.batch_size, p=factors / factors.sum())
         pairs = [self.example(i, rng) for i in ids]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 

@@ -44,8 +44,13 @@ def maskrcnn_predictor(args):
     log.info("Mask R-CNN %s from %s (min confidence %.2f)", config.BACKBONE, path,
              config.DETECTION_MIN_CONFIDENCE)
 
+    tta = getattr(args, "tta", False)
+    if tta:
+        from mrcnn.tta import detect_with_flips
+        log.info("test-time augmentation: 4 flips per image, objects at least 2 views agree on")
+
     def predict(image):
-        r = model.detect([image])[0]
+        r = detect_with_flips(model.detect, image) if tta else model.detect([image])[0]
         return {"masks": r["masks"], "scores": r["scores"]}
     predict.num_params = model.keras_model.count_params()
     return predict
@@ -95,6 +100,7 @@ def run_evaluate(args):
     from cli_train import peak_memory_mb
     metrics.update(model=getattr(args, "model", "maskrcnn"), weights=args.weights,
                    subset=args.subset, params=int(getattr(predict, "num_params", 0)),
+                   tta=bool(getattr(args, "tta", False)),
                    peak_mb=peak_memory_mb())
     print(format_metrics(metrics))
     if args.out:
@@ -139,5 +145,8 @@ def add_predictor_arguments(parser, default_subset):
     parser.add_argument("--backbone", default=None, help="only when the run has no config")
     parser.add_argument("--min-confidence", type=float, default=None,
                         help="DETECTION_MIN_CONFIDENCE (default: the config's)")
+    parser.add_argument("--tta", action="store_true",
+                        help="Mask R-CNN: detect on the 4 flips of each image and keep the "
+                             "objects at least 2 views agree on (4x the inference time)")
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE")

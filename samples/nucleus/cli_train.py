@@ -11,7 +11,8 @@ import time
 
 import numpy as np
 
-from nucleus import NucleusConfig, NucleusDataset, NucleusInferenceConfig
+from nucleus import (NucleusConfig, NucleusDataset, NucleusInferenceConfig,
+                     set_kind_repeat_factors)
 
 from mrcnn import model as modellib
 from mrcnn.atomic import atomic_target
@@ -36,10 +37,23 @@ SCRATCH_OVERRIDES = {
     "LEARNING_RATE_WARMUP_STEPS": 200,
     "POST_NMS_ROIS_TRAINING": 600,
     "TRAIN_ROIS_PER_IMAGE": 128,
-    # 128 instead of 256 channels in the FPN and the mask head: a training step on two 256
-    # crops takes 0.65 s instead of 1.24 s (measured), so twice the steps fit in a CPU budget.
+    # 128 instead of 256 channels in the FPN: with a 128-channel mask head a training step on
+    # two 256 crops took 0.65 s instead of 1.24 s (measured), so twice the steps fit a CPU
+    # budget. Once the RPN has learnt, up to 42 positive ROIs per crop go through the 4 mask
+    # convs and they dominate the step (0.78 s with a trained model); 64 channels (enough for
+    # blob-shaped nuclei) bring it to 0.61 s (benchmarks/bench_nucleus_step.py).
     "TOP_DOWN_PYRAMID_SIZE": 128,
-    "MASK_HEAD_CHANNELS": 128,
+    "MASK_HEAD_CHANNELS": 64,
+}
+
+
+# Matterport's COCO file has a 512-channel shared RPN conv (NucleusConfig uses 256) and
+# 256-channel FPN and mask head; the architecture must match for those layers to load.
+COCO_OVERRIDES = {
+    "RPN_CONV_CHANNELS": 512,
+    "TOP_DOWN_PYRAMID_SIZE": 256,
+    "MASK_HEAD_CHANNELS": 256,
+    "FPN_CLASSIF_FC_LAYERS_SIZE": 1024,
 }
 
 
@@ -124,6 +138,10 @@ def load_train_val(args):
     train.prepare()
     if args.train_fraction < 1:
         train = select_fraction(train, args.train_fraction, args.seed)
+    if getattr(args, "balance_kinds", False):
+        for kind, (count, factor) in set_kind_repeat_factors(train).items():
+            log.info("--balance-kinds: %d %s images, each seen %.2fx as often", count, kind,
+                     factor)
     val = None
     if args.val_subset:
         val = NucleusDataset().load_nucleus(args.dataset, args.val_subset)
@@ -177,6 +195,8 @@ def run_train(args):
     overrides = {}
     if args.weights == "none":
         overrides.update(SCRATCH_OVERRIDES)
+    if args.weights == "coco":
+        overrides.update(COCO_OVERRIDES)
     if args.weights == "last" or (args.weights not in ("none", "imagenet", "coco")
                                   and os.path.exists(str(args.weights))):
         path = args.weights
@@ -260,6 +280,9 @@ def add_train_arguments(parser):
     parser.add_argument("--time-budget", type=float, default=None,
                         help="minutes; stage 1 gets 75%%, stage 2 the rest")
     parser.add_argument("--train-fraction", type=float, default=1.0)
+    parser.add_argument("--balance-kinds", action="store_true",
+                        help="oversample the rare image kinds (histology, brightfield) by "
+                             "repeat-factor sampling, factor sqrt(0.5 / kind fraction)")
     parser.add_argument("--augment", choices=("default", "none"), default="default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",

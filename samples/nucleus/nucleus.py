@@ -77,6 +77,32 @@ def split_ids(dataset_dir, ids, val_fraction=0.1):
     return sorted(set(ids) - val), sorted(val)
 
 
+def set_kind_repeat_factors(dataset, threshold=0.5):
+    """Oversample rare image kinds: repeat-factor sampling (Gupta et al., LVIS 2019) over the
+    kinds of :func:`image_kind` instead of classes.
+
+    Each image gets ``repeat_factor = max(1, sqrt(threshold / f))``, f the fraction of the
+    dataset's images of its kind, which :class:`mrcnn.data.generator.DataGenerator` uses. With
+    DSB2018's stage1_train (about 82 % fluorescence, 16 % histology, 3 % brightfield) and
+    threshold 0.5: factors 1, 1.8 and 4.2, so a training epoch is about 67 % fluorescence,
+    23 % histology and 10 % brightfield.
+
+    Returns:
+        {kind: (number of images, repeat factor)}.
+    """
+    kinds = []
+    for image_id in dataset.image_ids:
+        info = dataset.image_info[image_id]
+        if "kind" not in info:
+            info["kind"] = image_kind(dataset.load_image(image_id))
+        kinds.append(info["kind"])
+    counts = {k: kinds.count(k) for k in sorted(set(kinds))}
+    factors = {k: max(1.0, float(np.sqrt(threshold * len(kinds) / n))) for k, n in counts.items()}
+    for image_id, kind in zip(dataset.image_ids, kinds):
+        dataset.image_info[image_id]["repeat_factor"] = factors[kind]
+    return {k: (counts[k], factors[k]) for k in counts}
+
+
 class NucleusDataset(Dataset):
     """DSB2018 nuclei: one class, instance masks one PNG per nucleus."""
 
