@@ -27,7 +27,7 @@ from mrcnn.data.loader import load_image_gt  # noqa: F401  (Matterport re-export
 from mrcnn.modeling.factory import build_maskrcnn
 from mrcnn.ops.boxes import denorm_boxes, norm_boxes
 from mrcnn.ops.image import compose_image_meta, mold_image, resize_image
-from mrcnn.ops.masks import unmold_masks
+from mrcnn.ops.masks import expand_mask
 from mrcnn.weights import load_weights_by_name, save_weights_by_name
 
 log = logging.getLogger(__name__)
@@ -295,8 +295,8 @@ class MaskRCNN:
         keep = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
         boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
         threshold = getattr(self.config, "DETECTION_MASK_THRESHOLD", 0.5)
-        return boxes, class_ids, scores, unmold_masks(masks, boxes, original_image_shape,
-                                                      threshold)
+        return boxes, class_ids, scores, expand_mask(boxes, np.moveaxis(masks, 0, -1),
+                                                     original_image_shape, threshold)
 
     def detect(self, images, verbose=0):
         """Detect instances in any number of images of any sizes.

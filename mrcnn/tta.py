@@ -10,7 +10,7 @@ Boxes are pixels in the original image, ``(y1, x1, y2, x2)`` with y2/x2 exclusiv
 
 import numpy as np
 
-from mrcnn.ops.boxes import extract_bboxes
+from mrcnn.ops.boxes import compute_overlaps, extract_bboxes
 
 # name -> (flip rows, flip columns)
 FLIPS = {"none": (False, False), "h": (False, True), "v": (True, False), "hv": (True, True)}
@@ -37,13 +37,6 @@ def unflip_result(result, vertical, horizontal):
     if horizontal:
         rois[:, [1, 3]] = w - rois[:, [3, 1]]
     return dict(result, rois=rois, masks=masks)
-
-
-def _box_overlaps(box, boxes):
-    """Intersection areas [M] of one pixel box with boxes [M, 4]."""
-    dy = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])
-    dx = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])
-    return np.maximum(dy, 0) * np.maximum(dx, 0)
 
 
 def _mask_iou(mask_a, box_a, mask_b, box_b):
@@ -103,7 +96,7 @@ def fuse_detections(views, min_votes=None, iou_threshold=0.5):
             if v == view_of[i]:
                 continue
             candidates = np.flatnonzero((view_of == v) & ~claimed & (classes == classes[i]))
-            candidates = candidates[_box_overlaps(boxes[i], boxes[candidates]) > 0]
+            candidates = candidates[compute_overlaps(boxes[i], boxes[candidates])[0] > 0]
             if not len(candidates):
                 continue
             ious = [_mask_iou(masks[i], boxes[i], masks[j], boxes[j]) for j in candidates]

@@ -7,7 +7,7 @@ import tensorflow as tf
 from mrcnn.ops import anchors as anchor_ops
 from mrcnn.ops import boxes as box_ops
 from mrcnn.ops.image import compose_image_meta, parse_image_meta, resize_image, resize_mask
-from mrcnn.ops.masks import expand_mask, minimize_mask, unmold_mask, unmold_masks
+from mrcnn.ops.masks import expand_mask, minimize_mask, unmold_mask
 
 
 def test_overlaps_hand_computed():
@@ -98,13 +98,13 @@ def test_mini_mask_roundtrip_and_unmold():
     assert (full == mask[..., 0]).all()
 
 
-def test_unmold_masks_matches_per_mask_paste():
+def test_expand_mask_with_threshold_matches_per_mask_paste():
     rng = np.random.RandomState(0)
     soft = rng.rand(3, 28, 28).astype(np.float32)
     boxes = np.array([[2, 3, 20, 30], [10, 10, 11, 40], [5, 5, 5, 9]])   # last one empty
-    stack = unmold_masks(soft, boxes, (48, 50, 3), threshold=0.5)
+    stack = expand_mask(boxes, np.moveaxis(soft, 0, -1), (48, 50, 3), threshold=0.5)
     assert stack.shape == (48, 50, 3) and stack.dtype == bool
     for i in range(3):
         assert (stack[..., i] == unmold_mask(soft[i], boxes[i], (48, 50), 0.5)).all()
     assert not stack[..., 2].any() and stack[..., 0].any()
-    assert unmold_masks(np.zeros((0, 28, 28)), np.zeros((0, 4)), (8, 9)).shape == (8, 9, 0)
+    assert expand_mask(np.zeros((0, 4)), np.zeros((28, 28, 0)), (8, 9)).shape == (8, 9, 0)

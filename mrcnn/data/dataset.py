@@ -86,6 +86,11 @@ class Dataset:
     def image_ids(self):
         return self._image_ids
 
+    def repeat_factors(self):
+        """[num_images] float: how often each image is drawn relative to the others,
+        ``image_info[i]["repeat_factor"]`` (default 1; see DataGenerator and the U-Net)."""
+        return np.array([float(info.get("repeat_factor", 1.0)) for info in self.image_info])
+
     def source_image_link(self, image_id):
         """The image's path or URL."""
         return self.image_info[image_id]["path"]

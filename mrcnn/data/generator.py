@@ -71,8 +71,7 @@ class DataGenerator(keras.utils.PyDataset):
         sampling, as LVIS does for rare classes), so rare image kinds are seen more often."""
         ids = np.array(self.dataset.image_ids)
         rng = np.random.RandomState(None if self.seed is None else self.seed + self.epoch)
-        factors = np.array([float(info.get("repeat_factor", 1.0))
-                            for info in self.dataset.image_info])
+        factors = self.dataset.repeat_factors()
         if np.any(factors != 1.0):
             counts = np.floor(factors).astype(int)
             counts += rng.rand(len(factors)) < factors - counts

@@ -21,39 +21,24 @@ def minimize_mask(bbox, mask, mini_shape):
     return mini
 
 
-def expand_mask(bbox, mini_mask, image_shape):
-    """Inverse of :func:`minimize_mask`: paste mini-masks back -> [H, W, N] bool."""
+def expand_mask(bbox, mini_mask, image_shape, threshold=0.5):
+    """Paste small soft or binary masks [h, w, N] into their pixel boxes [N, 4] (y1, x1, y2, x2,
+    y2/x2 exclusive) of an image-sized bool stack [H, W, N], binarised at ``threshold``.
+
+    Inverse of :func:`minimize_mask`, and how detections' 28x28 masks reach the original
+    image. Empty boxes give empty masks. One output array, no per-instance full-size copies.
+    """
     mask = np.zeros(tuple(image_shape[:2]) + (mini_mask.shape[-1],), dtype=bool)
     for i in range(mask.shape[-1]):
-        y1, x1, y2, x2 = bbox[i][:4]
+        y1, x1, y2, x2 = (int(v) for v in bbox[i][:4])
         if y2 <= y1 or x2 <= x1:
             continue
         resized = resize_array(mini_mask[:, :, i].astype(np.float32), (y2 - y1, x2 - x1))
-        mask[y1:y2, x1:x2, i] = resized >= 0.5
+        mask[y1:y2, x1:x2, i] = resized >= threshold
     return mask
 
 
 def unmold_mask(mask, bbox, image_shape, threshold=0.5):
     """Paste one predicted soft mask [h, w] into an image-sized bool mask [H, W]."""
-    y1, x1, y2, x2 = (int(v) for v in bbox)
-    full = np.zeros(tuple(image_shape[:2]), dtype=bool)
-    if y2 <= y1 or x2 <= x1:
-        return full
-    full[y1:y2, x1:x2] = resize_array(mask.astype(np.float32), (y2 - y1, x2 - x1)) >= threshold
-    return full
-
-
-def unmold_masks(masks, boxes, image_shape, threshold=0.5):
-    """Paste soft masks [N, h, w] into one image-sized bool stack [H, W, N].
-
-    Same result as stacking :func:`unmold_mask` per box, without N temporary full-size arrays
-    (a dense 1000x1000 image with 400 detections would otherwise copy 400 MB twice).
-    Boxes [N, 4] are pixels (y1, x1, y2, x2), y2/x2 exclusive; empty boxes give empty masks.
-    """
-    out = np.zeros(tuple(image_shape[:2]) + (len(boxes),), dtype=bool)
-    for i, (mask, box) in enumerate(zip(masks, boxes)):
-        y1, x1, y2, x2 = (int(v) for v in box)
-        if y2 > y1 and x2 > x1:
-            out[y1:y2, x1:x2, i] = resize_array(
-                np.asarray(mask, np.float32), (y2 - y1, x2 - x1)) >= threshold
-    return out
+    return expand_mask(np.asarray(bbox)[None], np.asarray(mask)[..., None], image_shape,
+                       threshold)[..., 0]

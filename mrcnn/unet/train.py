@@ -51,6 +51,8 @@ class UNetSequence(keras.utils.PyDataset):
         self.outputs, self.augmentation, self.seed = outputs, augmentation, seed
         self.steps = steps or max(1, len(dataset.image_ids) // batch_size)
         self.epoch = 0
+        factors = dataset.repeat_factors()   # oversampling, as for Mask R-CNN
+        self.probabilities = factors / factors.sum()
 
     def __len__(self):
         return self.steps
@@ -78,9 +80,7 @@ class UNetSequence(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         rng = np.random.RandomState((self.seed * 100_003 + self.epoch * 1009 + index) % 2**31)
-        factors = np.array([float(self.dataset.image_info[i].get("repeat_factor", 1.0))
-                            for i in self.dataset.image_ids])   # oversampling, as Mask R-CNN
-        ids = rng.choice(self.dataset.image_ids, self.batch_size, p=factors / factors.sum())
+        ids = rng.choice(self.dataset.image_ids, self.batch_size, p=self.probabilities)
         pairs = [self.example(i, rng) for i in ids]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
