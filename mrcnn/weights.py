@@ -103,6 +103,31 @@ def read_weights_by_name(path):
         return out
 
 
+# Layers whose widths are Config fields: (layer-name regex, field, which kernel axis holds it).
+# A mismatch there means the file was trained with another width, not another dataset.
+_WIDTH_FIELDS = (
+    (r"rpn_conv_shared", "RPN_CONV_CHANNELS", -1),
+    (r"rpn_(class_raw|bbox_pred)", "RPN_CONV_CHANNELS", -2),
+    (r"fpn_(c\dp\d|p\d)", "TOP_DOWN_PYRAMID_SIZE", -1),
+    (r"mrcnn_mask_(conv\d|deconv)", "MASK_HEAD_CHANNELS", -1),
+    (r"mrcnn_class_conv\d", "FPN_CLASSIF_FC_LAYERS_SIZE", -1),
+)
+
+
+def _mismatch_hint(layer_name, file_shapes, model_shapes):
+    """The Config change that makes ``layer_name`` match the file, or the exclude hint."""
+    for pattern, field, axis in _WIDTH_FIELDS:
+        if (re.fullmatch(pattern, layer_name) and len(file_shapes[0]) >= 2
+                and len(file_shapes[0]) == len(model_shapes[0])
+                and file_shapes[0][axis] != model_shapes[0][axis]):
+            return (f"The file was trained with {field} = {file_shapes[0][axis]}: set that in "
+                    f"your Config (Matterport's files use RPN_CONV_CHANNELS = 512, "
+                    f"TOP_DOWN_PYRAMID_SIZE = 256, MASK_HEAD_CHANNELS = 256, "
+                    f"FPN_CLASSIF_FC_LAYERS_SIZE = 1024).")
+    return (f"If the file was trained with another NUM_CLASSES or backbone, pass "
+            f"exclude=[{layer_name!r}, ...].")
+
+
 def load_weights_by_name(model, path, exclude=None, skip_mismatch=False):
     """Assign weights from ``path`` to the layers of ``model`` that share a name.
 
@@ -119,7 +144,8 @@ def load_weights_by_name(model, path, exclude=None, skip_mismatch=False):
         lacks).
 
     Raises:
-        ValueError: a shape mismatch (naming the layer and both shapes), or no layer matched.
+        ValueError: a shape mismatch (naming the layer, both shapes and the Config width field
+            or ``exclude`` that fixes it), or no layer matched.
     """
     stored = read_weights_by_name(path)
     patterns = [re.compile(e) for e in (exclude or [])]
@@ -140,8 +166,7 @@ def load_weights_by_name(model, path, exclude=None, skip_mismatch=False):
                 continue
             raise ValueError(
                 f"{path}: layer {layer.name!r} has weights of shapes {got} but the model expects "
-                f"{expected}. If the file was trained with another NUM_CLASSES or backbone, pass "
-                f"exclude=[{layer.name!r}, ...].")
+                f"{expected}. " + _mismatch_hint(layer.name, got, expected))
         for w, v in zip(layer.weights, values):
             w.assign(v)
         loaded.append(layer.name)

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from mrcnn.layers import (AnchorGenerator, DetectionLayer, DetectionTargetLayer, GatherRows,
                           ProposalLayer, PyramidROIAlign, ScatterToSlots, SelectBoxes,
-                          UnflattenRois)
+                          UnflattenRois, WholeInputConv2D)
 from mrcnn.modeling.maskrcnn_model import NormalizeBoxes
 from mrcnn.ops.anchors import backbone_shapes, generate_pyramid_anchors
 from mrcnn.ops.boxes import norm_boxes
@@ -21,6 +21,7 @@ LAYERS = [
     PyramidROIAlign((7, 7)),
     SelectBoxes("positive"),
     GatherRows(), ScatterToSlots(), UnflattenRois(), NormalizeBoxes(),
+    WholeInputConv2D(6, 7, activation="relu"),
 ]
 
 
@@ -127,3 +128,18 @@ def test_select_gather_scatter_unflatten():
     assert SelectBoxes("detections")(detections)[2].numpy().tolist() == [0, 2, 5]
     flat_all = SelectBoxes("all")(boxes)[0]
     np.testing.assert_array_equal(UnflattenRois()([flat_all, boxes]).numpy(), boxes)
+
+
+def test_whole_input_conv_equals_valid_conv():
+    """The matmul form gives the Conv2D's result with the same weights, and rejects inputs
+    that are not kernel-sized."""
+    x = np.random.RandomState(0).rand(5, 7, 7, 8).astype("float32")
+    layer = WholeInputConv2D(6, 7, activation="relu")
+    out = keras.ops.convert_to_numpy(layer(x))
+    conv = keras.layers.Conv2D(6, 7, activation="relu")
+    conv.build(x.shape)
+    conv.set_weights(layer.get_weights())
+    assert out.shape == (5, 1, 1, 6)
+    np.testing.assert_allclose(out, keras.ops.convert_to_numpy(conv(x)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="must equal the kernel size"):
+        WholeInputConv2D(6, 7)(np.zeros((1, 9, 9, 8), "float32"))

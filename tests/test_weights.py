@@ -36,6 +36,24 @@ def test_shape_mismatch_names_layer_and_suggests_exclude(tmp_path):
         weights_lib.load_weights_by_name(_small_model(7), path)
 
 
+def _rpn_like(width, in_channels=8):
+    inp = keras.Input((16, 16, in_channels))
+    x = keras.layers.Conv2D(width, 3, padding="same", name="rpn_conv_shared")(inp)
+    return keras.Model(inp, keras.layers.Conv2D(6, 1, name="rpn_class_raw")(x))
+
+
+def test_width_mismatch_names_the_config_field(tmp_path):
+    """A Matterport-width file into a narrower model says which Config field to set."""
+    path = weights_lib.save_weights_by_name(_rpn_like(24), tmp_path / "w.h5")
+    with pytest.raises(ValueError, match=r"rpn_conv_shared.*RPN_CONV_CHANNELS = 24"):
+        weights_lib.load_weights_by_name(_rpn_like(12), path)
+    # Same width, other input channels (another backbone/FPN): the exclude hint, not a width.
+    path = weights_lib.save_weights_by_name(_rpn_like(12, in_channels=4), tmp_path / "v.h5")
+    with pytest.raises(ValueError, match=r"rpn_conv_shared.*exclude") as err:
+        weights_lib.load_weights_by_name(_rpn_like(12), path)
+    assert "RPN_CONV_CHANNELS" not in str(err.value)
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         weights_lib.load_weights_by_name(_small_model(), tmp_path / "missing.h5")

@@ -2,9 +2,10 @@
 
 from mrcnn.layers.detection import DetectionLayer
 from mrcnn.layers.detection_target import DetectionTargetLayer
+from mrcnn.layers.full_conv import WholeInputConv2D
 from mrcnn.layers.proposal import AnchorGenerator, ProposalLayer
 from mrcnn.layers.roi_align import (GatherRows, PyramidROIAlign, ScatterToSlots, SelectBoxes,
                                     UnflattenRois)
 
 __all__ = ["AnchorGenerator", "DetectionLayer", "DetectionTargetLayer", "GatherRows",
-           "ProposalLayer", "PyramidROIAlign", "ScatterToSlots", "SelectBoxes", "UnflattenRois"]
+           "ProposalLayer", "PyramidROIAlign", "ScatterToSlots", "SelectBoxes", "UnflattenRois", "WholeInputConv2D"]

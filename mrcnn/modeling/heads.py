@@ -7,6 +7,8 @@ the cost follows the ROIs actually used.
 
 from keras import layers
 
+from mrcnn.layers.full_conv import WholeInputConv2D
+
 
 def build_classifier_head(pooled, num_classes, fc_size=1024, pool_size=7):
     """ROI features -> class logits, probabilities and per-class box deltas.
@@ -17,10 +19,10 @@ def build_classifier_head(pooled, num_classes, fc_size=1024, pool_size=7):
     Returns:
         logits [K, num_classes], probs [K, num_classes], deltas [K, num_classes, 4].
     """
-    x = layers.Conv2D(fc_size, pool_size, padding="valid", name="mrcnn_class_conv1")(pooled)
+    x = WholeInputConv2D(fc_size, pool_size, name="mrcnn_class_conv1")(pooled)
     x = layers.BatchNormalization(name="mrcnn_class_bn1")(x)
     x = layers.Activation("relu")(x)
-    x = layers.Conv2D(fc_size, 1, name="mrcnn_class_conv2")(x)
+    x = WholeInputConv2D(fc_size, 1, name="mrcnn_class_conv2")(x)
     x = layers.BatchNormalization(name="mrcnn_class_bn2")(x)
     x = layers.Activation("relu")(x)
     shared = layers.Flatten(name="pool_squeeze")(x)
