@@ -1,30 +1,9 @@
 """detect(): any number of images of any size, one trace per shape, save/load round trips."""
 
-import keras
 import numpy as np
-import pytest
 
 from mrcnn import model as modellib
-from tests.conftest import TinyConfig
-
-
-class ZeroConfidenceConfig(TinyConfig):
-    IMAGES_PER_GPU = 2
-    DETECTION_MIN_CONFIDENCE = 0.0
-
-
-@pytest.fixture(scope="module")
-def trained_dir(tmp_path_factory):
-    from mrcnn.data.synthetic import SyntheticNucleiDataset
-    ds = SyntheticNucleiDataset().load_synthetic(2, size=128, seed=5)
-    ds.prepare()
-    folder = tmp_path_factory.mktemp("logs")
-    # Seeded: an unseeded 1-epoch model sometimes scored every ROI as background, and the
-    # detect tests below then saw no detections (a flake seen once in CI).
-    keras.utils.set_random_seed(0)
-    model = modellib.MaskRCNN("training", TinyConfig(), str(folder))
-    model.train(ds, None, 1e-3, 1, "all", seed=0, verbose=0)
-    return str(folder)
+from tests.conftest import ZeroConfidenceConfig
 
 
 def _same(a, b):

@@ -113,6 +113,17 @@ class Dataset:
                     self.image_reference(image_id))
         return np.zeros([0, 0, 0], dtype=bool), np.zeros([0], dtype=np.int32)
 
+    def load_mask_window(self, image_id, y, x, height, width):
+        """Optional fast path of the ``crop`` resize mode: the masks of one window only.
+
+        Override it when masks can be cut before they are expanded (from a label image, say):
+        return (masks [h, w, N] bool, class ids [N] int32) for the pixels
+        ``[y:y + height, x:x + width]``, clipped to the image (h <= height, w <= width).
+        Instances outside the window may be returned as empty masks; they are dropped. The
+        default returns None, and the crop is cut from :meth:`load_mask`'s full masks.
+        """
+        return None
+
 
 def read_image_file(path):
     """Read an image file with scikit-image; a clear ValueError names a bad file."""

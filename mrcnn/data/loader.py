@@ -23,33 +23,40 @@ def check_mask(dataset, image_id, image, mask, class_ids):
         raise ValueError(f"{ref}: {mask.shape[-1]} masks but {len(class_ids)} class ids.")
 
 
-def crop_then_resize(image, mask, class_ids, min_dim, min_scale, rng=None):
-    """``crop`` mode done cheaply: cut the random window from the original image and masks
-    first, then scale only that window to min_dim x min_dim.
+def choose_crop(image_shape, min_dim, min_scale, rng=None):
+    """The random window of the ``crop`` mode, in original-image pixels.
 
-    The scale is Matterport's (short side >= min_dim, at least min_scale); the window covers
-    ceil(min_dim / scale) original pixels (zero-padded when the image is smaller). Instances
-    absent from the window are dropped.
+    The scale is Matterport's (short side >= min_dim, at least min_scale); the window is a
+    square of ceil(min_dim / scale) original pixels, which may run past the bottom/right
+    edge of a smaller image (that part is zero padding).
 
     Returns:
-        image [min_dim, min_dim, C], masks [min_dim, min_dim, N'] bool, class_ids [N'],
-        window (0, 0, min_dim, min_dim), scale (min_dim / window side).
+        y, x, side (ints).
     """
     rng = rng if rng is not None else np.random
-    h, w = image.shape[:2]
+    h, w = image_shape[:2]
     scale = max(1.0, min_dim / min(h, w))
     if min_scale and scale < min_scale:
         scale = float(min_scale)
     side = int(np.ceil(min_dim / scale))
-    pad = [(0, max(0, side - h)), (0, max(0, side - w))]
-    if pad[0][1] or pad[1][1]:
-        image = np.pad(image, pad + [(0, 0)])
-        mask = np.pad(mask, pad + [(0, 0)])
-    y = int(rng.randint(0, image.shape[0] - side + 1))
-    x = int(rng.randint(0, image.shape[1] - side + 1))
-    image = image[y:y + side, x:x + side]
-    mask = mask[y:y + side, x:x + side]
-    kept = np.flatnonzero(mask.reshape(-1, mask.shape[-1]).any(axis=0))
+    y = int(rng.randint(0, max(h, side) - side + 1))
+    x = int(rng.randint(0, max(w, side) - side + 1))
+    return y, x, side
+
+
+def cut_window(array, y, x, side):
+    """array[y:y + side, x:x + side], zero-padded at the bottom/right to [side, side, ...]."""
+    out = array[y:y + side, x:x + side]
+    pad = [(0, side - out.shape[0]), (0, side - out.shape[1])] + [(0, 0)] * (out.ndim - 2)
+    return np.pad(out, pad) if pad[0][1] or pad[1][1] else out
+
+
+def resize_crop(image, mask, class_ids, min_dim):
+    """A cut window [side, side] -> image [min_dim, min_dim, C], masks [min_dim, min_dim, N']
+    bool of the instances present in it, their class_ids, window (0, 0, min_dim, min_dim) and
+    scale (min_dim / side)."""
+    side = image.shape[0]
+    kept = np.flatnonzero(mask.any(axis=(0, 1)))
     mask, class_ids = mask[:, :, kept], np.asarray(class_ids)[kept]
     if side != min_dim:
         image = resize_array(image, (min_dim, min_dim)).astype(image.dtype)
@@ -58,6 +65,49 @@ def crop_then_resize(image, mask, class_ids, min_dim, min_scale, rng=None):
         else:
             mask = np.zeros((min_dim, min_dim, 0), bool)
     return image, mask, class_ids, (0, 0, min_dim, min_dim), min_dim / side
+
+
+def crop_then_resize(image, mask, class_ids, min_dim, min_scale, rng=None):
+    """``crop`` mode done cheaply: cut the random window (:func:`choose_crop`) from the
+    original image and masks first, then scale only that window to min_dim x min_dim.
+    Instances absent from the window are dropped.
+
+    Returns:
+        image [min_dim, min_dim, C], masks [min_dim, min_dim, N'] bool, class_ids [N'],
+        window (0, 0, min_dim, min_dim), scale (min_dim / window side).
+    """
+    y, x, side = choose_crop(image.shape, min_dim, min_scale, rng)
+    return resize_crop(cut_window(image, y, x, side), cut_window(mask, y, x, side), class_ids,
+                       min_dim)
+
+
+def _load_crop(dataset, config, image_id, image, rng):
+    """The crop mode: the dataset's windowed masks when it has them, else the full masks."""
+    y, x, side = choose_crop(image.shape, config.IMAGE_MIN_DIM, config.IMAGE_MIN_SCALE, rng)
+    windowed = dataset.load_mask_window(image_id, y, x, side, side)
+    if windowed is None:
+        mask, class_ids = _load_full_mask(dataset, image_id, image)
+        mask = cut_window(mask, y, x, side)
+    else:
+        mask, class_ids = np.asarray(windowed[0]), windowed[1]
+        expected = (min(side, image.shape[0] - y), min(side, image.shape[1] - x))
+        if mask.ndim != 3 or mask.shape[:2] != expected:
+            raise ValueError(f"{dataset.image_reference(image_id)}: load_mask_window returned "
+                             f"masks of shape {mask.shape}; expected {expected + ('N',)}.")
+        if len(class_ids) != mask.shape[-1]:
+            raise ValueError(f"{dataset.image_reference(image_id)}: {mask.shape[-1]} masks but "
+                             f"{len(class_ids)} class ids.")
+        mask = cut_window(mask.astype(bool, copy=False), 0, 0, side)
+    return resize_crop(cut_window(image, y, x, side), mask, class_ids, config.IMAGE_MIN_DIM)
+
+
+def _load_full_mask(dataset, image_id, image):
+    mask, class_ids = dataset.load_mask(image_id)
+    mask = np.asarray(mask)
+    if mask.size == 0 and mask.shape[-1] == 0:
+        mask = np.zeros(image.shape[:2] + (0,), dtype=bool)
+    check_mask(dataset, image_id, image, mask, class_ids)
+    return mask, class_ids
 
 
 def load_image_gt(dataset, config, image_id, augmentation=None, rng=None, mode=None):
@@ -77,16 +127,12 @@ def load_image_gt(dataset, config, image_id, augmentation=None, rng=None, mode=N
         that vanish after cropping or augmentation are dropped; N may be 0.
     """
     image = dataset.load_image(image_id)
-    mask, class_ids = dataset.load_mask(image_id)
-    mask = np.asarray(mask)
-    if mask.size == 0 and mask.shape[-1] == 0:
-        mask = np.zeros(image.shape[:2] + (0,), dtype=bool)
-    check_mask(dataset, image_id, image, mask, class_ids)
     original_shape = image.shape
     if (mode or config.IMAGE_RESIZE_MODE) == "crop":
-        image, mask, class_ids, window, scale = crop_then_resize(
-            image, mask, class_ids, config.IMAGE_MIN_DIM, config.IMAGE_MIN_SCALE, rng)
+        image, mask, class_ids, window, scale = _load_crop(dataset, config, image_id, image,
+                                                           rng)
     else:
+        mask, class_ids = _load_full_mask(dataset, image_id, image)
         image, window, scale, padding, crop = resize_image(
             image, min_dim=config.IMAGE_MIN_DIM, max_dim=config.IMAGE_MAX_DIM,
             min_scale=config.IMAGE_MIN_SCALE, mode=mode or config.IMAGE_RESIZE_MODE, rng=rng)

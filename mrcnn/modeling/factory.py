@@ -4,6 +4,7 @@ import numpy as np
 
 import backbones
 from mrcnn.modeling.maskrcnn_model import build_maskrcnn_graph
+from mrcnn.precision import resolve_compute_dtype
 
 
 def backbone_spec(config):
@@ -64,6 +65,7 @@ def maskrcnn_kwargs(config, mode, backbone_weights=None):
         detection_nms_threshold=float(config.DETECTION_NMS_THRESHOLD),
         loss_weights={k: float(v) for k, v in config.LOSS_WEIGHTS.items()},
         weight_decay=float(config.WEIGHT_DECAY),
+        compute_dtype=resolve_compute_dtype(getattr(config, "COMPUTE_DTYPE", "float32")),
     )
 
 

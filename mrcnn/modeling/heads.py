@@ -26,10 +26,11 @@ def build_classifier_head(pooled, num_classes, fc_size=1024, pool_size=7):
     x = layers.BatchNormalization(name="mrcnn_class_bn2")(x)
     x = layers.Activation("relu")(x)
     shared = layers.Flatten(name="pool_squeeze")(x)
-    logits = layers.Dense(num_classes, name="mrcnn_class_logits")(shared)
-    probs = layers.Softmax(name="mrcnn_class")(logits)
-    deltas = layers.Dense(num_classes * 4, name="mrcnn_bbox_fc")(shared)
-    deltas = layers.Reshape((num_classes, 4), name="mrcnn_bbox")(deltas)
+    # The outputs are float32 under any policy (they feed box decoding and the losses).
+    logits = layers.Dense(num_classes, name="mrcnn_class_logits", dtype="float32")(shared)
+    probs = layers.Softmax(name="mrcnn_class", dtype="float32")(logits)
+    deltas = layers.Dense(num_classes * 4, name="mrcnn_bbox_fc", dtype="float32")(shared)
+    deltas = layers.Reshape((num_classes, 4), name="mrcnn_bbox", dtype="float32")(deltas)
     return logits, probs, deltas
 
 
@@ -42,4 +43,5 @@ def build_mask_head(pooled, num_classes, channels=256):
         x = layers.Activation("relu")(x)
     x = layers.Conv2DTranspose(channels, 2, strides=2, activation="relu",
                                name="mrcnn_mask_deconv")(x)
-    return layers.Conv2D(num_classes, 1, activation="sigmoid", name="mrcnn_mask")(x)
+    return layers.Conv2D(num_classes, 1, activation="sigmoid", name="mrcnn_mask",
+                         dtype="float32")(x)

@@ -17,6 +17,9 @@ from mrcnn.modeling.fpn import build_fpn
 from mrcnn.modeling.heads import build_classifier_head, build_mask_head
 from mrcnn.modeling.rpn import RPNHead
 
+# Box, ROI and loss-facing layers always compute in float32, whatever the model's policy.
+F32 = "float32"
+
 
 @keras.saving.register_keras_serializable(package="mrcnn")
 class NormalizeBoxes(layers.Layer):
@@ -110,17 +113,35 @@ def _inputs(image_channels, num_classes_meta, training, max_gt=None, mask_shape=
     }
 
 
-def build_maskrcnn_graph(*, mode, backbone, backbone_weights, train_bn, image_channels,
-                         image_meta_size, num_classes, top_down_pyramid_size, mask_head_channels,
-                         rpn_conv_channels,
-                         anchor_scales, anchor_ratios, anchor_strides, anchor_stride, rpn_nms_threshold,
-                         pre_nms_limit, post_nms_rois, rpn_bbox_std_dev, bbox_std_dev,
-                         fc_layers_size, pool_size, mask_pool_size, mask_shape,
-                         train_rois_per_image, roi_positive_ratio, use_mini_mask, gt_mask_shape,
-                         max_gt_instances, proposals_include_gt, detection_max_instances,
-                         detection_min_confidence, detection_nms_threshold, loss_weights,
-                         weight_decay, name="mask_rcnn"):
+def build_maskrcnn_graph(*, compute_dtype="float32", **kwargs):
     """Build the training or inference Mask R-CNN from plain arguments.
+
+    ``compute_dtype`` "bfloat16" builds the convolutions (backbone, FPN, RPN and head convs)
+    under Keras's ``mixed_bfloat16`` policy: float32 variables, bfloat16 arithmetic, about
+    twice as fast on CPUs with AVX512-BF16/AMX. Box decoding, proposals, ROI sampling,
+    ROIAlign, detections and every output stay float32. The other arguments are those of
+    :func:`_build_graph`.
+    """
+    if compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16': {compute_dtype!r}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if compute_dtype == "bfloat16" else F32)
+    try:
+        return _build_graph(**kwargs)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _build_graph(*, mode, backbone, backbone_weights, train_bn, image_channels,
+                 image_meta_size, num_classes, top_down_pyramid_size, mask_head_channels,
+                 rpn_conv_channels, anchor_scales, anchor_ratios, anchor_strides, anchor_stride,
+                 rpn_nms_threshold, pre_nms_limit, post_nms_rois, rpn_bbox_std_dev,
+                 bbox_std_dev, fc_layers_size, pool_size, mask_pool_size, mask_shape,
+                 train_rois_per_image, roi_positive_ratio, use_mini_mask, gt_mask_shape,
+                 max_gt_instances, proposals_include_gt, detection_max_instances,
+                 detection_min_confidence, detection_nms_threshold, loss_weights,
+                 weight_decay, name="mask_rcnn"):
+    """Build the training or inference Mask R-CNN (under the current dtype policy).
 
     See :mod:`mrcnn.modeling.factory` for how each argument comes from the Config.
 
@@ -146,28 +167,31 @@ def build_maskrcnn_graph(*, mode, backbone, backbone_weights, train_bn, image_ch
 
     if training:
         anchors = AnchorGenerator(anchor_scales, anchor_ratios, anchor_strides,
-                                  anchor_stride, name="anchors")(image)
+                                  anchor_stride, name="anchors", dtype=F32)(image)
     else:
         anchors = inputs["input_anchors"]
     rpn_rois = ProposalLayer(post_nms_rois, rpn_nms_threshold, pre_nms_limit, rpn_bbox_std_dev,
-                             name="ROI")([rpn_probs, rpn_bbox, anchors])
+                             name="ROI", dtype=F32)([rpn_probs, rpn_bbox, anchors])
     features = pyramid[:4]
-    align = PyramidROIAlign((pool_size, pool_size), name="roi_align_classifier")
-    mask_align = PyramidROIAlign((mask_pool_size, mask_pool_size), name="roi_align_mask")
+    align = PyramidROIAlign((pool_size, pool_size), name="roi_align_classifier",
+                            dtype=F32)
+    mask_align = PyramidROIAlign((mask_pool_size, mask_pool_size), name="roi_align_mask",
+                                 dtype=F32)
 
     if training:
-        gt_boxes = NormalizeBoxes(name="gt_boxes_normalized")([inputs["input_gt_boxes"], image])
+        gt_boxes = NormalizeBoxes(name="gt_boxes_normalized", dtype=F32)(
+            [inputs["input_gt_boxes"], image])
         rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(
             train_rois_per_image, roi_positive_ratio, bbox_std_dev, mask_shape,
             use_mini_mask=use_mini_mask, include_gt=proposals_include_gt,
-            name="proposal_targets")([rpn_rois, inputs["input_gt_class_ids"], gt_boxes,
-                                      inputs["input_gt_masks"]])
-        boxes, batch_index, _ = SelectBoxes("all", name="all_rois")(rois)
+            name="proposal_targets", dtype=F32)(
+                [rpn_rois, inputs["input_gt_class_ids"], gt_boxes, inputs["input_gt_masks"]])
+        boxes, batch_index, _ = SelectBoxes("all", name="all_rois", dtype=F32)(rois)
         logits, probs, deltas = build_classifier_head(
             align([boxes, batch_index, meta] + features), num_classes, fc_layers_size, pool_size)
-        unflatten = UnflattenRois(name="unflatten_rois")
+        unflatten = UnflattenRois(name="unflatten_rois", dtype=F32)
         pos_boxes, pos_batch, pos_index = SelectBoxes("positive", min_one=True,
-                                                         name="positive_rois")(
+                                                         name="positive_rois", dtype=F32)(
             [rois, target_class_ids])
         masks = build_mask_head(mask_align([pos_boxes, pos_batch, meta] + features), num_classes,
                                 mask_head_channels)
@@ -177,25 +201,29 @@ def build_maskrcnn_graph(*, mode, backbone, backbone_weights, train_bn, image_ch
             "mrcnn_class_logits": unflatten([logits, rois]),
             "mrcnn_bbox": unflatten([deltas, rois]),
             "mrcnn_mask": masks,
-            "mask_targets": GatherRows(name="mask_targets")([target_mask, pos_index]),
-            "mask_class_ids": GatherRows(name="mask_class_ids")([target_class_ids, pos_index]),
+            "mask_targets": GatherRows(name="mask_targets", dtype=F32)(
+                [target_mask, pos_index]),
+            "mask_class_ids": GatherRows(name="mask_class_ids", dtype=F32)(
+                [target_class_ids, pos_index]),
         }
     else:
-        boxes, batch_index, _ = SelectBoxes("all", name="all_rois")(rpn_rois)
+        boxes, batch_index, _ = SelectBoxes("all", name="all_rois", dtype=F32)(rpn_rois)
         _, probs, deltas = build_classifier_head(
             align([boxes, batch_index, meta] + features), num_classes, fc_layers_size, pool_size)
-        unflatten = UnflattenRois(name="unflatten_rois")
+        unflatten = UnflattenRois(name="unflatten_rois", dtype=F32)
         probs, deltas = unflatten([probs, rpn_rois]), unflatten([deltas, rpn_rois])
         detections = DetectionLayer(detection_max_instances, detection_min_confidence,
                                     detection_nms_threshold, bbox_std_dev,
-                                    name="mrcnn_detection")([rpn_rois, probs, deltas, meta])
+                                    name="mrcnn_detection", dtype=F32)(
+            [rpn_rois, probs, deltas, meta])
         det_boxes, det_batch, det_index = SelectBoxes(
-            "detections", min_one=True, name="detected_boxes")(detections)
+            "detections", min_one=True, name="detected_boxes", dtype=F32)(detections)
         masks = build_mask_head(mask_align([det_boxes, det_batch, meta] + features), num_classes,
                                 mask_head_channels)
         outputs = {
             "detections": detections,
-            "mrcnn_mask": ScatterToSlots(name="mrcnn_mask_slots")([masks, det_index, detections]),
+            "mrcnn_mask": ScatterToSlots(name="mrcnn_mask_slots", dtype=F32)(
+                [masks, det_index, detections]),
             "mrcnn_class": probs, "mrcnn_bbox": deltas, "rpn_rois": rpn_rois,
             "rpn_class": rpn_probs, "rpn_bbox": rpn_bbox,
         }

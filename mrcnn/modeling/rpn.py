@@ -27,11 +27,13 @@ class RPNHead:
         logits, deltas = [], []
         for i, p in enumerate(feature_maps):
             shared = self.shared(p)
-            logits.append(layers.Reshape((-1, 2), name=f"rpn_class_logits_p{i + 2}")(
-                self.class_raw(shared)))
-            deltas.append(layers.Reshape((-1, 4), name=f"rpn_bbox_p{i + 2}")(
-                self.bbox_pred(shared)))
-        rpn_class_logits = layers.Concatenate(axis=1, name="rpn_class_logits")(logits)
-        rpn_probs = layers.Softmax(name="rpn_class")(rpn_class_logits)
-        rpn_bbox = layers.Concatenate(axis=1, name="rpn_bbox")(deltas)
+            # float32 from here on, whatever the policy: these feed box decoding and losses.
+            logits.append(layers.Reshape((-1, 2), name=f"rpn_class_logits_p{i + 2}",
+                                         dtype="float32")(self.class_raw(shared)))
+            deltas.append(layers.Reshape((-1, 4), name=f"rpn_bbox_p{i + 2}",
+                                         dtype="float32")(self.bbox_pred(shared)))
+        rpn_class_logits = layers.Concatenate(axis=1, name="rpn_class_logits",
+                                              dtype="float32")(logits)
+        rpn_probs = layers.Softmax(name="rpn_class", dtype="float32")(rpn_class_logits)
+        rpn_bbox = layers.Concatenate(axis=1, name="rpn_bbox", dtype="float32")(deltas)
         return rpn_class_logits, rpn_probs, rpn_bbox

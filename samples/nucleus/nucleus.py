@@ -36,6 +36,10 @@ class NucleusConfig(Config):
     MINI_MASK_SHAPE = (56, 56)
     PRE_NMS_LIMIT = 6000
     RPN_CONV_CHANNELS = 256
+    # bfloat16 convolutions where the CPU has them natively (float32 on GPUs and older CPUs).
+    # Measured, 60 min from scratch on the 2-core AVX512-BF16 machine: 56 epochs instead of
+    # 44, DSB 0.509 instead of 0.504, and 0.37-0.49 s instead of 0.66 s per validation image.
+    COMPUTE_DTYPE = "auto"
     # TensorBoard: DSB score, AP50 and mask overlays on 4 validation images every 10 epochs.
     EVAL_EVERY_N_EPOCHS = 10
     EVAL_IMAGES = 4
@@ -159,6 +163,19 @@ class NucleusDataset(Dataset):
             self._label_cache[image_id] = np.where(
                 masks.any(-1), masks.argmax(-1) + 1, 0).astype(np.int32)
         return masks, class_ids
+
+    def load_mask_window(self, image_id, y, x, height, width):
+        """Training crops from the cached label image: cut the window first, then expand only
+        the nuclei inside it ([h, w, n] instead of [H, W, N] for a 1000-nucleus histology
+        image). None (the loader then uses :meth:`load_mask`, which fills the cache) until
+        the image has been loaded once, or when its masks overlap."""
+        labels = self._label_cache.get(image_id)
+        if labels is None:
+            return None
+        window = labels[y:y + height, x:x + width]
+        present = np.unique(window)
+        present = present[present > 0]
+        return window[..., None] == present, np.ones([len(present)], dtype=np.int32)
 
     def _read_masks(self, image_id):
         info = self.image_info[image_id]

@@ -1,0 +1,95 @@
+"""COMPUTE_DTYPE="bfloat16": bfloat16 convolutions, float32 weights, boxes and outputs."""
+
+import keras
+import numpy as np
+import pytest
+
+from mrcnn import model as modellib
+from mrcnn.ops.boxes import compute_overlaps
+from tests.conftest import TinyConfig, ZeroConfidenceConfig
+
+
+class Bf16Config(ZeroConfidenceConfig):
+    COMPUTE_DTYPE = "bfloat16"
+
+
+def test_policy_per_layer_and_global_policy_restored(tmp_path):
+    class TrainBf16(TinyConfig):
+        COMPUTE_DTYPE = "bfloat16"
+
+    model = modellib.MaskRCNN("training", TrainBf16(), str(tmp_path)).keras_model
+    assert keras.config.dtype_policy().name == "float32"  # building did not leak the policy
+    for name in ("fpn_p2", "rpn_conv_shared", "mrcnn_mask_conv1", "mrcnn_class_conv1"):
+        layer = model.get_layer(name)
+        assert layer.compute_dtype == "bfloat16" and layer.variable_dtype == "float32", name
+    for name in ("ROI", "proposal_targets", "roi_align_mask", "rpn_class_logits",
+                 "mrcnn_class_logits", "mrcnn_bbox", "mrcnn_mask"):
+        assert model.get_layer(name).compute_dtype == "float32", name
+    assert all(w.dtype == "float32" for w in model.weights)
+
+
+def test_bfloat16_training_step_is_finite_and_totals(tmp_path, synthetic_dataset):
+    from mrcnn.data.generator import DataGenerator
+    from mrcnn.training import make_optimizer
+
+    class TrainBf16(TinyConfig):
+        COMPUTE_DTYPE = "bfloat16"
+
+    config = TrainBf16()
+    keras.utils.set_random_seed(0)
+    model = modellib.MaskRCNN("training", config, str(tmp_path)).keras_model
+    model.compile(optimizer=make_optimizer(config, 1e-3), jit_compile=False)
+    (batch,) = DataGenerator(synthetic_dataset, config, shuffle=False, steps=1, seed=0)[0]
+    logs = model.train_on_batch(batch, return_dict=True)
+    parts = ["rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
+             "mrcnn_mask_loss"]
+    assert all(np.isfinite(logs[k]) for k in parts + ["loss"])
+    total = sum(config.LOSS_WEIGHTS[k] * logs[k] for k in parts) + logs["weight_decay_loss"]
+    assert logs["loss"] == pytest.approx(total, rel=1e-4)
+
+
+def test_bfloat16_detect_agrees_with_float32(trained_dir, tmp_path):
+    """The same float32 weights give nearly the same detections in bfloat16, and a bfloat16
+    model survives a safe-mode .keras round trip."""
+    image = np.random.RandomState(1).randint(0, 255, (128, 128, 3)).astype(np.uint8)
+    full = modellib.MaskRCNN("inference", ZeroConfidenceConfig(), trained_dir)
+    full.load_weights(full.find_last())
+    half = modellib.MaskRCNN("inference", Bf16Config(), trained_dir)
+    half.load_weights(half.find_last())
+    a, b = full.run_graph(image), half.run_graph(image)
+    assert b["rpn_class"].dtype == np.float32 and b["detections"].dtype == np.float32
+    assert np.abs(a["rpn_class"] - b["rpn_class"]).max() < 0.05
+    ra, rb = full.detect([image])[0], half.detect([image])[0]
+    top = ra["rois"][:10]
+    assert len(top) and len(rb["rois"])
+    overlaps = compute_overlaps(top.astype(float), rb["rois"].astype(float))
+    assert (overlaps.max(axis=1) > 0.7).mean() >= 0.8
+    path = half.save(str(tmp_path / "bf16.keras"))
+    again = modellib.MaskRCNN.from_keras_file(path, Bf16Config())
+    np.testing.assert_array_equal(again.detect([image])[0]["rois"], rb["rois"])
+
+
+def test_unknown_compute_dtype_is_rejected():
+    class Bad(TinyConfig):
+        COMPUTE_DTYPE = "float16"
+
+    with pytest.raises(ValueError, match="COMPUTE_DTYPE"):
+        Bad().validate()
+
+
+def test_auto_picks_bfloat16_only_with_native_support(tmp_path):
+    from mrcnn.precision import cpu_has_native_bfloat16, resolve_compute_dtype
+    with_bf16 = tmp_path / "a"
+    with_bf16.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_bf16 fma\n")
+    without = tmp_path / "b"
+    without.write_text("processor : 0\nflags : fpu avx2 avx512f fma\n")
+    assert cpu_has_native_bfloat16(str(with_bf16))
+    assert not cpu_has_native_bfloat16(str(without))
+    assert not cpu_has_native_bfloat16(str(tmp_path / "missing"))
+    import tensorflow as tf
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    assert resolve_compute_dtype("auto", str(with_bf16)) == ("float32" if gpu else "bfloat16")
+    assert resolve_compute_dtype("auto", str(without)) == "float32"
+    assert resolve_compute_dtype("float32", str(with_bf16)) == "float32"
+    with pytest.raises(ValueError, match="COMPUTE_DTYPE"):
+        resolve_compute_dtype("half")
