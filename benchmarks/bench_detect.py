@@ -1,6 +1,7 @@
 """Detect and training-step speed per backbone (random weights), with peak memory.
 
     python benchmarks/bench_detect.py [--backbones resnet50,mobilenet_v2] [--sizes 512,1024]
+        [--rpn-channels 512] [--compute-dtype bfloat16]
 
 Per backbone, in a fresh subprocess (so peak memory is its own): detect seconds per image at
 each size (POST_NMS_ROIS_INFERENCE=1000, DETECTION_MAX_INSTANCES=100,
@@ -33,7 +34,7 @@ def _median_time(fn, warmups=2, repeats=5):
     return float(np.median(times))
 
 
-def measure(backbone, sizes, rpn_channels=None):
+def measure(backbone, sizes, rpn_channels=None, compute_dtype=None):
     import keras
 
     from mrcnn import model as modellib
@@ -56,6 +57,8 @@ def measure(backbone, sizes, rpn_channels=None):
         STEPS_PER_EPOCH = 1
         if rpn_channels:
             RPN_CONV_CHANNELS = rpn_channels
+        if compute_dtype:
+            COMPUTE_DTYPE = compute_dtype
 
     rng = np.random.RandomState(0)
     result = {"backbone": backbone}
@@ -77,6 +80,7 @@ def measure(backbone, sizes, rpn_channels=None):
         result[f"detections_{size}"] = count
         result["params"] = int(model.keras_model.count_params())
         result["rpn_channels"] = int(config.RPN_CONV_CHANNELS)
+        result["compute_dtype"] = config.COMPUTE_DTYPE
         del model
 
     class Squares(Dataset):
@@ -113,16 +117,20 @@ def main():
     parser.add_argument("--sizes", default="512,1024")
     parser.add_argument("--rpn-channels", type=int, default=0,
                         help="RPN_CONV_CHANNELS (default: the Config's 256; Matterport's is 512)")
+    parser.add_argument("--compute-dtype", default="",
+                        help="COMPUTE_DTYPE: float32 / bfloat16 / auto (default: the Config's)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.one:
-        print("RESULT " + json.dumps(measure(args.one, sizes, args.rpn_channels)))
+        print("RESULT " + json.dumps(measure(args.one, sizes, args.rpn_channels,
+                                             args.compute_dtype)))
         return
     rows = []
     for backbone in args.backbones.split(","):
         proc = subprocess.run([sys.executable, __file__, "--one", backbone, "--sizes", args.sizes,
-                               "--rpn-channels", str(args.rpn_channels)],
+                               "--rpn-channels", str(args.rpn_channels),
+                               "--compute-dtype", args.compute_dtype],
                               capture_output=True, text=True, env=dict(
                                   os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
