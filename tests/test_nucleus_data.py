@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import skimage.io
 
+from mrcnn.config import Config
 from mrcnn.data.coco import CocoDataset
-from mrcnn.data.loader import crop_then_resize
+from mrcnn.data.loader import crop_then_resize, load_image_gt
 from mrcnn.data.synthetic import write_synthetic_dsb
 from mrcnn.evaluation import evaluate_dataset
 
@@ -19,6 +20,16 @@ from cli_train import make_config, parse_overrides, select_fraction  # noqa: E40
 from nucleus import NucleusDataset, image_kind, set_kind_repeat_factors, split_ids  # noqa: E402
 
 SHARED_DSB = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "dsb2018")
+
+
+class CropConfig(Config):
+    """Matterport's nucleus crop mode at 64 px."""
+
+    NAME = "crop"
+    NUM_CLASSES = 2
+    IMAGE_RESIZE_MODE = "crop"
+    IMAGE_MIN_DIM = 64
+    IMAGE_MIN_SCALE = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -89,16 +100,6 @@ def test_crop_then_resize_keeps_masks_aligned():
 def test_windowed_crop_equals_full_crop(dsb_dir):
     """Crops cut from the cached label image (NucleusDataset.load_mask_window) give exactly
     what cutting the full [H, W, N] masks gives, for the same random windows."""
-    from mrcnn.config import Config
-    from mrcnn.data.loader import load_image_gt
-
-    class CropConfig(Config):
-        NAME = "crop"
-        NUM_CLASSES = 2
-        IMAGE_RESIZE_MODE = "crop"
-        IMAGE_MIN_DIM = 64
-        IMAGE_MIN_SCALE = 2.0
-
     config = CropConfig()
     cached = NucleusDataset().load_nucleus(dsb_dir, "stage1_train")
     full = NucleusDataset(cache_masks=False).load_nucleus(dsb_dir, "stage1_train")
@@ -118,16 +119,6 @@ def test_windowed_crop_equals_full_crop(dsb_dir):
 
 def test_crop_of_image_without_nuclei(tmp_path):
     """A crop-mode image with no masks folder trains as a negative (it used to crash)."""
-    from mrcnn.config import Config
-    from mrcnn.data.loader import load_image_gt
-
-    class CropConfig(Config):
-        NAME = "crop"
-        NUM_CLASSES = 2
-        IMAGE_RESIZE_MODE = "crop"
-        IMAGE_MIN_DIM = 64
-        IMAGE_MIN_SCALE = 2.0
-
     folder = tmp_path / "stage1_train" / "empty" / "images"
     folder.mkdir(parents=True)
     skimage.io.imsave(str(folder / "empty.png"), np.full((90, 80, 3), 7, np.uint8),
@@ -142,18 +133,9 @@ def test_crop_of_image_without_nuclei(tmp_path):
 
 
 def test_bad_mask_window_names_the_image(dsb_dir):
-    from mrcnn.config import Config
-    from mrcnn.data.loader import load_image_gt
-
     class WrongWindow(NucleusDataset):
         def load_mask_window(self, image_id, y, x, height, width):
             return np.zeros((height + 3, width, 1), bool), np.ones([1], np.int32)
-
-    class CropConfig(Config):
-        NAME = "crop"
-        NUM_CLASSES = 2
-        IMAGE_RESIZE_MODE = "crop"
-        IMAGE_MIN_DIM = 64
 
     ds = WrongWindow().load_nucleus(dsb_dir, "stage1_train")
     ds.prepare()
