@@ -15,6 +15,8 @@ Only :mod:`mrcnn.modeling.factory` turns a Config into layer arguments; layers n
 
 import numpy as np
 
+from mrcnn.precision import CHOICES as COMPUTE_DTYPES
+
 
 class Config:
     """Base configuration. Override fields in a subclass, never edit this class."""
@@ -181,8 +183,8 @@ class Config:
         if unknown:
             fail(f"LOSS_WEIGHTS has unknown keys {sorted(unknown)}; "
                  f"use {sorted(Config.LOSS_WEIGHTS)}.")
-        if self.COMPUTE_DTYPE not in ("float32", "bfloat16", "auto"):
-            fail(f"COMPUTE_DTYPE={self.COMPUTE_DTYPE!r}; use 'float32', 'bfloat16' or 'auto'.")
+        if self.COMPUTE_DTYPE not in COMPUTE_DTYPES:
+            fail(f"COMPUTE_DTYPE={self.COMPUTE_DTYPE!r}; use one of {COMPUTE_DTYPES}.")
         if self.MAX_GT_INSTANCES < 1:
             fail("MAX_GT_INSTANCES must be >= 1.")
         return self

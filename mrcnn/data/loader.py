@@ -8,17 +8,18 @@ from mrcnn.ops.image import compose_image_meta, resize_array, resize_image, resi
 from mrcnn.ops.masks import minimize_mask
 
 
-def check_mask(dataset, image_id, image, mask, class_ids):
-    """Raise ValueError naming the image when masks and image disagree."""
+def check_mask(dataset, image_id, image, mask, class_ids, source="load_mask"):
+    """Raise ValueError naming the image when masks and image (or the image window they were
+    cut for) disagree. ``source`` is the Dataset method that returned them."""
     mask = np.asarray(mask)
     class_ids = np.asarray(class_ids)
     ref = dataset.image_reference(image_id)
     if mask.ndim != 3:
-        raise ValueError(f"{ref}: load_mask returned masks of shape {mask.shape}; "
+        raise ValueError(f"{ref}: {source} returned masks of shape {mask.shape}; "
                          "expected [H, W, N].")
-    if mask.shape[-1] and mask.shape[:2] != image.shape[:2]:
-        raise ValueError(f"{ref}: mask size {mask.shape[:2]} differs from image size "
-                         f"{image.shape[:2]}.")
+    if mask.shape[:2] != image.shape[:2]:
+        raise ValueError(f"{ref}: {source} returned mask size {mask.shape[:2]}, which "
+                         f"differs from the image size {image.shape[:2]}.")
     if len(class_ids) != mask.shape[-1]:
         raise ValueError(f"{ref}: {mask.shape[-1]} masks but {len(class_ids)} class ids.")
 
@@ -90,13 +91,8 @@ def _load_crop(dataset, config, image_id, image, rng):
         mask = cut_window(mask, y, x, side)
     else:
         mask, class_ids = np.asarray(windowed[0]), windowed[1]
-        expected = (min(side, image.shape[0] - y), min(side, image.shape[1] - x))
-        if mask.ndim != 3 or mask.shape[:2] != expected:
-            raise ValueError(f"{dataset.image_reference(image_id)}: load_mask_window returned "
-                             f"masks of shape {mask.shape}; expected {expected + ('N',)}.")
-        if len(class_ids) != mask.shape[-1]:
-            raise ValueError(f"{dataset.image_reference(image_id)}: {mask.shape[-1]} masks but "
-                             f"{len(class_ids)} class ids.")
+        check_mask(dataset, image_id, image[y:y + side, x:x + side], mask, class_ids,
+                   source="load_mask_window")
         mask = cut_window(mask.astype(bool, copy=False), 0, 0, side)
     return resize_crop(cut_window(image, y, x, side), mask, class_ids, config.IMAGE_MIN_DIM)
 

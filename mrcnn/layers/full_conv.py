@@ -36,10 +36,4 @@ class WholeInputConv2D(layers.Conv2D):
         if self.use_bias:
             out = out + self.bias
         out = ops.reshape(out, (-1, 1, 1, self.filters))
-        return self.activation(out) if self.activation is not None else out
-
-    def get_config(self):
-        config = super().get_config()
-        config.pop("padding", None)
-        config.pop("strides", None)
-        return config
+        return self.activation(out)
