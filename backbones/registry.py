@@ -2,14 +2,19 @@
 
 import keras
 
+from backbones.normalization import NORMS, apply_norm
 from backbones.spec import BackboneSpec
 
 _REGISTRY = {}
 
 
 def register_backbone(name, *, taps, strides=(4, 8, 16, 32), channels=None, stage_regex=None,
-                      input_scale=1.0):
+                      input_scale=1.0, norm=None):
     """Decorator registering ``builder(input_tensor, *, train_bn, weights) -> keras.Model``.
+
+    The builder may use any normalisation layers (BatchNorm usually); :func:`build_backbone`
+    swaps them for the caller's choice. ``norm`` fixes that choice for this name (the
+    ``resnet18_gn`` style); leave it None.
 
     Example::
 
@@ -20,7 +25,7 @@ def register_backbone(name, *, taps, strides=(4, 8, 16, 32), channels=None, stag
             return keras.Model(input_tensor, {"C2": c2, "C3": c3, "C4": c4, "C5": c5})
 
     Raises:
-        ValueError: the name is taken, or the taps are not exactly C2..C5.
+        ValueError: the name is taken, the taps are not exactly C2..C5, or an unknown norm.
     """
     key = name.lower()
     if key in _REGISTRY:
@@ -28,11 +33,13 @@ def register_backbone(name, *, taps, strides=(4, 8, 16, 32), channels=None, stag
                          "unregister_backbone first.")
     if sorted(taps) != ["C2", "C3", "C4", "C5"]:
         raise ValueError(f"backbone {key!r}: taps must name C2, C3, C4 and C5, got {sorted(taps)}")
+    if norm is not None and norm not in NORMS:
+        raise ValueError(f"backbone {key!r}: norm must be one of {NORMS} or None, got {norm!r}")
 
     def decorator(builder):
         _REGISTRY[key] = BackboneSpec(key, builder, dict(taps), tuple(strides),
                                       tuple(channels) if channels else None,
-                                      dict(stage_regex or {}), float(input_scale))
+                                      dict(stage_regex or {}), float(input_scale), norm)
         return builder
     return decorator
 
@@ -65,36 +72,58 @@ def get_backbone_spec(name_or_callable):
     return _REGISTRY[key]
 
 
-def build_backbone(name_or_callable, input_tensor, *, train_bn=False, weights=None):
+def resolve_norm(spec, norm):
+    """The normalisation a backbone is built with: the spec's fixed one (``*_gn`` names), else
+    ``norm``.
+
+    Raises:
+        ValueError: ``norm`` is unknown, or contradicts the name's fixed normalisation.
+    """
+    if norm is not None and norm not in NORMS:
+        raise ValueError(f"unknown backbone normalisation {norm!r}; use one of {NORMS}.")
+    if spec.norm is None:
+        return norm or "frozen"
+    if norm not in (None, spec.norm):
+        base = spec.name[:-3] if spec.name.endswith("_gn") else spec.name
+        raise ValueError(f"backbone {spec.name!r} always uses norm {spec.norm!r}, not {norm!r}; "
+                         f"for {norm!r} use BACKBONE={base!r} with that norm.")
+    return spec.norm
+
+
+def build_backbone(name_or_callable, input_tensor, *, norm=None, train_bn=False, weights=None):
     """Build a backbone on ``input_tensor``.
 
     Args:
         name_or_callable: registry key or builder callable.
         input_tensor: Keras tensor [B, H, W, C], the mean-subtracted image.
-        train_bn: False freezes every BatchNormalization layer (inference statistics).
+        norm: "batch" (trainable BatchNorm), "frozen" (BatchNorm in inference mode) or
+            "group" (GroupNorm); None means "batch" if ``train_bn`` else "frozen"
+            (Matterport's TRAIN_BN). See :mod:`backbones.normalization`.
+        train_bn: Matterport's switch, used only when ``norm`` is None.
         weights: None, "imagenet" (downloaded through keras.applications' own path), or a
-            local HDF5 path loaded by layer name.
+            local HDF5 path loaded by layer name (before the normalisation is swapped, so
+            the file's own normalisation layers load).
 
     Returns:
-        (spec, keras.Model) with outputs {"C2": [B, H/4, W/4, c2], ..., "C5": [B, H/32, ...]}.
+        (spec, keras.Model) with outputs {"C2": [B, H/4, W/4, c2], ..., "C5": [B, H/32, ...]},
+        whose layer names do not depend on ``norm``.
+
+    Raises:
+        ValueError: unknown backbone or norm, a builder that returns the wrong outputs, or
+            a backbone whose normalisation cannot be swapped.
     """
     spec = get_backbone_spec(name_or_callable)
+    if norm is None and spec.norm is None:
+        norm = "batch" if train_bn else "frozen"
+    norm = resolve_norm(spec, norm)
     x = input_tensor
     if spec.input_scale != 1.0:
         x = keras.layers.Rescaling(spec.input_scale, name="backbone_input_scale")(x)
-    model = spec.builder(x, train_bn=train_bn, weights=weights)
+    model = spec.builder(x, train_bn=norm == "batch", weights=weights)
     if not isinstance(model.output, dict) or sorted(model.output) != ["C2", "C3", "C4", "C5"]:
         raise ValueError(f"backbone {spec.name!r} must return a keras.Model whose outputs are a "
                          "dict with keys C2, C3, C4, C5.")
-    freeze_batchnorm(model, train_bn)
-    return spec, model
-
-
-def freeze_batchnorm(model, train_bn):
-    """Keras 3 BatchNormalization with trainable=False runs in inference mode."""
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = bool(train_bn)
+    return spec, apply_norm(model, norm, spec.name)
 
 
 def model_from_taps(app, taps, name):

@@ -16,57 +16,36 @@ RESNET50_NOTOP_URL = ("https://github.com/fchollet/deep-learning-models/releases
 RESNET50_NOTOP_MD5 = "a268eb855778b3df3c7506639542a6af"
 
 
-def _norm(name, norm):
-    """BatchNormalization (Matterport) or GroupNormalization (32 groups) under one name.
-
-    GroupNorm normalises each image by itself, so training (batch statistics) and inference
-    agree even at batch size 1-2 — what training from scratch on a CPU needs (He et al.,
-    "Rethinking ImageNet Pre-training", 2019).
-    """
-    if norm == "gn":
-        return _GroupNorm(name)
-    return layers.BatchNormalization(name=name)
-
-
-class _GroupNorm:
-    def __init__(self, name):
-        self.name = name
-
-    def __call__(self, x):
-        groups = 32 if x.shape[-1] % 32 == 0 else 1
-        return layers.GroupNormalization(groups=groups, name=self.name)(x)
-
-
-def _block(x, filters, stage, block, strides=1, shortcut_conv=False, norm="bn"):
+def _block(x, filters, stage, block, strides=1, shortcut_conv=False):
     f1, f2, f3 = filters
     conv = f"res{stage}{block}_branch"
     bn = f"bn{stage}{block}_branch"
     y = layers.Conv2D(f1, 1, strides=strides, name=conv + "2a")(x)
-    y = _norm(bn + "2a", norm)(y)
+    y = layers.BatchNormalization(name=bn + "2a")(y)
     y = layers.Activation("relu")(y)
     y = layers.Conv2D(f2, 3, padding="same", name=conv + "2b")(y)
-    y = _norm(bn + "2b", norm)(y)
+    y = layers.BatchNormalization(name=bn + "2b")(y)
     y = layers.Activation("relu")(y)
     y = layers.Conv2D(f3, 1, name=conv + "2c")(y)
-    y = _norm(bn + "2c", norm)(y)
+    y = layers.BatchNormalization(name=bn + "2c")(y)
     if shortcut_conv:
         x = layers.Conv2D(f3, 1, strides=strides, name=conv + "1")(x)
-        x = _norm(bn + "1", norm)(x)
+        x = layers.BatchNormalization(name=bn + "1")(x)
     y = layers.Add()([y, x])
     return layers.Activation("relu", name=f"res{stage}{block}_out")(y)
 
 
-def _basic_block(x, filters, stage, block, strides=1, shortcut_conv=False, norm="bn"):
+def _basic_block(x, filters, stage, block, strides=1, shortcut_conv=False):
     conv = f"res{stage}{block}_branch"
     bn = f"bn{stage}{block}_branch"
     y = layers.Conv2D(filters, 3, strides=strides, padding="same", name=conv + "2a")(x)
-    y = _norm(bn + "2a", norm)(y)
+    y = layers.BatchNormalization(name=bn + "2a")(y)
     y = layers.Activation("relu")(y)
     y = layers.Conv2D(filters, 3, padding="same", name=conv + "2b")(y)
-    y = _norm(bn + "2b", norm)(y)
+    y = layers.BatchNormalization(name=bn + "2b")(y)
     if shortcut_conv:
         x = layers.Conv2D(filters, 1, strides=strides, name=conv + "1")(x)
-        x = _norm(bn + "1", norm)(x)
+        x = layers.BatchNormalization(name=bn + "1")(x)
     y = layers.Add()([y, x])
     return layers.Activation("relu", name=f"res{stage}{block}_out")(y)
 
@@ -75,12 +54,12 @@ _LAYOUT = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
            50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
 
 
-def resnet_graph(input_tensor, depth, norm="bn"):
+def resnet_graph(input_tensor, depth):
     """ResNet-18/34/50/101 trunk -> dict of C2..C5 tensors (strides 4, 8, 16, 32)."""
     kind, counts = _LAYOUT[depth]
     x = layers.ZeroPadding2D(3)(input_tensor)
     x = layers.Conv2D(64, 7, strides=2, name="conv1")(x)
-    x = _norm("bn_conv1", norm)(x)
+    x = layers.BatchNormalization(name="bn_conv1")(x)
     x = layers.Activation("relu")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
     outputs = {}
@@ -91,18 +70,18 @@ def resnet_graph(input_tensor, depth, norm="bn"):
             first = i == 0
             if kind == "basic":
                 x = _basic_block(x, width, stage, block, strides if first else 1,
-                                 shortcut_conv=first and (stage > 2), norm=norm)
+                                 shortcut_conv=first and (stage > 2))
             else:
                 x = _block(x, (width, width, 4 * width), stage, block,
-                           strides if first else 1, shortcut_conv=first, norm=norm)
+                           strides if first else 1, shortcut_conv=first)
         outputs[f"C{stage}"] = x
     return outputs
 
 
-def _build(depth, norm="bn"):
+def _build(depth):
     def build(input_tensor, *, train_bn, weights):
         model = keras.Model(keras.utils.get_source_inputs(input_tensor),
-                            resnet_graph(input_tensor, depth, norm), name=f"resnet{depth}")
+                            resnet_graph(input_tensor, depth), name=f"resnet{depth}")
         if weights == "imagenet":
             if depth != 50:
                 raise ValueError(
@@ -123,22 +102,23 @@ def _resnet_regex(stages):
 
 
 _STAGES = {"3+": _resnet_regex("345"), "4+": _resnet_regex("45"), "5+": _resnet_regex("5")}
-_CHANNELS = (256, 512, 1024, 2048)
-_TAPS = {"C2": "res2c_out", "C3": "res3d_out", "C5": "res5c_out"}
-
-register_backbone("resnet18", taps={"C2": "res2b_out", "C3": "res3b_out", "C4": "res4b_out",
-                                    "C5": "res5b_out"}, channels=(64, 128, 256, 512),
-                  stage_regex=_STAGES)(_build(18))
-register_backbone("resnet34", taps={"C2": "res2c_out", "C3": "res3d_out", "C4": "res4f_out",
-                                    "C5": "res5c_out"}, channels=(64, 128, 256, 512),
-                  stage_regex=_STAGES)(_build(34))
-# GroupNorm twins: the same layers and names, per-image normalisation (from-scratch default).
-register_backbone("resnet18_gn", taps={"C2": "res2b_out", "C3": "res3b_out", "C4": "res4b_out",
-                                       "C5": "res5b_out"}, channels=(64, 128, 256, 512),
-                  stage_regex=_STAGES)(_build(18, "gn"))
-register_backbone("resnet50_gn", taps={**_TAPS, "C4": "res4f_out"}, channels=_CHANNELS,
-                  stage_regex=_STAGES)(_build(50, "gn"))
-register_backbone("resnet50", taps={**_TAPS, "C4": "res4f_out"}, channels=_CHANNELS,
-                  stage_regex=_STAGES)(_build(50))
-register_backbone("resnet101", taps={**_TAPS, "C4": "res4w_out"}, channels=_CHANNELS,
-                  stage_regex=_STAGES)(_build(101))
+# depth -> (C2..C5 tap layers, C2..C5 channels)
+_ENTRIES = {
+    18: ({"C2": "res2b_out", "C3": "res3b_out", "C4": "res4b_out", "C5": "res5b_out"},
+         (64, 128, 256, 512)),
+    34: ({"C2": "res2c_out", "C3": "res3d_out", "C4": "res4f_out", "C5": "res5c_out"},
+         (64, 128, 256, 512)),
+    50: ({"C2": "res2c_out", "C3": "res3d_out", "C4": "res4f_out", "C5": "res5c_out"},
+         (256, 512, 1024, 2048)),
+    101: ({"C2": "res2c_out", "C3": "res3d_out", "C4": "res4w_out", "C5": "res5c_out"},
+          (256, 512, 1024, 2048)),
+}
+for _depth, (_taps, _channels) in _ENTRIES.items():
+    register_backbone(f"resnet{_depth}", taps=_taps, channels=_channels,
+                      stage_regex=_STAGES)(_build(_depth))
+# The GroupNorm names of earlier releases: the same backbone with norm "group" fixed, so runs
+# saved as resnet18_gn / resnet50_gn load unchanged. Any backbone takes BACKBONE_NORM="group".
+for _depth in (18, 50):
+    register_backbone(f"resnet{_depth}_gn", taps=_ENTRIES[_depth][0],
+                      channels=_ENTRIES[_depth][1], stage_regex=_STAGES,
+                      norm="group")(_build(_depth))

@@ -1,10 +1,8 @@
-"""What a backbone declares: its C2-C5 taps, strides, channels and stage regexes."""
+"""What a backbone declares: its C2-C5 taps, strides, channels, stage regexes and, for the
+``*_gn`` names, the normalisation it always uses."""
 
 import dataclasses
 from typing import Callable, Dict, Optional, Tuple
-
-# Layers that belong to the detector rather than the backbone (Matterport's names).
-HEADS_REGEX = r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,10 +16,12 @@ class BackboneSpec:
         taps: layer name producing each of C2..C5.
         strides: output stride of C2..C5 (normally 4, 8, 16, 32).
         channels: channels of C2..C5, for documentation and tests.
-        stage_regex: regexes selecting the backbone layers of ``3+``, ``4+`` and ``5+``
-            (the heads regex is added by the trainer). Empty for ad-hoc callables.
+        stage_regex: regexes selecting the backbone layers of ``3+``, ``4+`` and ``5+``.
+            Empty for ad-hoc callables.
         input_scale: factor applied to the mean-subtracted image before the first layer, to
             match the value range the pretrained weights expect.
+        norm: the normalisation this name always uses (``"group"`` for ``resnet18_gn``, kept
+            so that runs saved under those names load unchanged), or None: the caller chooses.
     """
 
     name: str
@@ -31,18 +31,17 @@ class BackboneSpec:
     channels: Optional[Tuple[int, int, int, int]] = None
     stage_regex: Dict[str, str] = dataclasses.field(default_factory=dict)
     input_scale: float = 1.0
+    norm: Optional[str] = None
 
-    def layers_regex(self, layers):
-        """Resolve ``heads``/``3+``/``4+``/``5+``/``all`` (or pass a regex through)."""
-        if layers == "all":
-            return ".*"
-        if layers == "heads":
-            return HEADS_REGEX
-        if layers in ("3+", "4+", "5+"):
-            if layers not in self.stage_regex:
-                raise ValueError(
-                    f"backbone {self.name!r} declares no regex for layers={layers!r}; "
-                    f"it knows {sorted(self.stage_regex) or 'none'}. Use 'heads', 'all' or "
-                    "pass your own regex.")
-            return f"({self.stage_regex[layers]})|{HEADS_REGEX}"
-        return layers
+    def stage_layers_regex(self, stage):
+        """The regex of the backbone layers trained from ``stage`` ("3+", "4+", "5+") on.
+
+        Raises:
+            ValueError: the backbone declares no regex for that stage.
+        """
+        if stage not in self.stage_regex:
+            raise ValueError(
+                f"backbone {self.name!r} declares no regex for layers={stage!r}; it knows "
+                f"{sorted(self.stage_regex) or 'none'}. Use 'heads', 'all' or pass your own "
+                "regex.")
+        return self.stage_regex[stage]

@@ -102,8 +102,9 @@ def measure(backbone, sizes, rpn_channels=None, compute_dtype=None):
     keras.utils.set_random_seed(0)
     model = modellib.MaskRCNN("training", config, "/tmp/bench_logs")
     (batch,) = DataGenerator(ds, config, shuffle=False, steps=1, seed=0)[0]
+    from mrcnn.modeling.factory import backbone_norm
     from mrcnn.training import make_optimizer, set_trainable
-    set_trainable(model.keras_model, ".*", config.TRAIN_BN, config.TRAIN_HEAD_BN)
+    set_trainable(model.keras_model, ".*", backbone_norm(config) == "batch", config.TRAIN_HEAD_BN)
     model.keras_model.compile(optimizer=make_optimizer(config, 1e-3), jit_compile=False)
     result["train_step_512_s"] = _median_time(lambda: model.keras_model.train_on_batch(batch))
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2

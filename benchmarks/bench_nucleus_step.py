@@ -38,10 +38,11 @@ def measure(dataset, overrides, batches=8, warmups=2):
     from cli_train import SCRATCH_OVERRIDES, make_config
     from mrcnn import model as modellib
     from mrcnn import training as training_lib
+    from mrcnn.modeling.factory import backbone_norm
     from mrcnn.data.generator import DataGenerator
     config = make_config(dict(SCRATCH_OVERRIDES, **overrides))
     model = modellib.MaskRCNN("training", config, tempfile.mkdtemp(prefix="bench_logs_"))
-    training_lib.set_trainable(model.keras_model, ".*", config.TRAIN_BN)
+    training_lib.set_trainable(model.keras_model, ".*", backbone_norm(config) == "batch")
     model.keras_model.compile(optimizer=training_lib.make_optimizer(config, 1e-3),
                               jit_compile=False)
     generator = DataGenerator(dataset, config, shuffle=True, steps=batches, seed=1)

@@ -15,6 +15,7 @@ Only :mod:`mrcnn.modeling.factory` turns a Config into layer arguments; layers n
 
 import numpy as np
 
+from backbones.normalization import NORMS
 from mrcnn.precision import CHOICES as COMPUTE_DTYPES
 
 
@@ -91,8 +92,13 @@ class Config:
         "mrcnn_mask_loss": 1.0,
     }
     USE_RPN_ROIS = True
-    # False freezes BatchNorm (moving statistics, no updates): right for pretrained
-    # backbones and small batches. Use True when training from scratch.
+    # Normalisation of the backbone, honoured by every registered backbone (the layers are
+    # swapped under the same names, so weight files load across choices where shapes agree):
+    # "frozen" BatchNorm (pretrained weights, small batches), "batch" (trainable BatchNorm,
+    # large batches of similar images) or "group" (GroupNorm: what trains from scratch with
+    # batches of 1-2). None follows Matterport's TRAIN_BN: True -> "batch", else "frozen".
+    BACKBONE_NORM = None
+    # Matterport's switch, read only when BACKBONE_NORM is None.
     TRAIN_BN = False
     # BatchNorm inside the heads (mrcnn_*_bn*). Off by default, whatever TRAIN_BN says: the
     # heads' training batches (sampled ROIs, 1/3 positive) differ from their inference batches
@@ -183,6 +189,9 @@ class Config:
         if unknown:
             fail(f"LOSS_WEIGHTS has unknown keys {sorted(unknown)}; "
                  f"use {sorted(Config.LOSS_WEIGHTS)}.")
+        if self.BACKBONE_NORM is not None and self.BACKBONE_NORM not in NORMS:
+            fail(f"BACKBONE_NORM={self.BACKBONE_NORM!r}; use one of {NORMS} or None "
+                 "(follow TRAIN_BN).")
         if self.COMPUTE_DTYPE not in COMPUTE_DTYPES:
             fail(f"COMPUTE_DTYPE={self.COMPUTE_DTYPE!r}; use one of {COMPUTE_DTYPES}.")
         if self.MAX_GT_INSTANCES < 1:

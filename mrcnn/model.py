@@ -24,7 +24,7 @@ from mrcnn import training as training_lib
 from mrcnn.data.dataset import Dataset  # noqa: F401  (Matterport: modellib.Dataset users)
 from mrcnn.data.generator import DataGenerator, pyramid_anchors
 from mrcnn.data.loader import load_image_gt  # noqa: F401  (Matterport re-export)
-from mrcnn.modeling.factory import build_maskrcnn
+from mrcnn.modeling.factory import backbone_norm, build_maskrcnn
 from mrcnn.ops.boxes import denorm_boxes, norm_boxes
 from mrcnn.ops.image import compose_image_meta, mold_image, resize_image
 from mrcnn.ops.masks import expand_mask
@@ -111,17 +111,22 @@ class MaskRCNN:
         """
         return find_last_checkpoint(self.model_dir, self.config.NAME)
 
-    def load_weights(self, filepath, by_name=True, exclude=None):
+    def load_weights(self, filepath, by_name=True, exclude=None, skip_mismatch=False):
         """Load weights by layer name (ours and Matterport's HDF5 files), or a Keras 3 native
         ``.weights.h5`` file of the same architecture with ``by_name=False``.
 
-        A checkpoint path from a run folder also continues that run's epoch count.
+        ``skip_mismatch=True`` loads only the layers whose shapes agree (the convolutions of a
+        file saved with another BACKBONE_NORM, say) and logs the others. A checkpoint path
+        from a run folder also continues that run's epoch count.
         """
         if by_name:
-            report = load_weights_by_name(self.keras_model, filepath, exclude=exclude)
-            if report["missing"]:
-                log.info("%d layers not in %s: %s", len(report["missing"]), filepath,
-                         ", ".join(report["missing"][:10]))
+            report = load_weights_by_name(self.keras_model, filepath, exclude=exclude,
+                                          skip_mismatch=skip_mismatch)
+            for key in ("missing", "skipped"):
+                if report[key]:
+                    log.info("%d layers %s %s: %s", len(report[key]),
+                             "not in" if key == "missing" else "of other shapes in", filepath,
+                             ", ".join(report[key][:10]))
         else:
             self.keras_model.load_weights(filepath)
         self.set_log_dir(filepath)
@@ -165,7 +170,7 @@ class MaskRCNN:
         """
         assert self.mode == "training", "Create the model in training mode to train it."
         config = self.config
-        regex = self.spec.layers_regex(layers)
+        regex = training_lib.layers_regex(self.spec, layers)
         train_gen = DataGenerator(train_dataset, config, shuffle=True, augmentation=augmentation,
                                   steps=config.STEPS_PER_EPOCH, seed=seed,
                                   workers=max(1, config.WORKERS),
@@ -191,8 +196,8 @@ class MaskRCNN:
         log.info("Starting at epoch %d, LR=%s, layers=%s, checkpoints in %s",
                  self.epoch, learning_rate, layers, self.log_dir)
         with self.strategy.scope():
-            trainable = training_lib.set_trainable(self.keras_model, regex, config.TRAIN_BN,
-                                                   config.TRAIN_HEAD_BN)
+            trainable = training_lib.set_trainable(
+                self.keras_model, regex, backbone_norm(config) == "batch", config.TRAIN_HEAD_BN)
             if not trainable:
                 raise ValueError(f"layers={layers!r} selects no layer with weights.")
             start_step = self.epoch * config.STEPS_PER_EPOCH

@@ -14,6 +14,28 @@ from mrcnn.weights import save_weights_by_name
 
 log = logging.getLogger(__name__)
 
+# The detector's own layers (Matterport's names): RPN, FPN and the box/class/mask heads.
+HEADS_REGEX = r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)"
+
+
+def layers_regex(spec, layers):
+    """``train(layers=...)`` -> a regex over layer names.
+
+    Args:
+        spec: the backbone's BackboneSpec (its stage regexes).
+        layers: "heads", "3+", "4+", "5+", "all", or a regex passed through.
+
+    Raises:
+        ValueError: a stage the backbone declares no regex for.
+    """
+    if layers == "all":
+        return ".*"
+    if layers == "heads":
+        return HEADS_REGEX
+    if layers in ("3+", "4+", "5+"):
+        return f"({spec.stage_layers_regex(layers)})|{HEADS_REGEX}"
+    return layers
+
 
 def set_trainable(keras_model, regex, train_bn, train_head_bn=False):
     """Make layers whose name fully matches ``regex`` trainable, freeze the rest.

@@ -114,8 +114,21 @@ _WIDTH_FIELDS = (
 )
 
 
+# A normalisation layer's arrays: BatchNorm has gamma, beta and the two moving statistics;
+# GroupNorm gamma and beta (see backbones.normalization).
+_NORM_KIND = {4: "BatchNormalization (BACKBONE_NORM 'batch' or 'frozen')",
+              2: "GroupNormalization (BACKBONE_NORM 'group')"}
+
+
 def _mismatch_hint(layer_name, file_shapes, model_shapes):
     """The Config change that makes ``layer_name`` match the file, or the exclude hint."""
+    if (len(file_shapes) != len(model_shapes) and len(file_shapes) in _NORM_KIND
+            and len(model_shapes) in _NORM_KIND
+            and all(len(s) == 1 for s in file_shapes + model_shapes)):
+        return (f"The file's {layer_name!r} is a {_NORM_KIND[len(file_shapes)]} but the model's "
+                f"is a {_NORM_KIND[len(model_shapes)]}: build the model with the file's "
+                "normalisation, or load with skip_mismatch=True to take only the layers whose "
+                "shapes agree (the convolutions).")
     for pattern, field, axis in _WIDTH_FIELDS:
         if (re.fullmatch(pattern, layer_name) and len(file_shapes[0]) >= 2
                 and len(file_shapes[0]) == len(model_shapes[0])
@@ -137,11 +150,13 @@ def load_weights_by_name(model, path, exclude=None, skip_mismatch=False):
         exclude: layer names (or regexes) to leave untouched, e.g. the class-specific heads
             ``["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"]`` when the
             file was trained with another NUM_CLASSES.
-        skip_mismatch: skip layers whose shapes differ instead of raising.
+        skip_mismatch: skip layers whose shapes differ instead of raising (they are listed
+            in the result's ``skipped``), e.g. to take the convolutions of a BatchNorm
+            checkpoint into a GroupNorm model.
 
     Returns:
-        dict with ``loaded`` (layer names set) and ``missing`` (layers with weights the file
-        lacks).
+        dict with ``loaded`` (layer names set), ``missing`` (layers with weights the file
+        lacks) and ``skipped`` (layers whose shapes differ, with ``skip_mismatch``).
 
     Raises:
         ValueError: a shape mismatch (naming the layer, both shapes and the Config width field
@@ -149,7 +164,7 @@ def load_weights_by_name(model, path, exclude=None, skip_mismatch=False):
     """
     stored = read_weights_by_name(path)
     patterns = [re.compile(e) for e in (exclude or [])]
-    loaded, missing = [], []
+    loaded, missing, skipped = [], [], []
     for layer in flat_layers(model):
         if not layer.weights:
             continue
@@ -163,6 +178,7 @@ def load_weights_by_name(model, path, exclude=None, skip_mismatch=False):
         got = [tuple(v.shape) for v in values]
         if expected != got:
             if skip_mismatch:
+                skipped.append(layer.name)
                 continue
             raise ValueError(
                 f"{path}: layer {layer.name!r} has weights of shapes {got} but the model expects "
@@ -173,7 +189,7 @@ def load_weights_by_name(model, path, exclude=None, skip_mismatch=False):
     if not loaded:
         raise ValueError(f"{path}: no layer of the model matched a layer name in the file; is it "
                          "a weights file for this model and backbone?")
-    return {"loaded": loaded, "missing": missing}
+    return {"loaded": loaded, "missing": missing, "skipped": skipped}
 
 
 # Matterport's Mask R-CNN COCO weights (ResNet-101 backbone, 81 classes).

@@ -1,13 +1,14 @@
 """Backbone registry: every backbone builds with the declared strides, regexes match real
 layer names, errors for unknown and duplicate names, user registration."""
 
+import math
 import re
 
 import keras
 import pytest
 
 import backbones
-from backbones import HEADS_REGEX
+from mrcnn.training import HEADS_REGEX, layers_regex
 
 
 @pytest.mark.parametrize("name", [n for n in backbones.list_backbones() if n != "tiny_test"])
@@ -20,7 +21,7 @@ def test_backbone_builds_with_strides_and_regexes(name):
     names = [layer.name for layer in model.layers if layer.weights]
     selected = {}
     for stage in ("3+", "4+", "5+"):
-        regex = re.compile(spec.layers_regex(stage))
+        regex = re.compile(layers_regex(spec, stage))
         selected[stage] = {n for n in names if regex.fullmatch(n)}
         assert selected[stage], f"{name} {stage} matches no layer"
     assert selected["5+"] < selected["4+"] < selected["3+"] < set(names)
@@ -37,20 +38,97 @@ def test_frozen_batchnorm_by_default():
     assert bns and not any(layer.trainable for layer in bns)
 
 
-def test_groupnorm_twin_has_the_same_layer_names_and_per_image_normalisation():
+MISSION = ["resnet18", "resnet34", "resnet50", "resnet101", "mobilenet", "mobilenet_v2",
+           "densenet121", "densenet169", "densenet201"]
+
+
+def _weighted_names(model):
+    return [layer.name for layer in model.layers if layer.weights]
+
+
+def _norm_layers(model, kind):
+    return [layer for layer in model.layers if isinstance(layer, kind)]
+
+
+@pytest.mark.parametrize("name", MISSION)
+def test_every_backbone_honours_every_norm(name):
+    """Same strides, channels and layer names under every norm; "group" leaves no BatchNorm
+    and each group count divides its layer's channels; BatchNorm trains only under "batch"."""
+    built = {norm: backbones.build_backbone(name, keras.Input((64, 64, 3)), norm=norm)[1]
+             for norm in backbones.NORMS}
+    spec = backbones.get_backbone_spec(name)
+    bn_count = len(_norm_layers(built["frozen"], keras.layers.BatchNormalization))
+    assert bn_count > 0
+    for norm, model in built.items():
+        for i, tap in enumerate(("C2", "C3", "C4", "C5")):
+            assert model.output[tap].shape[1] == 64 // spec.strides[i], (norm, tap)
+            assert model.output[tap].shape[-1] == spec.channels[i], (norm, tap)
+        assert _weighted_names(model) == _weighted_names(built["frozen"]), norm
+        bns = _norm_layers(model, keras.layers.BatchNormalization)
+        gns = _norm_layers(model, keras.layers.GroupNormalization)
+        if norm == "group":
+            assert not bns and len(gns) == bn_count
+            for layer in gns:
+                channels = layer.input.shape[-1]
+                assert channels % layer.groups == 0 and layer.groups == math.gcd(32, channels)
+                assert layer.trainable
+        else:
+            assert len(bns) == bn_count and not gns
+            assert all(layer.trainable == (norm == "batch") for layer in bns)
+
+
+def test_group_count_rule():
+    assert [backbones.group_count(c) for c in (24, 144, 96, 16, 1280, 64, 2048, 17, 8)] == \
+        [8, 16, 32, 16, 32, 32, 32, 1, 8]
+    with pytest.raises(ValueError):
+        backbones.group_count(0)
+
+
+def test_gn_names_are_group_norm_aliases():
     import numpy as np
     _, bn = backbones.build_backbone("resnet18", keras.Input((64, 64, 3)), train_bn=False)
     _, gn = backbones.build_backbone("resnet18_gn", keras.Input((64, 64, 3)), train_bn=False)
-    weighted = lambda m: [l.name for l in m.layers if l.weights]  # noqa: E731
-    assert weighted(bn) == weighted(gn)
-    norms = [l for l in gn.layers if isinstance(l, keras.layers.GroupNormalization)]
-    assert len(norms) == 20 and all(l.trainable for l in norms)
+    assert _weighted_names(bn) == _weighted_names(gn)
+    norms = _norm_layers(gn, keras.layers.GroupNormalization)
+    assert len(norms) == 20 and all(layer.trainable for layer in norms)
+    assert backbones.get_backbone_spec("resnet18_gn").norm == "group"
+    _, same = backbones.build_backbone("resnet18_gn", keras.Input((64, 64, 3)), norm="group")
+    assert _weighted_names(same) == _weighted_names(gn)
+    with pytest.raises(ValueError, match="always uses norm 'group'.*BACKBONE='resnet18'"):
+        backbones.build_backbone("resnet18_gn", keras.Input((64, 64, 3)), norm="batch")
     # per-image: an image's features do not depend on the other images in the batch
     rng = np.random.RandomState(0)
     a, b = rng.rand(1, 64, 64, 3), 50 * rng.rand(1, 64, 64, 3)
     alone = gn(a, training=True)["C3"]
     together = gn(np.concatenate([a, b]), training=True)["C3"][:1]
     np.testing.assert_allclose(alone, together, atol=1e-4)
+
+
+def test_unknown_norm_is_refused():
+    with pytest.raises(ValueError, match="unknown backbone normalisation 'layer'"):
+        backbones.build_backbone("resnet18", keras.Input((64, 64, 3)), norm="layer")
+
+
+def test_subclassed_backbone_cannot_swap_its_batchnorm():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = keras.layers.Conv2D(8, 3, strides=4, padding="same")
+            self.bn = keras.layers.BatchNormalization()
+
+        def call(self, x):
+            c2 = self.bn(self.conv(x))
+            return {"C2": c2, "C3": c2, "C4": c2, "C5": c2}
+
+    def subclassed(input_tensor, *, train_bn, weights):
+        net = Net()
+        net(input_tensor)
+        return net
+
+    spec = backbones.get_backbone_spec(subclassed)
+    model = spec.builder(keras.Input((64, 64, 3)), train_bn=False, weights=None)
+    with pytest.raises(ValueError, match="cannot use normalisation 'group'.*functional"):
+        backbones.apply_norm(model, "group", "subclassed")
 
 
 def test_unknown_backbone_lists_registered_names():
@@ -73,9 +151,9 @@ def test_callable_backbone_spec_has_no_stage_regex():
     def my_backbone(input_tensor, *, train_bn, weights):
         raise NotImplementedError
     spec = backbones.get_backbone_spec(my_backbone)
-    assert spec.layers_regex("heads") == HEADS_REGEX and spec.layers_regex("all") == ".*"
+    assert layers_regex(spec, "heads") == HEADS_REGEX and layers_regex(spec, "all") == ".*"
     with pytest.raises(ValueError, match="declares no regex"):
-        spec.layers_regex("3+")
+        layers_regex(spec, "3+")
 
 
 def test_imagenet_offline_error_is_clear(monkeypatch):

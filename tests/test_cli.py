@@ -48,7 +48,7 @@ def test_train_resume_evaluate_detect(data_dir, tmp_path):
     assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(runs[0], "*.h5"))) == [
         "mask_rcnn_nucleus_0001.weights.h5", "mask_rcnn_nucleus_0002.weights.h5"]
     saved = json.load(open(os.path.join(runs[0], "run_config.json")))["overrides"]
-    assert saved["BACKBONE"] == "resnet18" and saved["TRAIN_BN"] is True
+    assert saved["BACKBONE"] == "resnet18" and saved["BACKBONE_NORM"] == "group"
 
     # --weights last resumes the same run at epoch 2
     nucleus_cli.main(base + ["--weights", "last", "--heads-epochs", "1", "--all-epochs", "3"])

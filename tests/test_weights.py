@@ -117,3 +117,25 @@ def test_resnet50_imagenet_file_loads_by_name(tmp_path, monkeypatch):
         for a, b in zip(model.get_layer(name).get_weights(),
                         reference.get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)
+
+
+def test_weights_cross_backbone_norms(tmp_path):
+    """A file saved under BatchNorm loads into the GroupNorm build where shapes agree (every
+    convolution), and a strict load names the first normalisation layer that differs."""
+    inp = keras.Input((64, 64, 3))
+    _, bn_model = backbones.build_backbone("mobilenet_v2", inp, norm="frozen")
+    path = weights_lib.save_weights_by_name(bn_model, tmp_path / "bn.weights.h5")
+    _, gn_model = backbones.build_backbone("mobilenet_v2", keras.Input((64, 64, 3)), norm="group")
+    with pytest.raises(ValueError, match=r"'bn_Conv1'.*BatchNormalization.*GroupNormalization"
+                                         r".*skip_mismatch=True"):
+        weights_lib.load_weights_by_name(gn_model, path)
+    report = weights_lib.load_weights_by_name(gn_model, path, skip_mismatch=True)
+    gn_names = {l.name for l in gn_model.layers if isinstance(l, keras.layers.GroupNormalization)}
+    assert set(report["skipped"]) == gn_names and not report["missing"]
+    conv = "block_3_expand"
+    np.testing.assert_array_equal(gn_model.get_layer(conv).get_weights()[0],
+                                  bn_model.get_layer(conv).get_weights()[0])
+    # and back: a GroupNorm file into the BatchNorm build
+    gn_path = weights_lib.save_weights_by_name(gn_model, tmp_path / "gn.weights.h5")
+    with pytest.raises(ValueError, match="GroupNormalization.*BatchNormalization"):
+        weights_lib.load_weights_by_name(bn_model, gn_path)

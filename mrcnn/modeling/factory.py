@@ -12,6 +12,22 @@ def backbone_spec(config):
     return backbones.get_backbone_spec(config.BACKBONE)
 
 
+def backbone_norm(config):
+    """The backbone's normalisation: "batch", "frozen" or "group".
+
+    ``BACKBONE_NORM`` when set, else Matterport's ``TRAIN_BN`` (True: "batch", else "frozen");
+    names with a fixed normalisation (``resnet18_gn``) keep theirs.
+
+    Raises:
+        ValueError: BACKBONE_NORM contradicts the backbone name's fixed normalisation.
+    """
+    norm = config.BACKBONE_NORM
+    spec = backbone_spec(config)
+    if norm is None and spec.norm is None:
+        norm = "batch" if config.TRAIN_BN else "frozen"
+    return backbones.resolve_norm(spec, norm)
+
+
 def backbone_strides(config):
     """Strides of P2..P6: the backbone spec's C2..C5 strides plus 64 for P6."""
     strides = list(backbone_spec(config).strides)
@@ -33,7 +49,7 @@ def maskrcnn_kwargs(config, mode, backbone_weights=None):
         mode=mode,
         backbone=config.BACKBONE,
         backbone_weights=backbone_weights,
-        train_bn=bool(config.TRAIN_BN),
+        backbone_norm=backbone_norm(config),
         image_channels=int(config.IMAGE_CHANNEL_COUNT),
         image_meta_size=int(config.IMAGE_META_SIZE),
         num_classes=int(config.NUM_CLASSES),
@@ -65,7 +81,7 @@ def maskrcnn_kwargs(config, mode, backbone_weights=None):
         detection_nms_threshold=float(config.DETECTION_NMS_THRESHOLD),
         loss_weights={k: float(v) for k, v in config.LOSS_WEIGHTS.items()},
         weight_decay=float(config.WEIGHT_DECAY),
-        compute_dtype=resolve_compute_dtype(getattr(config, "COMPUTE_DTYPE", "float32")),
+        compute_dtype=resolve_compute_dtype(config.COMPUTE_DTYPE),
     )
 
 

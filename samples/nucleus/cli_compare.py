@@ -24,8 +24,16 @@ from mrcnn.evaluation import write_json
 log = logging.getLogger("nucleus")
 
 TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
-COLUMNS = ["model", "seed", "dsb_score", "ap50", "ap", "iou", "dice", "seconds_per_image",
-           "params_m", "peak_train_mb", "peak_eval_mb", "train_minutes"]
+# ``--models all``: every mission backbone (from scratch, GroupNorm), the fastest from-scratch
+# ResNet, the U-Net and Otsu.
+ALL_MODELS = ("resnet18", "resnet50", "resnet101", "mobilenet", "mobilenet_v2", "densenet121",
+              "densenet169", "densenet201", "unet", "otsu")
+KINDS = ("fluorescence", "histology", "brightfield")
+TIMED_SIZES = (512, 1024)
+COLUMNS = (["model", "seed", "dsb_score"] + [f"dsb_{k}" for k in KINDS] +
+           ["ap50", "ap", "iou", "dice", "seconds_per_image"] +
+           [f"seconds_{s}" for s in TIMED_SIZES] +
+           ["params_m", "peak_train_mb", "peak_eval_mb", "train_minutes", "epochs"])
 
 
 def _run(cmd, log_path):
@@ -72,7 +80,8 @@ def run_one(args, model, seed, run_dir):
             write_json(done_path, json.load(f))
     os.makedirs(run_dir, exist_ok=True)
     cmd = [sys.executable, TRAIN_PY, "evaluate", *common, "--subset", args.val_subset,
-           "--out", metrics_path + ".eval", "--logs", logs]
+           "--out", metrics_path + ".eval", "--logs", logs,
+           "--time-sizes", ",".join(str(s) for s in TIMED_SIZES)]
     cmd += ["--model", model] if model in ("unet", "otsu") else []
     if args.limit:
         cmd += ["--limit", str(args.limit)]
@@ -90,39 +99,61 @@ def run_one(args, model, seed, run_dir):
 
 
 def row_of(m):
-    return {"model": m["model"], "seed": m["seed"], "dsb_score": m["dsb_score"],
-            "ap50": m["ap50"], "ap": m["ap"], "iou": m["iou"], "dice": m["dice"],
-            "seconds_per_image": m["seconds_per_image"],
-            "params_m": m.get("params", 0) / 1e6, "peak_train_mb": m.get("train_peak_mb", 0),
-            "peak_eval_mb": m.get("peak_mb", 0),
-            "train_minutes": m.get("train_minutes", 0)}
+    """One results.csv row from a run's metrics.json (missing values are NaN)."""
+    nan = float("nan")
+    groups = m.get("groups", {})
+    timed = m.get("seconds_at_size", {})
+    row = {"model": m["model"], "seed": m["seed"], "dsb_score": m["dsb_score"],
+           "ap50": m["ap50"], "ap": m["ap"], "iou": m["iou"], "dice": m["dice"],
+           "seconds_per_image": m["seconds_per_image"],
+           "params_m": m.get("params", 0) / 1e6, "peak_train_mb": m.get("train_peak_mb", 0),
+           "peak_eval_mb": m.get("peak_mb", 0),
+           "train_minutes": m.get("train_minutes", 0), "epochs": m.get("train_epochs", nan)}
+    for kind in KINDS:
+        row[f"dsb_{kind}"] = groups.get(kind, {}).get("dsb_score", nan)
+    for size in TIMED_SIZES:
+        row[f"seconds_{size}"] = timed.get(str(size), nan)
+    return row
 
 
 def summarise(rows):
-    """{model: {column: (mean, std)}} over seeds, in first-seen model order."""
+    """{model: {column: (mean, std, seeds)}} over seeds, in first-seen model order (std is
+    the sample standard deviation, ddof=1)."""
     out = {}
     for model in dict.fromkeys(r["model"] for r in rows):
         group = [r for r in rows if r["model"] == model]
-        out[model] = {c: (float(np.mean([r[c] for r in group])),
-                          float(np.std([r[c] for r in group])), len(group))
-                      for c in COLUMNS[2:]}
+        out[model] = {}
+        for c in COLUMNS[2:]:
+            values = np.array([r[c] for r in group], dtype=float)
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            out[model][c] = (float(np.mean(values)), std, len(values))
     return out
 
 
 def write_table(path, summary, command):
     def cell(stat, digits):
         mean, std, n = stat
+        if not np.isfinite(mean):
+            return "–"
         return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
-    lines = ["| model | DSB score | COCO AP50 | COCO AP | pixel IoU | Dice | s / image | "
-             "params (M) | peak train MB | train min |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    sizes = " | ".join(f"s at {s}²" for s in TIMED_SIZES)
+    lines = [f"| model | seeds | DSB score | fluo. | histo. | bright. | COCO AP50 | COCO AP | "
+             f"pixel IoU | Dice | s / val image | {sizes} | params (M) | peak train MB | "
+             "peak eval MB | train min | epochs |",
+             "|---" * (16 + len(TIMED_SIZES)) + "|"]
     ranked = sorted(summary.items(), key=lambda kv: -kv[1]["dsb_score"][0])
     for model, s in ranked:
-        lines.append(f"| {model} | {cell(s['dsb_score'], 3)} | {cell(s['ap50'], 3)} | "
-                     f"{cell(s['ap'], 3)} | {cell(s['iou'], 3)} | {cell(s['dice'], 3)} | "
-                     f"{cell(s['seconds_per_image'], 2)} | {s['params_m'][0]:.1f} | "
-                     f"{s['peak_train_mb'][0]:.0f} | {s['train_minutes'][0]:.1f} |")
-    lines += ["", f"Command: `{command}`", ""]
+        kinds = " | ".join(cell(s[f"dsb_{k}"], 3) for k in KINDS)
+        timed = " | ".join(cell(s[f"seconds_{size}"], 2) for size in TIMED_SIZES)
+        lines.append(f"| {model} | {s['dsb_score'][2]} | {cell(s['dsb_score'], 3)} | {kinds} | "
+                     f"{cell(s['ap50'], 3)} | {cell(s['ap'], 3)} | {cell(s['iou'], 3)} | "
+                     f"{cell(s['dice'], 3)} | {cell(s['seconds_per_image'], 2)} | {timed} | "
+                     f"{s['params_m'][0]:.1f} | {s['peak_train_mb'][0]:.0f} | "
+                     f"{s['peak_eval_mb'][0]:.0f} | {cell(s['train_minutes'], 1)} | "
+                     f"{cell(s['epochs'], 1)} |")
+    lines += ["", "Mean ± sample standard deviation over the seeds; per-kind columns are the "
+              "DSB score on the validation images of that kind.", "",
+              f"Command: `{command}`", ""]
     with atomic_target(path, ".md.tmp") as tmp, open(tmp, "w") as f:
         f.write("\n".join(lines))
 
@@ -150,19 +181,44 @@ def plot(path, summary):
         plt.close(fig)
 
 
-def run_compare(args):
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+def finished_rows(out_dir):
+    """results.csv rows of every finished run under ``out_dir`` (``<model>_seed<S>/
+    metrics.json``), so a table made by a later call includes the runs of earlier ones."""
+    rows = []
+    for name in sorted(os.listdir(out_dir)):
+        path = os.path.join(out_dir, name, "metrics.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                rows.append(row_of(json.load(f)))
+    order = {m: i for i, m in enumerate(ALL_MODELS)}
+    return sorted(rows, key=lambda r: (order.get(r["model"], len(order)), r["model"], r["seed"]))
+
+
+def parse_models(text):
+    """``--models`` -> list; ``all`` expands to :data:`ALL_MODELS`."""
+    models = []
+    for item in (m.strip() for m in text.split(",")):
+        if item == "all":
+            models += [m for m in ALL_MODELS if m not in models]
+        elif item and item not in models:
+            models.append(item)
     if not models:
-        raise ValueError("--models is empty")
+        raise ValueError("--models is empty; list backbones, unet, otsu, or 'all'")
+    return models
+
+
+def run_compare(args):
+    models = parse_models(args.models)
     if not args.time_budget and not args.epochs:
         raise ValueError("give --time-budget MINUTES or --epochs N so every model gets the "
                          "same budget")
     os.makedirs(args.out, exist_ok=True)
-    rows = []
     for seed in range(args.seeds):
         for model in models:
-            metrics = run_one(args, model, seed, os.path.join(args.out, f"{model}_seed{seed}"))
-            rows.append(row_of(metrics))
+            if model == "otsu" and seed > 0:
+                continue  # deterministic: a second seed would repeat the first
+            run_one(args, model, seed, os.path.join(args.out, f"{model}_seed{seed}"))
+    rows = finished_rows(args.out)
     with atomic_target(os.path.join(args.out, "results.csv"), ".csv.tmp") as tmp, \
             open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -182,13 +238,16 @@ def add_compare_arguments(parser):
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--subset", default="train")
     parser.add_argument("--val-subset", default="val")
-    parser.add_argument("--models", default="resnet50,resnet101,mobilenet,mobilenet_v2,"
-                        "densenet121,unet",
-                        help="comma-separated backbones, 'unet' and 'otsu'")
+    parser.add_argument("--models", default="all",
+                        help="comma-separated backbones, 'unet' and 'otsu', or 'all' (default): "
+                             + ", ".join(ALL_MODELS))
     parser.add_argument("--time-budget", type=float, default=None, help="minutes per model")
     parser.add_argument("--epochs", type=int, default=None, help="instead of a time budget")
     parser.add_argument("--steps-per-epoch", type=int, default=None)
-    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="seeds 0..N-1 per model; the table covers every finished run in "
+                             "--out, so a second call with more seeds for a few models adds "
+                             "them")
     parser.add_argument("--limit", type=int, default=None, help="evaluate on N images only")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="config override passed to every Mask R-CNN run")

@@ -93,10 +93,33 @@ def load_subset(dataset_dir, subset, limit=None):
     return dataset, ids[:limit] if limit else ids
 
 
+def time_at_sizes(predict, image, sizes, repeats=3):
+    """{"512": median seconds of ``predict`` on ``image`` resized to 512 x 512, ...}; each size
+    is predicted once untimed first (graph tracing)."""
+    import time
+
+    from mrcnn.ops.image import resize_array
+    out = {}
+    for size in sizes:
+        square = resize_array(image, (size, size))
+        predict(square)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            predict(square)
+            times.append(time.perf_counter() - start)
+        out[str(size)] = float(np.median(times))
+        log.info("predict on a %d x %d image: %.3f s", size, size, out[str(size)])
+    return out
+
+
 def run_evaluate(args):
     dataset, ids = load_subset(args.dataset, args.subset, args.limit)
     predict = make_predictor(args)
     metrics = evaluate_dataset(dataset, predict, ids, group_fn=image_kind)
+    if getattr(args, "time_sizes", None):
+        sizes = [int(s) for s in args.time_sizes.split(",") if s.strip()]
+        metrics["seconds_at_size"] = time_at_sizes(predict, dataset.load_image(ids[0]), sizes)
     from cli_train import peak_memory_mb
     metrics.update(model=getattr(args, "model", "maskrcnn"), weights=args.weights,
                    subset=args.subset, params=int(getattr(predict, "num_params", 0)),

@@ -17,22 +17,23 @@ from nucleus import (NucleusConfig, NucleusDataset, NucleusInferenceConfig,
 from mrcnn import model as modellib
 from mrcnn.atomic import atomic_target
 from mrcnn.data.augment import default_augmentation
+from mrcnn.modeling.factory import backbone_norm
 
 log = logging.getLogger("nucleus")
 
 RUN_CONFIG_FILE = "run_config.json"
 
-# From scratch on a CPU: a light GroupNorm ResNet, 256 px crops of images scaled x2,
+# From scratch on a CPU: a light ResNet with GroupNorm, 256 px crops of images scaled x2,
 # warm-up. Measured on DSB2018 (README "Results"): the same 60-minute run with BatchNorm
-# (resnet18) scored 0.217 on our val split, with GroupNorm (resnet18_gn) 0.441 — batch
-# statistics of 2 crops of very different image kinds do not match the moving averages used
-# at inference, GroupNorm has no such gap.
+# scored 0.217 on our val split, with GroupNorm 0.441 — batch statistics of 2 crops of very
+# different image kinds do not match the moving averages used at inference, GroupNorm has no
+# such gap. BACKBONE_NORM "group" applies to whatever --backbone is chosen.
 SCRATCH_OVERRIDES = {
-    "BACKBONE": "resnet18_gn",
+    "BACKBONE": "resnet18",
+    "BACKBONE_NORM": "group",
     "IMAGE_MIN_DIM": 256,
     "IMAGE_MAX_DIM": 256,
     "IMAGES_PER_GPU": 2,
-    "TRAIN_BN": True,
     "LEARNING_RATE": 0.01,
     "LEARNING_RATE_WARMUP_STEPS": 200,
     "POST_NMS_ROIS_TRAINING": 600,
@@ -178,20 +179,21 @@ def peak_memory_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_train_summary(logs, started):
-    """``<logs>/peak_memory.json``: peak MB and minutes of this training process."""
+def write_train_summary(logs, started, epochs=None):
+    """``<logs>/peak_memory.json``: peak MB, minutes and end epoch of this training process."""
     from mrcnn.evaluation import write_json
     write_json(os.path.join(logs, "peak_memory.json"),
-               {"peak_mb": peak_memory_mb(), "minutes": (time.time() - started) / 60})
+               {"peak_mb": peak_memory_mb(), "minutes": (time.time() - started) / 60,
+                "epochs": epochs})
 
 
 def run_train(args):
     started = time.time()
     if getattr(args, "model", "maskrcnn") == "unet":
         from cli_unet import run_train_unet
-        out = run_train_unet(args)
-        write_train_summary(args.logs, started)
-        return out
+        out_dir, epochs = run_train_unet(args)
+        write_train_summary(args.logs, started, epochs)
+        return out_dir
     overrides = {}
     if args.weights == "none":
         overrides.update(SCRATCH_OVERRIDES)
@@ -227,10 +229,9 @@ def run_train(args):
 
     lr = args.lr or config.LEARNING_RATE
     if from_scratch:
-        log.info("--weights none: a heads-only stage over a random backbone is pointless, and "
-                 "frozen BatchNorm with random statistics blows activations up, so all layers "
-                 "train from the start with trainable BatchNorm (TRAIN_BN=True); warm-up %d "
-                 "steps.", config.LEARNING_RATE_WARMUP_STEPS)
+        log.info("--weights none: a heads-only stage over a random backbone is pointless, so "
+                 "all layers train from the start (backbone normalisation %r, warm-up %d "
+                 "steps).", backbone_norm(config), config.LEARNING_RATE_WARMUP_STEPS)
         first_layers = "all"
     else:
         first_layers = "heads"
@@ -251,7 +252,7 @@ def run_train(args):
                     seed=args.seed, verbose=args.verbose)
     print(f"Training finished after {(time.time() - started) / 60:.1f} min at epoch "
           f"{model.epoch}; last checkpoint: {model.find_last()}")
-    write_train_summary(args.logs, started)
+    write_train_summary(args.logs, started, model.epoch)
     return model
 
 
@@ -266,7 +267,8 @@ def add_train_arguments(parser):
                         help="validation subset for the val losses ('' for none)")
     parser.add_argument("--backbone", default=None,
                         help="registered backbone (default resnet50; with --weights none "
-                             "resnet18_gn)")
+                             "resnet18), trained from scratch with GroupNorm "
+                             "(BACKBONE_NORM=group) whatever the backbone")
     parser.add_argument("--weights", default="none",
                         help="none | imagenet | coco | last | PATH (default %(default)s)")
     parser.add_argument("--logs", default="logs", help="run folders go here")

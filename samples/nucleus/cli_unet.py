@@ -37,11 +37,12 @@ def run_train_unet(args):
     started = time.time()
     log.info("U-Net (%s) on %d images, checkpoints and TensorBoard in %s", args.unet_variant,
              len(train.image_ids), out_dir)
-    train_unet(train, val, out_dir, variant=args.unet_variant,
-               epochs=args.all_epochs, steps_per_epoch=args.steps_per_epoch or 50,
-               learning_rate=args.lr or 1e-3, augmentation=augmentation,
-               time_budget_seconds=args.time_budget * 60 if args.time_budget else None,
-               seed=args.seed, verbose=args.verbose)
+    _, history = train_unet(
+        train, val, out_dir, variant=args.unet_variant, epochs=args.all_epochs,
+        steps_per_epoch=args.steps_per_epoch or 50, learning_rate=args.lr or 1e-3,
+        augmentation=augmentation,
+        time_budget_seconds=args.time_budget * 60 if args.time_budget else None,
+        seed=args.seed, verbose=args.verbose)
     print(f"U-Net training finished after {(time.time() - started) / 60:.1f} min: "
           f"{os.path.join(out_dir, MODEL_FILE)}")
-    return out_dir
+    return out_dir, len(history.epoch)

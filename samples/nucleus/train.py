@@ -57,7 +57,7 @@ class DemoConfig(NucleusConfig):
     MAX_GT_INSTANCES = 30
     DETECTION_MAX_INSTANCES = 50
     DETECTION_MIN_CONFIDENCE = 0.5
-    TRAIN_BN = True          # from scratch: BatchNorm must learn its statistics
+    BACKBONE_NORM = "group"  # from scratch with batches of 2 (see cli_train.SCRATCH_OVERRIDES)
     LEARNING_RATE_WARMUP_STEPS = 20
     STEPS_PER_EPOCH = 20
     VALIDATION_STEPS = 2
@@ -81,7 +81,7 @@ def run_demo(args):
     config = DemoConfig()
     config.BACKBONE = args.backbone
     model = modellib.MaskRCNN("training", config, os.path.join(out, "logs"))
-    log.info("Training %s from scratch (all layers, trainable BatchNorm) for %d epochs",
+    log.info("Training %s from scratch (all layers, GroupNorm) for %d epochs",
              args.backbone, args.epochs)
     model.train(train, val, learning_rate=args.lr, epochs=args.epochs, layers="all",
                 augmentation=default_augmentation(seed=0), seed=0, verbose=args.verbose)
@@ -117,7 +117,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train briefly on synthetic nuclei, detect, evaluate")
     demo.add_argument("--out", default="demo_nucleus", help="output folder (default %(default)s)")
-    demo.add_argument("--backbone", default="resnet18_gn")
+    demo.add_argument("--backbone", default="resnet18")
     demo.add_argument("--epochs", type=int, default=15)
     demo.add_argument("--lr", type=float, default=0.01)
     demo.add_argument("--train-images", type=int, default=24)
@@ -127,6 +127,9 @@ def main(argv=None):
     evaluate = sub.add_parser("evaluate", help="DSB score, COCO AP, IoU, Dice, s/image")
     add_predictor_arguments(evaluate, "val")
     evaluate.add_argument("--out", default=None, help="write the metrics as JSON here")
+    evaluate.add_argument("--time-sizes", default=None, metavar="S1,S2",
+                          help="also time predict on the first image resized to S x S "
+                               "(e.g. 512,1024)")
     detect = sub.add_parser("detect", help="submission.csv, COCO results, overlay PNGs")
     add_predictor_arguments(detect, "stage1_test")
     detect.add_argument("--out", required=True, help="output folder")

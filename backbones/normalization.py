@@ -1,0 +1,112 @@
+"""One normalisation choice for every backbone: trainable BatchNorm, frozen BatchNorm, GroupNorm.
+
+Backbones are built with whatever normalisation their code uses (BatchNorm for ours and for
+keras.applications); :func:`apply_norm` then rebuilds the functional graph with each
+normalisation layer swapped for the chosen kind under the **same layer name**, reusing every
+other layer (and its weights). Weight files therefore keep loading by name wherever the shapes
+agree: the convolutions of a BatchNorm checkpoint load into a GroupNorm backbone and back.
+
+* ``"batch"``  — trainable BatchNormalization (batch statistics in training).
+* ``"frozen"`` — BatchNormalization in inference mode, not trained: right for pretrained
+  weights and small batches (Matterport's ``TRAIN_BN = False``).
+* ``"group"``  — GroupNormalization: each image is normalised by itself, so training and
+  inference agree at batch size 1-2 and across image kinds; what trains from scratch
+  (Wu & He, "Group Normalization", 2018; He, Girshick, Dollár, "Rethinking ImageNet
+  Pre-training", 2019; detectron2's ``NORM: "GN"``).
+"""
+
+import logging
+import math
+
+import keras
+
+log = logging.getLogger(__name__)
+
+NORMS = ("batch", "frozen", "group")
+MAX_GROUPS = 32
+
+
+def group_count(channels, max_groups=MAX_GROUPS):
+    """Groups for a GroupNormalization over ``channels``: the largest divisor of ``channels``
+    that is at most ``max_groups`` among powers of two, i.e. ``gcd(max_groups, channels)``.
+
+    32 for the usual widths (64, 128, 256, ...); MobileNetV2's 24 -> 8, 144 -> 16, 96 -> 32;
+    an odd width -> 1 (LayerNorm over the channels). Always divides ``channels``.
+    """
+    channels = int(channels)
+    if channels < 1:
+        raise ValueError(f"cannot normalise {channels} channels")
+    return math.gcd(int(max_groups), channels)
+
+
+def _is_norm(layer):
+    return isinstance(layer, (keras.layers.BatchNormalization, keras.layers.GroupNormalization))
+
+
+def _target_class(norm):
+    return keras.layers.GroupNormalization if norm == "group" else keras.layers.BatchNormalization
+
+
+def _replacement(layer, channels, norm):
+    """A fresh normalisation layer of kind ``norm`` named like ``layer``."""
+    epsilon = float(getattr(layer, "epsilon", 1e-3))
+    if norm == "group":
+        return keras.layers.GroupNormalization(groups=group_count(channels), epsilon=epsilon,
+                                               name=layer.name)
+    return keras.layers.BatchNormalization(epsilon=epsilon, name=layer.name)
+
+
+def apply_norm(model, norm, backbone_name="backbone"):
+    """Return ``model`` with every normalisation layer of kind ``norm`` (see module docstring).
+
+    Args:
+        model: the backbone, a functional ``keras.Model`` (input: the image tensor; outputs: the
+            C2..C5 dict).
+        norm: one of :data:`NORMS`.
+        backbone_name: for error messages.
+
+    Returns:
+        a functional keras.Model on the same inputs with the same outputs and layer names:
+        ``model`` itself when nothing needed swapping, else a rebuilt graph that reuses every
+        non-normalisation layer. BatchNormalization layers are trainable exactly under
+        ``"batch"``.
+
+    Raises:
+        ValueError: unknown ``norm``, or a backbone whose normalisation layers cannot be swapped
+            (not a functional graph, e.g. a subclassed model).
+    """
+    if norm not in NORMS:
+        raise ValueError(f"unknown normalisation {norm!r}; use one of {NORMS}.")
+    target = _target_class(norm)
+    layers = list(model.layers)
+    to_swap = [layer for layer in layers if _is_norm(layer) and not isinstance(layer, target)]
+    if to_swap:
+        model = _swap(model, norm, backbone_name, type(to_swap[0]).__name__)
+    elif not any(_is_norm(layer) for layer in layers):
+        log.info("backbone %s has no normalisation layers; BACKBONE_NORM=%r changes nothing",
+                 backbone_name, norm)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = norm == "batch"
+    return model
+
+
+def _swap(model, norm, backbone_name, found):
+    target = _target_class(norm)
+
+    def call_function(layer, *args, **kwargs):
+        if _is_norm(layer) and not isinstance(layer, target):
+            inputs = args[0]
+            return _replacement(layer, inputs.shape[-1], norm)(inputs)
+        return layer(*args, **kwargs)
+
+    try:
+        return keras.models.clone_model(model, input_tensors=model.inputs,
+                                        clone_function=lambda layer: layer,
+                                        call_function=call_function)
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ValueError(
+            f"backbone {backbone_name!r} cannot use normalisation {norm!r}: its "
+            f"{type(model).__name__} model is not a functional graph whose {found} layers can "
+            f"be replaced ({err}). Build it with the Keras functional API, or choose the "
+            "normalisation it was written with.") from err
