@@ -11,7 +11,9 @@ setup(
     long_description=open("README.md", encoding="utf8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["mrcnn", "mrcnn.*", "backbones", "backbones.*"]),
+    # samples.nucleus is the DSB2018 command line (python samples/nucleus/train.py ...).
+    packages=find_packages(include=["mrcnn", "mrcnn.*", "backbones", "backbones.*",
+                                    "samples", "samples.*"]),
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3.0",

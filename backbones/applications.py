@@ -24,12 +24,7 @@ def _load_app(constructor, input_tensor, weights, label):
 
 def _app_builder(constructor, taps, label):
     def build(input_tensor, *, train_bn, weights):
-        app = _load_app(constructor, input_tensor, weights, label)
-        model = model_from_taps(app, taps, label)
-        if weights not in (None, "imagenet"):
-            from mrcnn.weights import load_weights_by_name
-            load_weights_by_name(model, weights)
-        return model
+        return model_from_taps(_load_app(constructor, input_tensor, weights, label), taps, label)
     return build
 
 

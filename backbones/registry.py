@@ -4,6 +4,7 @@ import keras
 
 from backbones.normalization import NORMS, apply_norm
 from backbones.spec import BackboneSpec
+from backbones.weights_io import load_weights_by_name
 
 _REGISTRY = {}
 
@@ -12,8 +13,9 @@ def register_backbone(name, *, taps, strides=(4, 8, 16, 32), channels=None, stag
                       input_scale=1.0, norm=None):
     """Decorator registering ``builder(input_tensor, *, train_bn, weights) -> keras.Model``.
 
-    The builder may use any normalisation layers (BatchNorm usually); :func:`build_backbone`
-    swaps them for the caller's choice. ``norm`` fixes that choice for this name (the
+    ``weights`` is None or "imagenet" (a builder without ImageNet weights raises); local
+    weight files are loaded by :func:`build_backbone`. The builder may use any normalisation
+    layers (BatchNorm usually); :func:`build_backbone` swaps them for the caller's choice. ``norm`` fixes that choice for this name (the
     ``resnet18_gn`` style); leave it None.
 
     Example::
@@ -119,10 +121,13 @@ def build_backbone(name_or_callable, input_tensor, *, norm=None, train_bn=False,
     x = input_tensor
     if spec.input_scale != 1.0:
         x = keras.layers.Rescaling(spec.input_scale, name="backbone_input_scale")(x)
-    model = spec.builder(x, train_bn=norm == "batch", weights=weights)
+    local_file = weights not in (None, "imagenet")
+    model = spec.builder(x, train_bn=norm == "batch", weights=None if local_file else weights)
     if not isinstance(model.output, dict) or sorted(model.output) != ["C2", "C3", "C4", "C5"]:
         raise ValueError(f"backbone {spec.name!r} must return a keras.Model whose outputs are a "
                          "dict with keys C2, C3, C4, C5.")
+    if local_file:
+        load_weights_by_name(model, weights)
     return spec, apply_norm(model, norm, spec.name)
 
 

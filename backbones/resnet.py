@@ -9,6 +9,7 @@ import keras
 from keras import layers
 
 from backbones.registry import register_backbone
+from backbones.weights_io import download_file, load_weights_by_name
 
 # The classic Keras ImageNet ResNet-50 (no top), in exactly these layer names.
 RESNET50_NOTOP_URL = ("https://github.com/fchollet/deep-learning-models/releases/download/v0.2/"
@@ -87,12 +88,7 @@ def _build(depth):
                 raise ValueError(
                     f"no ImageNet file exists for resnet{depth} in Matterport's layer names; use "
                     "weights=None, COCO weights (MaskRCNN.load_weights) or resnet50.")
-            from mrcnn.weights import download_weights, load_weights_by_name
-            path = download_weights(RESNET50_NOTOP_URL, RESNET50_NOTOP_MD5)
-            load_weights_by_name(model, path)
-        elif weights:
-            from mrcnn.weights import load_weights_by_name
-            load_weights_by_name(model, weights)
+            load_weights_by_name(model, download_file(RESNET50_NOTOP_URL, RESNET50_NOTOP_MD5))
         return model
     return build
 

@@ -12,18 +12,16 @@ warm-ups, and the parameter count. This is how the 128-channel FPN/mask-head def
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "samples", "nucleus")]
 
 
 def load_dataset(dataset_dir):
-    from nucleus import NucleusDataset
+    from samples.nucleus.nucleus import NucleusDataset
     if not os.path.isdir(os.path.join(dataset_dir or "", "stage1_train")):
         from mrcnn.data.synthetic import write_synthetic_dsb
         dataset_dir = tempfile.mkdtemp(prefix="bench_nuclei_")
@@ -35,7 +33,8 @@ def load_dataset(dataset_dir):
 
 
 def measure(dataset, overrides, batches=8, warmups=2):
-    from cli_train import SCRATCH_OVERRIDES, make_config
+    from samples.nucleus.cli_common import make_config
+    from samples.nucleus.cli_train import SCRATCH_OVERRIDES
     from mrcnn import model as modellib
     from mrcnn import training as training_lib
     from mrcnn.modeling.factory import backbone_norm

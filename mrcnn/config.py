@@ -8,14 +8,18 @@ Subclass :class:`Config` and override UPPER_CASE attributes::
         BACKBONE = "mobilenet_v2"
         IMAGES_PER_GPU = 2
 
-Computed fields (``BATCH_SIZE``, ``IMAGE_SHAPE``, ``IMAGE_META_SIZE``) are set in ``__init__``;
+Computed fields (``BATCH_SIZE``, ``IMAGE_SHAPE``, ``IMAGE_META_SIZE``) are read-only properties
+derived from the fields they depend on, so they never go stale;
 :meth:`Config.validate` rejects inconsistent values with a message naming the field and the fix.
 Only :mod:`mrcnn.modeling.factory` turns a Config into layer arguments; layers never see it.
 """
 
 import numpy as np
 
+import backbones
 from backbones.normalization import NORMS
+from mrcnn.ops.anchors import pyramid_strides
+from mrcnn.ops.image import IMAGE_NORMALIZATIONS, RESIZE_MODES, image_meta_size
 from mrcnn.precision import CHOICES as COMPUTE_DTYPES
 
 
@@ -31,8 +35,6 @@ class Config:
     # A registered backbone name (see backbones.list_backbones()) or a callable
     # ``fn(input_tensor, *, train_bn, weights) -> keras.Model`` with outputs C2..C5.
     BACKBONE = "resnet101"
-    COMPUTE_BACKBONE_SHAPE = None
-    BACKBONE_STRIDES = [4, 8, 16, 32, 64]
 
     FPN_CLASSIF_FC_LAYERS_SIZE = 1024
     TOP_DOWN_PYRAMID_SIZE = 256
@@ -40,6 +42,8 @@ class Config:
     MASK_HEAD_CHANNELS = 256
     NUM_CLASSES = 1
 
+    # One anchor side per pyramid level P2..P6 (pixels of the molded image); the levels'
+    # strides come from the backbone's registry entry (4, 8, 16, 32, and 64 for P6).
     RPN_ANCHOR_SCALES = (32, 64, 128, 256, 512)
     RPN_ANCHOR_RATIOS = [0.5, 1, 2]
     RPN_ANCHOR_STRIDE = 1
@@ -64,6 +68,10 @@ class Config:
     IMAGE_MAX_DIM = 1024
     IMAGE_MIN_SCALE = 0
     IMAGE_CHANNEL_COUNT = 3
+    # Per-image intensity normalisation before resizing, in training and inference alike
+    # (mrcnn.ops.image.normalize_image): None, or "nuclei" (grayscale, dark background,
+    # percentile stretch).
+    IMAGE_NORMALIZATION = None
     MEAN_PIXEL = np.array([123.7, 116.8, 103.9])
 
     TRAIN_ROIS_PER_IMAGE = 200
@@ -91,7 +99,6 @@ class Config:
         "mrcnn_bbox_loss": 1.0,
         "mrcnn_mask_loss": 1.0,
     }
-    USE_RPN_ROIS = True
     # Normalisation of the backbone, honoured by every registered backbone (the layers are
     # swapped under the same names, so weight files load across choices where shapes agree):
     # "frozen" BatchNorm (pretrained weights, small batches), "batch" (trainable BatchNorm,
@@ -123,16 +130,22 @@ class Config:
     # Data loading: worker processes for keras.utils.PyDataset (0 = in the main thread).
     WORKERS = 0
 
-    def __init__(self):
-        self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
-        if self.IMAGE_RESIZE_MODE == "crop":
-            self.IMAGE_SHAPE = np.array(
-                [self.IMAGE_MIN_DIM, self.IMAGE_MIN_DIM, self.IMAGE_CHANNEL_COUNT])
-        else:
-            self.IMAGE_SHAPE = np.array(
-                [self.IMAGE_MAX_DIM, self.IMAGE_MAX_DIM, self.IMAGE_CHANNEL_COUNT])
-        # image_id(1) + original shape(3) + image shape(3) + window(4) + scale(1) + classes
-        self.IMAGE_META_SIZE = 1 + 3 + 3 + 4 + 1 + self.NUM_CLASSES
+    @property
+    def BATCH_SIZE(self):  # noqa: N802 (Matterport's name)
+        """Images per step: IMAGES_PER_GPU x GPU_COUNT."""
+        return self.IMAGES_PER_GPU * self.GPU_COUNT
+
+    @property
+    def IMAGE_SHAPE(self):  # noqa: N802
+        """[H, W, C] of a training image: IMAGE_MIN_DIM squared in crop mode, else
+        IMAGE_MAX_DIM squared (the square mode's size)."""
+        side = self.IMAGE_MIN_DIM if self.IMAGE_RESIZE_MODE == "crop" else self.IMAGE_MAX_DIM
+        return np.array([side, side, self.IMAGE_CHANNEL_COUNT])
+
+    @property
+    def IMAGE_META_SIZE(self):  # noqa: N802
+        """Length of the image meta vector (see mrcnn.ops.image)."""
+        return image_meta_size(self.NUM_CLASSES)
 
     def to_dict(self):
         """All UPPER_CASE fields (including computed ones) as a plain dict."""
@@ -157,9 +170,8 @@ class Config:
             fail(f"NUM_CLASSES={self.NUM_CLASSES}; it counts the background, so use >= 2.")
         if self.GPU_COUNT < 1 or self.IMAGES_PER_GPU < 1:
             fail("GPU_COUNT and IMAGES_PER_GPU must be >= 1.")
-        modes = ("none", "square", "pad64", "crop")
-        if self.IMAGE_RESIZE_MODE not in modes:
-            fail(f"IMAGE_RESIZE_MODE={self.IMAGE_RESIZE_MODE!r}; use one of {modes}.")
+        if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:
+            fail(f"IMAGE_RESIZE_MODE={self.IMAGE_RESIZE_MODE!r}; use one of {RESIZE_MODES}.")
         if self.IMAGE_RESIZE_MODE in ("square", "crop"):
             dim = self.IMAGE_MAX_DIM if self.IMAGE_RESIZE_MODE == "square" else self.IMAGE_MIN_DIM
             if dim % 64:
@@ -167,9 +179,9 @@ class Config:
         if self.IMAGE_RESIZE_MODE == "square" and self.IMAGE_MIN_DIM and \
                 self.IMAGE_MIN_DIM > self.IMAGE_MAX_DIM:
             fail("IMAGE_MIN_DIM is larger than IMAGE_MAX_DIM.")
-        if len(self.RPN_ANCHOR_SCALES) != len(self.BACKBONE_STRIDES):
-            fail(f"RPN_ANCHOR_SCALES has {len(self.RPN_ANCHOR_SCALES)} entries but "
-                 f"BACKBONE_STRIDES has {len(self.BACKBONE_STRIDES)}; one scale per level.")
+        if len(self.RPN_ANCHOR_SCALES) != 5:
+            fail(f"RPN_ANCHOR_SCALES has {len(self.RPN_ANCHOR_SCALES)} entries; give one scale "
+                 "per level, P2..P6 (5 anchor sides in pixels).")
         if not 0 < self.ROI_POSITIVE_RATIO <= 1:
             fail("ROI_POSITIVE_RATIO must be in (0, 1].")
         if self.TRAIN_ROIS_PER_IMAGE < 1 or self.POST_NMS_ROIS_TRAINING < 1:
@@ -192,8 +204,44 @@ class Config:
         if self.BACKBONE_NORM is not None and self.BACKBONE_NORM not in NORMS:
             fail(f"BACKBONE_NORM={self.BACKBONE_NORM!r}; use one of {NORMS} or None "
                  "(follow TRAIN_BN).")
+        if self.IMAGE_NORMALIZATION not in IMAGE_NORMALIZATIONS:
+            fail(f"IMAGE_NORMALIZATION={self.IMAGE_NORMALIZATION!r}; use one of "
+                 f"{IMAGE_NORMALIZATIONS}.")
         if self.COMPUTE_DTYPE not in COMPUTE_DTYPES:
             fail(f"COMPUTE_DTYPE={self.COMPUTE_DTYPE!r}; use one of {COMPUTE_DTYPES}.")
         if self.MAX_GT_INSTANCES < 1:
             fail("MAX_GT_INSTANCES must be >= 1.")
         return self
+
+
+def anchor_settings(config):
+    """The anchors' keyword arguments for :func:`mrcnn.ops.anchors.pyramid_anchors` (and the
+    model's AnchorGenerator): scales, ratios, the P2..P6 strides of the config's backbone, and
+    the anchor stride. The one place anchors are derived from a Config."""
+    return {"scales": [float(s) for s in config.RPN_ANCHOR_SCALES],
+            "ratios": [float(r) for r in config.RPN_ANCHOR_RATIOS],
+            "strides": pyramid_strides(backbones.get_backbone_spec(config.BACKBONE).strides),
+            "anchor_stride": int(config.RPN_ANCHOR_STRIDE)}
+
+
+def inference_resize_mode(mode):
+    """The resize mode inference uses for a training mode: whole images, so a random ``crop``
+    becomes ``pad64`` (the same scale, padded to a multiple of 64); other modes are kept."""
+    return "pad64" if mode == "crop" else mode
+
+
+def inference_config(config, **fields):
+    """The inference twin of a training ``config``: one image per batch on one device, whole
+    images (:func:`inference_resize_mode`), then ``fields`` on top. Fields set on the
+    ``config`` instance itself (``config.BACKBONE = ...``) are kept.
+
+    Returns:
+        a validated instance of a subclass of ``type(config)``.
+    """
+    changes = {key: value for key, value in vars(config).items() if key.isupper()}
+    changes.update(IMAGES_PER_GPU=1, GPU_COUNT=1,
+                   IMAGE_RESIZE_MODE=inference_resize_mode(config.IMAGE_RESIZE_MODE))
+    changes.update(fields)
+    cls = type(config)
+    name = cls.__name__ if cls.__name__.endswith("Inference") else cls.__name__ + "Inference"
+    return type(name, (cls,), changes)().validate()

@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from mrcnn.atomic import atomic_target
+from mrcnn.data.loader import load_full_masks
 from mrcnn.metrics import (coco_evaluate, compute_ap, dice, dsb_image_score, pixel_iou,
                            remove_overlaps)
 
@@ -45,9 +46,8 @@ def evaluate_dataset(dataset, predict, image_ids=None, warmup=1, group_fn=None,
     per_image, trues, preds, scores, times = [], [], [], [], []
     for n, image_id in enumerate(ids):
         image = dataset.load_image(image_id)
-        true, _ = dataset.load_mask(image_id)
-        if true.shape[-1] == 0:
-            true = np.zeros(image.shape[:2] + (0,), bool)
+        true, _ = load_full_masks(dataset, image_id, image)
+        true = np.asarray(true, dtype=bool)
         start = time.perf_counter()
         result = predict(image)
         times.append(time.perf_counter() - start)

@@ -12,19 +12,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mrcnn.config import inference_config
 from mrcnn.evaluation import evaluate_dataset
+from mrcnn.inference import Detector
+from mrcnn.modeling.factory import build_maskrcnn
 from mrcnn.visualize import overlay_instances
 from mrcnn.weights import flat_layers
 
 log = logging.getLogger(__name__)
-
-
-def inference_config_of(config):
-    """A copy of a training config for single-image inference (crop mode -> pad64)."""
-    fields = {"IMAGES_PER_GPU": 1, "GPU_COUNT": 1}
-    if config.IMAGE_RESIZE_MODE == "crop":
-        fields["IMAGE_RESIZE_MODE"] = "pad64"
-    return type(type(config).__name__ + "Inference", (type(config),), fields)()
 
 
 def copy_weights_by_name(source, target):
@@ -55,7 +50,7 @@ class DetectionMetricsCallback(keras.callbacks.Callback):
         super().__init__()
         self.dataset, self.every, self.num_images = dataset, max(1, int(every)), num_images
         self.max_overlays = max_overlays
-        self.config = inference_config_of(config)
+        self.config = inference_config(config)
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "detections"))
         self.infer = None
         self.last = None
@@ -63,9 +58,8 @@ class DetectionMetricsCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
             return
-        from mrcnn.model import MaskRCNN
         if self.infer is None:
-            self.infer = MaskRCNN("inference", self.config, model_dir=os.devnull)
+            self.infer = Detector(self.config, build_maskrcnn(self.config, "inference"))
         copy_weights_by_name(self.model, self.infer.keras_model)
         ids = list(self.dataset.image_ids)[:self.num_images]
         overlays = []

@@ -1,5 +1,8 @@
-"""Staged training helpers: layer selection, optimizer, learning-rate schedule, callbacks."""
+"""Training: run folders and checkpoints, layer selection, optimizer and schedule, callbacks,
+and :func:`fit`, one ``train()`` stage of the :class:`mrcnn.model.MaskRCNN` facade."""
 
+import datetime
+import glob
 import logging
 import math
 import os
@@ -8,11 +11,71 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from mrcnn.atomic import atomic_target
+from mrcnn.data.generator import DataGenerator
+from mrcnn.monitoring import DetectionMetricsCallback
 from mrcnn.weights import save_weights_by_name
 
 log = logging.getLogger(__name__)
+
+_CHECKPOINT_RE = re.compile(r".*[/\\][\w-]+(\d{8}T\d{4})[/\\]mask_rcnn_[\w-]+_(\d{4})\.weights\.h5$")
+
+
+def run_folder(model_dir, name, checkpoint_path=None):
+    """Where a run's checkpoints go, and the epoch it continues from.
+
+    A new ``<model_dir>/<name><YYYYmmddTHHMM>`` folder at epoch 0, or, for a checkpoint path
+    inside such a folder (``mask_rcnn_<name>_NNNN.weights.h5``), that folder at epoch NNNN.
+
+    Returns:
+        (log_dir, checkpoint pattern with an ``{epoch:04d}`` field, epoch).
+    """
+    now, epoch = datetime.datetime.now(), 0
+    match = _CHECKPOINT_RE.match(os.path.abspath(checkpoint_path)) if checkpoint_path else None
+    if match:
+        now = datetime.datetime.strptime(match.group(1), "%Y%m%dT%H%M")
+        epoch = int(match.group(2))
+    name = name.lower()
+    log_dir = os.path.join(model_dir, f"{name}{now:%Y%m%dT%H%M}")
+    return log_dir, checkpoint_pattern(log_dir, name), epoch
+
+
+def find_last(model_dir, prefix, pattern):
+    """The newest file matching ``pattern`` (a glob inside a run folder) in the newest
+    ``<model_dir>/<prefix>*`` run folder that has one, or None."""
+    runs = sorted(d for d in glob.glob(os.path.join(model_dir, f"{prefix}*")) if os.path.isdir(d))
+    for run in reversed(runs):
+        found = sorted(glob.glob(os.path.join(run, pattern)))
+        if found:
+            return found[-1]
+    return None
+
+
+def find_last_checkpoint(model_dir, name):
+    """Newest ``mask_rcnn_<name>_NNNN.weights.h5`` of the newest ``<name><timestamp>`` run.
+
+    Raises:
+        FileNotFoundError: no run folder or no checkpoint in it.
+    """
+    name = name.lower()
+    found = find_last(model_dir, name, f"mask_rcnn_{name}_*.weights.h5")
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint of {name!r} under {model_dir}: train first "
+                                "or pass a weights path.")
+    return found
+
+
+def distribution_strategy(config):
+    """MirroredStrategy over GPU_COUNT devices (GPUs, else logical CPUs), or the default."""
+    if config.GPU_COUNT <= 1:
+        return tf.distribute.get_strategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = gpus if len(gpus) >= config.GPU_COUNT else tf.config.list_logical_devices("CPU")
+    if len(devices) < config.GPU_COUNT:
+        raise ValueError(f"GPU_COUNT={config.GPU_COUNT} but only {len(devices)} devices exist.")
+    return tf.distribute.MirroredStrategy([d.name for d in devices[:config.GPU_COUNT]])
 
 # The detector's own layers (Matterport's names): RPN, FPN and the box/class/mask heads.
 HEADS_REGEX = r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)"
@@ -97,8 +160,8 @@ def make_optimizer(config, learning_rate, start_step=0):
     Config's warm-up (``LEARNING_RATE_WARMUP_STEPS``) and step decay
     (``LEARNING_RATE_DECAY_STEPS``) as a schedule."""
     schedule = WarmupStepSchedule(
-        learning_rate, warmup_steps=getattr(config, "LEARNING_RATE_WARMUP_STEPS", 0),
-        decay_steps=getattr(config, "LEARNING_RATE_DECAY_STEPS", ()), start_step=start_step)
+        learning_rate, warmup_steps=config.LEARNING_RATE_WARMUP_STEPS,
+        decay_steps=config.LEARNING_RATE_DECAY_STEPS, start_step=start_step)
     kwargs = {}
     if config.GRADIENT_CLIP_NORM:
         kwargs["clipnorm"] = float(config.GRADIENT_CLIP_NORM)
@@ -181,12 +244,14 @@ def restore_optimizer_state(keras_model, path):
 
 
 class LearningRateLogger(keras.callbacks.Callback):
-    """Add the current learning rate to the epoch logs (TensorBoard shows it)."""
+    """Add the current learning rate and the number of trainable weight tensors to the epoch
+    logs (TensorBoard and history.csv show them)."""
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             lr = self.model.optimizer.learning_rate
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+            logs["trainable_weights"] = len(self.model.trainable_weights)
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -206,6 +271,49 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the checkpoints of earlier epochs are kept."""
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stop on a non-finite loss before the epoch's checkpoint is written, and warn loudly when
+    the loss climbs orders of magnitude above the lowest value seen (detectron2 stops on
+    non-finite losses in the same way).
+
+    Raises:
+        TrainingDiverged: naming the epoch and step, and the newest checkpoint left intact.
+    """
+
+    def __init__(self, checkpoint_dir, growth_warning=100.0):
+        super().__init__()
+        self.checkpoint_dir = checkpoint_dir
+        self.growth_warning = float(growth_warning)
+        self.epoch = 0
+        self.lowest = math.inf
+        self.warned_epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            self.model.stop_training = True
+            kept = sorted(glob.glob(os.path.join(self.checkpoint_dir, "*.weights.h5")))
+            raise TrainingDiverged(
+                f"training diverged: the loss became {loss} at epoch {self.epoch + 1}, step "
+                f"{batch + 1}; nothing of this epoch was saved, the newest checkpoint is "
+                f"{kept[-1] if kept else 'none (it diverged in the first epoch)'}. Lower the "
+                "learning rate (--lr) or raise LEARNING_RATE_WARMUP_STEPS.")
+        if loss > self.growth_warning * self.lowest and self.warned_epoch != self.epoch:
+            self.warned_epoch = self.epoch
+            log.warning("the loss %.3g at epoch %d, step %d is %.0fx its lowest running value "
+                        "%.3g: training may be diverging (learning rate too high?)", loss,
+                        self.epoch + 1, batch + 1, loss / self.lowest, self.lowest)
+        if batch >= 10:  # the first steps' running mean is noise
+            self.lowest = min(self.lowest, loss)
+
+
 class EpochSummary(keras.callbacks.Callback):
     """Log one line per epoch with every loss."""
 
@@ -218,3 +326,60 @@ class EpochSummary(keras.callbacks.Callback):
 def checkpoint_pattern(log_dir, name):
     """``<log_dir>/mask_rcnn_<name>_{epoch:04d}.weights.h5`` as a format string."""
     return os.path.join(log_dir, f"mask_rcnn_{name.lower()}_{{epoch:04d}}.weights.h5")
+
+
+def fit(keras_model, config, *, strategy, regex, train_bn, train_dataset, val_dataset,
+        learning_rate, epochs, initial_epoch, log_dir, checkpoint_path, optimizer_state=None,
+        augmentation=None, custom_callbacks=None, time_budget_seconds=None, seed=None,
+        verbose=1):
+    """One training stage: the layers matching ``regex`` from ``initial_epoch`` to ``epochs``.
+
+    Compiles a fresh SGD whose schedule starts at the stage's global step, restores the
+    momentum of ``optimizer_state`` (a checkpoint's ``.optimizer.npz``) when given, and writes
+    a checkpoint after every epoch, TensorBoard logs and, every EVAL_EVERY_N_EPOCHS,
+    detection metrics.
+
+    Returns:
+        the keras History of this stage, with ``skipped_images``: the paths of the training
+        images that could not be loaded and were skipped.
+    """
+    train_gen = DataGenerator(train_dataset, config, shuffle=True, augmentation=augmentation,
+                              steps=config.STEPS_PER_EPOCH, seed=seed,
+                              workers=max(1, config.WORKERS),
+                              use_multiprocessing=config.WORKERS > 0)
+    val_gen = None
+    if val_dataset is not None:
+        val_gen = DataGenerator(val_dataset, config, shuffle=True,
+                                steps=config.VALIDATION_STEPS, seed=seed)
+    os.makedirs(log_dir, exist_ok=True)
+    callbacks = [LearningRateLogger()]
+    if val_dataset is not None and config.EVAL_EVERY_N_EPOCHS > 0:
+        callbacks.append(DetectionMetricsCallback(
+            val_dataset, config, log_dir, every=config.EVAL_EVERY_N_EPOCHS,
+            num_images=config.EVAL_IMAGES))
+    # The guard runs before the checkpoint callback: a diverged epoch is never saved.
+    callbacks += [DivergenceGuard(log_dir),
+                  keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False),
+                  keras.callbacks.CSVLogger(os.path.join(log_dir, "history.csv"), append=True),
+                  CheckpointCallback(checkpoint_path), EpochSummary()]
+    if time_budget_seconds:
+        callbacks.append(TimeBudget(time.time() + time_budget_seconds))
+    callbacks += list(custom_callbacks or [])
+
+    with strategy.scope():
+        trainable = set_trainable(keras_model, regex, train_bn, config.TRAIN_HEAD_BN)
+        if not trainable:
+            raise ValueError(f"the layers regex {regex!r} selects no layer with weights.")
+        keras_model.compile(
+            optimizer=make_optimizer(config, learning_rate,
+                                     initial_epoch * config.STEPS_PER_EPOCH),
+            jit_compile=False)
+        if optimizer_state:  # resuming a checkpoint: continue its momentum
+            restore_optimizer_state(keras_model, optimizer_state)
+    history = keras_model.fit(
+        train_gen, initial_epoch=initial_epoch, epochs=epochs,
+        steps_per_epoch=config.STEPS_PER_EPOCH, validation_data=val_gen,
+        validation_steps=config.VALIDATION_STEPS if val_gen else None,
+        callbacks=callbacks, verbose=verbose)
+    history.skipped_images = train_gen.skipper.skipped()
+    return history

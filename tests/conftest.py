@@ -46,26 +46,44 @@ class TinyConfig(Config):
     NUM_CLASSES = 2
     BACKBONE = "tiny_test"
     IMAGES_PER_GPU = 2
-    IMAGE_MIN_DIM = 128
-    IMAGE_MAX_DIM = 128
     RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
-    RPN_CONV_CHANNELS = 64
-    TOP_DOWN_PYRAMID_SIZE = 64
-    MASK_HEAD_CHANNELS = 32
-    FPN_CLASSIF_FC_LAYERS_SIZE = 128
     RPN_TRAIN_ANCHORS_PER_IMAGE = 64
-    PRE_NMS_LIMIT = 600
-    POST_NMS_ROIS_TRAINING = 200
-    POST_NMS_ROIS_INFERENCE = 200
-    TRAIN_ROIS_PER_IMAGE = 64
     MAX_GT_INSTANCES = 20
     DETECTION_MAX_INSTANCES = 30
     DETECTION_MIN_CONFIDENCE = 0.5
     MINI_MASK_SHAPE = (28, 28)
     STEPS_PER_EPOCH = 2
-    VALIDATION_STEPS = 1
     TRAIN_BN = True
     WEIGHT_DECAY = 1e-4
+    IMAGE_MIN_DIM = 128
+    IMAGE_MAX_DIM = 128
+    RPN_CONV_CHANNELS = 64
+    TOP_DOWN_PYRAMID_SIZE = 64
+    MASK_HEAD_CHANNELS = 32
+    FPN_CLASSIF_FC_LAYERS_SIZE = 128
+    PRE_NMS_LIMIT = 600
+    POST_NMS_ROIS_TRAINING = 200
+    POST_NMS_ROIS_INFERENCE = 200
+    TRAIN_ROIS_PER_IMAGE = 64
+    VALIDATION_STEPS = 1
+
+
+def small_cli_sets(**changes):
+    """``--set KEY=VALUE`` arguments giving the nucleus CLI TinyConfig's small model (128 px,
+    few ROIs, narrow heads), with ``changes`` on top (None drops a field)."""
+    fields = {k: getattr(TinyConfig, k) for k in (
+        "IMAGE_MIN_DIM", "IMAGE_MAX_DIM", "RPN_CONV_CHANNELS", "TOP_DOWN_PYRAMID_SIZE",
+        "MASK_HEAD_CHANNELS", "FPN_CLASSIF_FC_LAYERS_SIZE", "PRE_NMS_LIMIT",
+        "POST_NMS_ROIS_TRAINING", "POST_NMS_ROIS_INFERENCE", "TRAIN_ROIS_PER_IMAGE",
+        "VALIDATION_STEPS")}
+    fields.update(IMAGE_MIN_SCALE=1, IMAGES_PER_GPU=1, MAX_GT_INSTANCES=40,
+                  DETECTION_MAX_INSTANCES=50, EVAL_EVERY_N_EPOCHS=0)
+    fields.update(changes)
+    out = []
+    for key, value in fields.items():
+        if value is not None:
+            out += ["--set", f"{key}={value}"]
+    return out
 
 
 class TinyInferenceConfig(TinyConfig):

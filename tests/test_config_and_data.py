@@ -19,6 +19,10 @@ def test_computed_fields_and_display(capsys):
     config = TinyConfig()
     assert config.BATCH_SIZE == 2 and list(config.IMAGE_SHAPE) == [128, 128, 3]
     assert config.IMAGE_META_SIZE == 12 + 2
+    # derived fields follow the fields they come from, whenever those change
+    config.IMAGES_PER_GPU, config.IMAGE_MAX_DIM, config.NUM_CLASSES = 3, 192, 4
+    assert config.BATCH_SIZE == 3 and list(config.IMAGE_SHAPE) == [192, 192, 3]
+    assert config.IMAGE_META_SIZE == 12 + 4
     config.display()
     assert "RPN_CONV_CHANNELS" in capsys.readouterr().out
 

@@ -30,7 +30,7 @@ def test_detect_any_number_and_size(trained_dir):
         assert (r["scores"][:-1] >= r["scores"][1:]).all()
     # One molded shape (square mode) -> traced once, however many batches and calls.
     model.detect(images[:3])
-    assert model._predict.experimental_get_tracing_count() == 1
+    assert model.detector._predict.experimental_get_tracing_count() == 1
     # Batch padding must not change results: single-image calls give the same answers.
     _same([model.detect([images[1]])[0]], [results[1]])
 

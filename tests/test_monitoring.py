@@ -7,7 +7,8 @@ import numpy as np
 import tensorflow as tf
 
 from mrcnn import model as modellib
-from mrcnn.monitoring import copy_weights_by_name, inference_config_of
+from mrcnn.config import inference_config
+from mrcnn.monitoring import copy_weights_by_name
 from tests.conftest import TinyConfig
 
 
@@ -39,7 +40,7 @@ def test_detection_metrics_reach_tensorboard(tmp_path, synthetic_dataset):
 
 def test_copy_weights_by_name_makes_models_agree(tmp_path):
     train = modellib.MaskRCNN("training", TinyConfig(), str(tmp_path))
-    infer = modellib.MaskRCNN("inference", inference_config_of(TinyConfig()), str(tmp_path))
+    infer = modellib.MaskRCNN("inference", inference_config(TinyConfig()), str(tmp_path))
     assert copy_weights_by_name(train.keras_model, infer.keras_model) > 10
     for name in ("tiny3_conv", "fpn_p3", "mrcnn_mask"):
         for a, b in zip(train.keras_model.get_layer(name).get_weights(),

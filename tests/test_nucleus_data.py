@@ -2,7 +2,6 @@
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -14,10 +13,10 @@ from mrcnn.data.loader import crop_then_resize, load_image_gt
 from mrcnn.data.synthetic import write_synthetic_dsb
 from mrcnn.evaluation import evaluate_dataset
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "samples", "nucleus"))
-from cli_eval import otsu_predictor  # noqa: E402
-from cli_train import make_config, parse_overrides, select_fraction  # noqa: E402
-from nucleus import NucleusDataset, image_kind, set_kind_repeat_factors, split_ids  # noqa: E402
+from samples.nucleus.cli_common import make_config, parse_overrides, select_fraction
+from samples.nucleus.cli_eval import otsu_predictor
+from samples.nucleus.nucleus import (NucleusDataset, image_kind, set_kind_repeat_factors,
+                                     split_ids)
 
 SHARED_DSB = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "dsb2018")
 

@@ -6,7 +6,8 @@ import tensorflow as tf
 
 from mrcnn.ops import anchors as anchor_ops
 from mrcnn.ops import boxes as box_ops
-from mrcnn.ops.image import compose_image_meta, parse_image_meta, resize_image, resize_mask
+from mrcnn.ops.image import (compose_image_meta, normalize_image, parse_image_meta,
+                             parse_image_meta_graph, resize_image, resize_mask)
 from mrcnn.ops.masks import expand_mask, minimize_mask, unmold_mask
 
 
@@ -28,6 +29,12 @@ def test_numpy_tf_parity_boxes():
     np.testing.assert_allclose(box_ops.tf_box_refinement(boxes, gt).numpy(), deltas, atol=1e-5)
     np.testing.assert_allclose(box_ops.apply_box_deltas(boxes, deltas), gt, atol=1e-3)
     np.testing.assert_allclose(box_ops.tf_apply_box_deltas(boxes, deltas).numpy(), gt, atol=1e-3)
+    # the twins agree on the deltas an untrained head emits too (huge log-scales are clipped)
+    wild = rng.uniform(-3, 3, (20, 4)).astype(np.float32) * np.array([1, 1, 10, 10], np.float32)
+    numpy_boxes = box_ops.apply_box_deltas(boxes, wild)
+    assert np.isfinite(numpy_boxes).all()
+    np.testing.assert_allclose(box_ops.tf_apply_box_deltas(boxes, wild).numpy(), numpy_boxes,
+                               rtol=1e-4, atol=1e-2)
 
 
 def test_clip_and_norm_roundtrip():
@@ -108,3 +115,42 @@ def test_expand_mask_with_threshold_matches_per_mask_paste():
         assert (stack[..., i] == unmold_mask(soft[i], boxes[i], (48, 50), 0.5)).all()
     assert not stack[..., 2].any() and stack[..., 0].any()
     assert expand_mask(np.zeros((0, 4)), np.zeros((28, 28, 0)), (8, 9)).shape == (8, 9, 0)
+
+
+def test_image_meta_named_slices_numpy_and_tf():
+    meta = compose_image_meta(3, (50, 100, 3), (128, 192, 3), (32, 0, 96, 128), 1.5, [1, 0, 1])
+    parts = parse_image_meta_graph(tf.constant(meta[None]))
+    np.testing.assert_array_equal(parts["image_hw"].numpy()[0], [128, 192])
+    np.testing.assert_array_equal(parts["window"].numpy()[0], [32, 0, 96, 128])
+    np.testing.assert_array_equal(parts["active_class_ids"].numpy()[0], [1, 0, 1])
+    assert parse_image_meta(meta[None])["scale"][0] == pytest.approx(1.5)
+
+
+def test_crop_mode_cuts_the_window_first_and_masks_follow():
+    rng = np.random.RandomState(1)
+    image = rng.randint(0, 255, (40, 60, 3)).astype(np.uint8)
+    mask = np.zeros((40, 60, 1), bool)
+    mask[10:30, 20:50] = True
+    out, window, scale, padding, crop = resize_image(image, 64, 0, 2, "crop",
+                                                     rng=np.random.RandomState(0))
+    y, x, side, _ = crop
+    assert side == 32 and scale == 2 and out.shape == (64, 64, 3) and window == (0, 0, 64, 64)
+    expected = mask[y:y + side, x:x + side].repeat(2, axis=0).repeat(2, axis=1)
+    np.testing.assert_array_equal(resize_mask(mask, scale, padding, crop), expected)
+
+
+def test_nuclei_normalisation_makes_every_kind_bright_on_dark():
+    rng = np.random.RandomState(0)
+    blob = np.zeros((64, 64), bool)
+    blob[20:40, 20:40] = True
+    # brightfield-like: dark nucleus on a light background; fluorescence-like: dim bright one
+    brightfield = np.where(blob, 90, 210)[..., None].repeat(3, -1) + rng.randint(0, 5, (64, 64, 3))
+    fluorescence = np.where(blob, 40, 5)[..., None].repeat(3, -1) + rng.randint(0, 5, (64, 64, 3))
+    for image in (brightfield.astype(np.uint8), fluorescence.astype(np.uint8)):
+        out = normalize_image(image, "nuclei")
+        assert out.dtype == np.uint8 and out.shape == image.shape
+        assert (out[..., 0] == out[..., 2]).all()
+        assert out[..., 0][blob].mean() > 200 and out[..., 0][~blob].mean() < 30
+    assert normalize_image(brightfield, None) is brightfield
+    with pytest.raises(ValueError, match="unknown image normalisation"):
+        normalize_image(brightfield, "zscore")

@@ -49,6 +49,7 @@ def test_unet_sequence_targets():
     assert set(np.unique(y)) <= {0.0, 1.0} and (y[..., 1] <= y[..., 0]).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["boundary", "seed"])
 def test_unet_learns_saves_and_predicts(tmp_path, variant):
     ds = SyntheticNucleiDataset().load_synthetic(6, size=64, seed=1)

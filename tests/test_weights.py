@@ -111,7 +111,7 @@ def test_resnet50_imagenet_file_loads_by_name(tmp_path, monkeypatch):
     _, reference = backbones.build_backbone("resnet50", keras.Input((64, 64, 3)))
     path = weights_lib.save_weights_by_name(reference, tmp_path / resnet.RESNET50_NOTOP_URL
                                             .rsplit("/", 1)[-1])
-    monkeypatch.setattr(weights_lib, "download_weights", lambda url, md5=None: str(path))
+    monkeypatch.setattr(resnet, "download_file", lambda url, md5=None: str(path))
     _, model = backbones.build_backbone("resnet50", keras.Input((64, 64, 3)), weights="imagenet")
     for name in ("conv1", "res3a_branch2a", "bn5c_branch2c"):
         for a, b in zip(model.get_layer(name).get_weights(),

@@ -1,8 +1,10 @@
 """Matterport's Dataset API: add_class, add_image, prepare, load_image, load_mask."""
 
 import logging
+import os
 
 import numpy as np
+import skimage.io
 
 from mrcnn.ops.image import to_rgb_uint8
 
@@ -125,11 +127,43 @@ class Dataset:
         return None
 
 
+class BadImageSkipper:
+    """Load training examples so that one unreadable image in a large dataset is logged once
+    (``skipping image <path>: <reason>``), remembered and replaced by the next candidate, not
+    the end of an hours-long run. Shared by the Mask R-CNN and U-Net data pipelines.
+
+    Args:
+        dataset: the Dataset (its ``image_reference`` names the image in the log).
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.bad = set()
+
+    def load(self, candidates, load_fn):
+        """``load_fn(image_id)`` for the first candidate id that loads.
+
+        Raises:
+            ValueError: no candidate could be loaded.
+        """
+        for image_id in candidates:
+            image_id = int(image_id)
+            if image_id in self.bad:
+                continue
+            try:
+                return load_fn(image_id)
+            except ValueError as err:
+                self.bad.add(image_id)
+                log.warning("skipping image %s: %s", self.dataset.image_reference(image_id), err)
+        raise ValueError("no image of the dataset could be loaded; see the warnings above.")
+
+    def skipped(self):
+        """References (paths) of the images skipped so far, sorted."""
+        return sorted(self.dataset.image_reference(i) for i in self.bad)
+
+
 def read_image_file(path):
     """Read an image file with scikit-image; a clear ValueError names a bad file."""
-    import os
-
-    import skimage.io
     if not os.path.exists(path):
         raise ValueError(f"image file not found: {path}")
     try:

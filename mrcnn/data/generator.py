@@ -5,21 +5,14 @@ import logging
 import keras
 import numpy as np
 
+from mrcnn.config import anchor_settings
+from mrcnn.data.dataset import BadImageSkipper
 from mrcnn.data.loader import load_image_gt
 from mrcnn.data.targets import build_rpn_targets
-from mrcnn.modeling.factory import backbone_strides
-from mrcnn.ops.anchors import backbone_shapes, generate_pyramid_anchors
-from mrcnn.ops.image import mold_image
+from mrcnn.ops.anchors import pyramid_anchors
+from mrcnn.ops.image import META_IMAGE_HW, mold_image
 
 log = logging.getLogger(__name__)
-
-
-def pyramid_anchors(config, image_shape):
-    """Pixel anchors [A, 4] for a molded image shape, as the model generates them."""
-    strides = backbone_strides(config)
-    return generate_pyramid_anchors(config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS,
-                                    backbone_shapes(image_shape, strides), strides,
-                                    config.RPN_ANCHOR_STRIDE)
 
 
 class DataGenerator(keras.utils.PyDataset):
@@ -61,7 +54,7 @@ class DataGenerator(keras.utils.PyDataset):
         self.steps = steps or int(np.ceil(len(dataset.image_ids) / self.batch_size))
         self.seed = seed
         self.epoch = 0
-        self.bad_images = set()
+        self.skipper = BadImageSkipper(dataset)
         self._order = self._make_order()
         self._anchor_cache = {}
 
@@ -92,22 +85,14 @@ class DataGenerator(keras.utils.PyDataset):
     def _anchors(self, shape):
         key = tuple(shape[:2])
         if key not in self._anchor_cache:
-            self._anchor_cache[key] = pyramid_anchors(self.config, shape)
+            self._anchor_cache[key] = pyramid_anchors(shape, **anchor_settings(self.config))
         return self._anchor_cache[key]
 
     def _load(self, position, rng):
         n = len(self._order)
-        for attempt in range(n):
-            image_id = int(self._order[(position + attempt) % n])
-            if image_id in self.bad_images:
-                continue
-            try:
-                return load_image_gt(self.dataset, self.config, image_id,
-                                     augmentation=self.augmentation, rng=rng)
-            except ValueError as err:
-                self.bad_images.add(image_id)
-                log.warning("skipping image %s: %s", self.dataset.image_reference(image_id), err)
-        raise ValueError("no image of the dataset could be loaded; see the warnings above.")
+        candidates = (self._order[(position + attempt) % n] for attempt in range(n))
+        return self.skipper.load(candidates, lambda image_id: load_image_gt(
+            self.dataset, self.config, image_id, augmentation=self.augmentation, rng=rng))
 
     def __getitem__(self, index):
         config = self.config
@@ -140,7 +125,7 @@ class DataGenerator(keras.utils.PyDataset):
                                               config.RPN_BBOX_STD_DEV, rng=rng)
             h, w = image.shape[:2]
             batch["input_image"][b, :h, :w] = mold_image(image, config.MEAN_PIXEL)
-            batch["input_image_meta"][b, 4:6] = (height, width)  # padded batch shape
+            batch["input_image_meta"][b, META_IMAGE_HW] = (height, width)  # padded batch shape
             batch["input_rpn_match"][b, :, 0] = match
             batch["input_rpn_bbox"][b] = deltas
             n = len(class_ids)

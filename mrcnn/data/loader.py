@@ -4,7 +4,8 @@ import numpy as np
 
 from mrcnn.data.augment import apply_augmentation
 from mrcnn.ops.boxes import extract_bboxes
-from mrcnn.ops.image import compose_image_meta, resize_array, resize_image, resize_mask
+from mrcnn.ops.image import (choose_crop, compose_image_meta, cut_window, normalize_image,
+                             resize_array, resize_image, resize_mask)
 from mrcnn.ops.masks import minimize_mask
 
 
@@ -22,34 +23,6 @@ def check_mask(dataset, image_id, image, mask, class_ids, source="load_mask"):
                          f"differs from the image size {image.shape[:2]}.")
     if len(class_ids) != mask.shape[-1]:
         raise ValueError(f"{ref}: {mask.shape[-1]} masks but {len(class_ids)} class ids.")
-
-
-def choose_crop(image_shape, min_dim, min_scale, rng=None):
-    """The random window of the ``crop`` mode, in original-image pixels.
-
-    The scale is Matterport's (short side >= min_dim, at least min_scale); the window is a
-    square of ceil(min_dim / scale) original pixels, which may run past the bottom/right
-    edge of a smaller image (that part is zero padding).
-
-    Returns:
-        y, x, side (ints).
-    """
-    rng = rng if rng is not None else np.random
-    h, w = image_shape[:2]
-    scale = max(1.0, min_dim / min(h, w))
-    if min_scale and scale < min_scale:
-        scale = float(min_scale)
-    side = int(np.ceil(min_dim / scale))
-    y = int(rng.randint(0, max(h, side) - side + 1))
-    x = int(rng.randint(0, max(w, side) - side + 1))
-    return y, x, side
-
-
-def cut_window(array, y, x, side):
-    """array[y:y + side, x:x + side], zero-padded at the bottom/right to [side, side, ...]."""
-    out = array[y:y + side, x:x + side]
-    pad = [(0, side - out.shape[0]), (0, side - out.shape[1])] + [(0, 0)] * (out.ndim - 2)
-    return np.pad(out, pad) if pad[0][1] or pad[1][1] else out
 
 
 def resize_crop(image, mask, class_ids, min_dim):
@@ -87,7 +60,7 @@ def _load_crop(dataset, config, image_id, image, rng):
     y, x, side = choose_crop(image.shape, config.IMAGE_MIN_DIM, config.IMAGE_MIN_SCALE, rng)
     windowed = dataset.load_mask_window(image_id, y, x, side, side)
     if windowed is None:
-        mask, class_ids = _load_full_mask(dataset, image_id, image)
+        mask, class_ids = load_full_masks(dataset, image_id, image)
         mask = cut_window(mask, y, x, side)
     else:
         mask, class_ids = np.asarray(windowed[0]), windowed[1]
@@ -97,7 +70,13 @@ def _load_crop(dataset, config, image_id, image, rng):
     return resize_crop(cut_window(image, y, x, side), mask, class_ids, config.IMAGE_MIN_DIM)
 
 
-def _load_full_mask(dataset, image_id, image):
+def load_full_masks(dataset, image_id, image):
+    """``dataset.load_mask`` checked against ``image`` (:func:`check_mask`), with an empty
+    result as [H, W, 0] masks of the image's size.
+
+    Returns:
+        masks [H, W, N] bool-like, class ids [N].
+    """
     mask, class_ids = dataset.load_mask(image_id)
     mask = np.asarray(mask)
     if mask.size == 0 and mask.shape[-1] == 0:
@@ -122,13 +101,13 @@ def load_image_gt(dataset, config, image_id, augmentation=None, rng=None, mode=N
         int32, mask [h, w, N] bool (mini-masks if USE_MINI_MASK, else image-sized). Instances
         that vanish after cropping or augmentation are dropped; N may be 0.
     """
-    image = dataset.load_image(image_id)
+    image = normalize_image(dataset.load_image(image_id), config.IMAGE_NORMALIZATION)
     original_shape = image.shape
     if (mode or config.IMAGE_RESIZE_MODE) == "crop":
         image, mask, class_ids, window, scale = _load_crop(dataset, config, image_id, image,
                                                            rng)
     else:
-        mask, class_ids = _load_full_mask(dataset, image_id, image)
+        mask, class_ids = load_full_masks(dataset, image_id, image)
         image, window, scale, padding, crop = resize_image(
             image, min_dim=config.IMAGE_MIN_DIM, max_dim=config.IMAGE_MAX_DIM,
             min_scale=config.IMAGE_MIN_SCALE, mode=mode or config.IMAGE_RESIZE_MODE, rng=rng)

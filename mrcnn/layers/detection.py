@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from mrcnn.ops.boxes import tf_apply_box_deltas, tf_clip_boxes
+from mrcnn.ops.image import parse_image_meta_graph
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -53,9 +54,10 @@ class DetectionLayer(keras.layers.Layer):
 
     def call(self, inputs):
         rois, probs, deltas, image_meta = inputs
-        image_shape = image_meta[:, 4:6]
-        scale = tf.concat([image_shape, image_shape], axis=1) - 1.0
-        window = (image_meta[:, 7:11] - tf.constant([0.0, 0.0, 1.0, 1.0])) / scale
+        meta = parse_image_meta_graph(image_meta)
+        image_hw = meta["image_hw"]
+        scale = tf.concat([image_hw, image_hw], axis=1) - 1.0
+        window = (meta["window"] - tf.constant([0.0, 0.0, 1.0, 1.0])) / scale
         return tf.map_fn(self._one_image, (rois, probs, deltas, window),
                          fn_output_signature=tf.TensorSpec([self.max_instances, 6], tf.float32))
 

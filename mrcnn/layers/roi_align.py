@@ -11,6 +11,8 @@ import math
 import keras
 import tensorflow as tf
 
+from mrcnn.ops.image import parse_image_meta_graph
+
 
 @keras.saving.register_keras_serializable(package="mrcnn")
 class SelectBoxes(keras.layers.Layer):
@@ -130,7 +132,7 @@ class PyramidROIAlign(keras.layers.Layer):
         boxes, batch_index, image_meta = inputs[:3]
         feature_maps = inputs[3:]
         y1, x1, y2, x2 = tf.unstack(boxes, axis=1)
-        image_shape = tf.cast(image_meta[0, 4:6], tf.float32)
+        image_shape = tf.cast(parse_image_meta_graph(image_meta)["image_hw"][0], tf.float32)
         image_area = image_shape[0] * image_shape[1]
         size = tf.sqrt(tf.maximum((y2 - y1) * (x2 - x1), 1e-12))
         level = 4.0 + tf.math.log(size / (224.0 / tf.sqrt(image_area))) / math.log(2.0)

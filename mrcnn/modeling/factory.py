@@ -3,6 +3,7 @@
 import numpy as np
 
 import backbones
+from mrcnn.config import anchor_settings
 from mrcnn.modeling.maskrcnn_model import build_maskrcnn_graph
 from mrcnn.precision import resolve_compute_dtype
 
@@ -28,17 +29,12 @@ def backbone_norm(config):
     return backbones.resolve_norm(spec, norm)
 
 
-def backbone_strides(config):
-    """Strides of P2..P6: the backbone spec's C2..C5 strides plus 64 for P6."""
-    strides = list(backbone_spec(config).strides)
-    return strides + [2 * strides[-1]]
-
-
 def maskrcnn_kwargs(config, mode, backbone_weights=None):
     """Config -> keyword arguments of :func:`build_maskrcnn_graph`."""
     if mode not in ("training", "inference"):
         raise ValueError(f"mode must be 'training' or 'inference', got {mode!r}")
     training = mode == "training"
+    anchors = anchor_settings(config)
     if config.USE_MINI_MASK:
         gt_mask_shape = tuple(config.MINI_MASK_SHAPE)
     elif config.IMAGE_RESIZE_MODE in ("square", "crop"):
@@ -56,10 +52,10 @@ def maskrcnn_kwargs(config, mode, backbone_weights=None):
         top_down_pyramid_size=int(config.TOP_DOWN_PYRAMID_SIZE),
         mask_head_channels=int(config.MASK_HEAD_CHANNELS),
         rpn_conv_channels=int(config.RPN_CONV_CHANNELS),
-        anchor_scales=[float(s) for s in config.RPN_ANCHOR_SCALES],
-        anchor_ratios=[float(r) for r in config.RPN_ANCHOR_RATIOS],
-        anchor_strides=backbone_strides(config),
-        anchor_stride=int(config.RPN_ANCHOR_STRIDE),
+        anchor_scales=anchors["scales"],
+        anchor_ratios=anchors["ratios"],
+        anchor_strides=anchors["strides"],
+        anchor_stride=anchors["anchor_stride"],
         rpn_nms_threshold=float(config.RPN_NMS_THRESHOLD),
         pre_nms_limit=int(config.PRE_NMS_LIMIT),
         post_nms_rois=int(config.POST_NMS_ROIS_TRAINING if training

@@ -16,6 +16,7 @@ from mrcnn.layers import (AnchorGenerator, DetectionLayer, DetectionTargetLayer,
 from mrcnn.modeling.fpn import build_fpn
 from mrcnn.modeling.heads import build_classifier_head, build_mask_head
 from mrcnn.modeling.rpn import RPNHead
+from mrcnn.ops.image import parse_image_meta_graph
 
 # Box, ROI and loss-facing layers always compute in float32, whatever the model's policy.
 F32 = "float32"
@@ -73,8 +74,8 @@ class MaskRCNNModel(keras.Model):
             "rpn_bbox_loss": losses.rpn_bbox_loss(x["input_rpn_bbox"], x["input_rpn_match"],
                                                   y_pred["rpn_bbox"]),
             "mrcnn_class_loss": losses.mrcnn_class_loss(
-                y_pred["target_class_ids"], y_pred["mrcnn_class_logits"], meta[:, 12:],
-                valid_rois),
+                y_pred["target_class_ids"], y_pred["mrcnn_class_logits"],
+                parse_image_meta_graph(meta)["active_class_ids"], valid_rois),
             "mrcnn_bbox_loss": losses.mrcnn_bbox_loss(
                 y_pred["target_bbox"], y_pred["target_class_ids"], y_pred["mrcnn_bbox"]),
             "mrcnn_mask_loss": losses.mrcnn_mask_loss(

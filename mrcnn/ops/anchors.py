@@ -40,6 +40,19 @@ def generate_pyramid_anchors(scales, ratios, feature_shapes, feature_strides, an
         for s, shape, stride in zip(scales, feature_shapes, feature_strides)], axis=0)
 
 
+def pyramid_strides(backbone_strides):
+    """Strides of P2..P6 from the backbone's C2..C5 strides (P6 subsamples P5 by 2)."""
+    strides = [int(s) for s in backbone_strides]
+    return strides + [2 * strides[-1]]
+
+
+def pyramid_anchors(image_shape, scales, ratios, strides, anchor_stride):
+    """Pixel anchors [A, 4] for a molded image of ``image_shape`` (H, W, ...), one scale per
+    pyramid level of ``strides`` (P2..P6), in the order the model generates them."""
+    return generate_pyramid_anchors(scales, ratios, backbone_shapes(image_shape, strides),
+                                    strides, anchor_stride)
+
+
 def tf_generate_pyramid_anchors(image_hw, scales, ratios, feature_strides, anchor_stride):
     """TF twin of :func:`generate_pyramid_anchors`, sized from a dynamic image shape.
 

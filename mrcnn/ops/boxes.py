@@ -76,22 +76,23 @@ def tf_box_refinement(box, gt_box):
                      tf.math.log(gh / h), tf.math.log(gw / w)], axis=1)
 
 
+# log(1000/16): the largest size change a delta may ask for, as in detectron2; stops
+# exp() overflowing on an untrained network.
+_MAX_LOG_SCALE = float(np.log(1000.0 / 16))
+
+
 def apply_box_deltas(boxes, deltas):
-    """Apply deltas [N, 4] to boxes [N, 4] -> [N, 4] (NumPy)."""
+    """Apply deltas [N, 4] (dy, dx, log dh, log dw) to boxes [N, 4] -> [N, 4] (NumPy), in the
+    boxes' units. The log-scale deltas are clipped to log(1000/16), as in the TF twin."""
     boxes = np.asarray(boxes, dtype=np.float32)
     deltas = np.asarray(deltas, dtype=np.float32)
     h = boxes[:, 2] - boxes[:, 0]
     w = boxes[:, 3] - boxes[:, 1]
     cy = boxes[:, 0] + 0.5 * h + deltas[:, 0] * h
     cx = boxes[:, 1] + 0.5 * w + deltas[:, 1] * w
-    h = h * np.exp(deltas[:, 2])
-    w = w * np.exp(deltas[:, 3])
+    h = h * np.exp(np.minimum(deltas[:, 2], _MAX_LOG_SCALE))
+    w = w * np.exp(np.minimum(deltas[:, 3], _MAX_LOG_SCALE))
     return np.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=1)
-
-
-# log(1000/16): the largest size change a delta may ask for, as in detectron2; stops
-# exp() overflowing on an untrained network.
-_MAX_LOG_SCALE = float(np.log(1000.0 / 16))
 
 
 def tf_apply_box_deltas(boxes, deltas):

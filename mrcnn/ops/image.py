@@ -1,13 +1,29 @@
-"""Image resizing, molding and image-meta packing (NumPy, used by the data path and detect).
+"""Image resizing, molding and image-meta packing (used by the data path and detect).
 
 The image meta vector is Matterport's: ``[image_id, original_shape(3), image_shape(3),
-window(4, pixels of the molded image), scale, active_class_ids(NUM_CLASSES)]``.
+window(4, pixels of the molded image), scale, active_class_ids(NUM_CLASSES)]``. It is packed
+by :func:`compose_image_meta` and read only through the named slices below
+(:func:`parse_image_meta` for NumPy, :func:`parse_image_meta_graph` for tensors).
 """
 
 import cv2
 import numpy as np
 
 RESIZE_MODES = ("none", "square", "pad64", "crop")
+
+# Where each field sits in the image meta vector ([..., META] arrays or tensors).
+META_IMAGE_ID = 0
+META_ORIGINAL_SHAPE = slice(1, 4)
+META_IMAGE_SHAPE = slice(4, 7)
+META_IMAGE_HW = slice(4, 6)          # height and width of the molded (padded) image
+META_WINDOW = slice(7, 11)
+META_SCALE = 11
+META_ACTIVE_CLASS_IDS = slice(12, None)
+
+
+def image_meta_size(num_classes):
+    """Length of the image meta vector for ``num_classes`` classes (background included)."""
+    return 12 + int(num_classes)
 
 
 def resize_array(array, size, nearest=False):
@@ -33,19 +49,49 @@ def resize_array(array, size, nearest=False):
     return out.astype(dtype)
 
 
+def choose_crop(image_shape, min_dim, min_scale, rng=None):
+    """The random window of the ``crop`` mode, in original-image pixels.
+
+    The scale is Matterport's (short side >= min_dim, at least min_scale); the window is a
+    square of ceil(min_dim / scale) original pixels, which may run past the bottom/right
+    edge of a smaller image (that part is zero padding).
+
+    Returns:
+        y, x, side (ints).
+    """
+    rng = rng if rng is not None else np.random
+    h, w = image_shape[:2]
+    scale = max(1.0, min_dim / min(h, w))
+    if min_scale and scale < min_scale:
+        scale = float(min_scale)
+    side = int(np.ceil(min_dim / scale))
+    y = int(rng.randint(0, max(h, side) - side + 1))
+    x = int(rng.randint(0, max(w, side) - side + 1))
+    return y, x, side
+
+
+def cut_window(array, y, x, side):
+    """array[y:y + side, x:x + side], zero-padded at the bottom/right to [side, side, ...]."""
+    out = array[y:y + side, x:x + side]
+    pad = [(0, side - out.shape[0]), (0, side - out.shape[1])] + [(0, 0)] * (out.ndim - 2)
+    return np.pad(out, pad) if pad[0][1] or pad[1][1] else out
+
+
 def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square", rng=None):
     """Resize an image [H, W, C] keeping its aspect ratio, then pad or crop.
 
     Modes: ``none`` (unchanged), ``square`` (scale so the short side is >= min_dim and the long
     side <= max_dim, pad to max_dim x max_dim), ``pad64`` (scale by min_dim/min_scale, pad each
-    side up to a multiple of 64), ``crop`` (scale, then a random min_dim x min_dim crop).
+    side up to a multiple of 64), ``crop`` (a random window of the image, :func:`choose_crop`,
+    scaled to min_dim x min_dim).
 
     Returns:
         image: resized image, same dtype.
         window: (y1, x1, y2, x2) pixels of the real image inside the padded one.
         scale: the factor applied.
         padding: [(top, bottom), (left, right), (0, 0)].
-        crop: (y, x, h, w) of the crop in ``crop`` mode, else None.
+        crop: (y, x, side, side) of the window in original-image pixels in ``crop`` mode,
+            else None.
     """
     if mode not in RESIZE_MODES:
         raise ValueError(f"unknown IMAGE_RESIZE_MODE {mode!r}; use one of {RESIZE_MODES}")
@@ -57,6 +103,10 @@ def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square
     crop = None
     if mode == "none":
         return image, window, scale, padding, crop
+    if mode == "crop":
+        y, x, side = choose_crop(image.shape, min_dim, min_scale, rng)
+        image = resize_array(cut_window(image, y, x, side), (min_dim, min_dim)).astype(image_dtype)
+        return image, (0, 0, min_dim, min_dim), min_dim / side, padding, (y, x, side, side)
 
     if min_dim:
         scale = max(1.0, min_dim / min(h, w))
@@ -81,23 +131,15 @@ def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square
         padding = [(pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)]
         image = np.pad(image, padding, mode="constant")
         window = (padding[0][0], padding[1][0], h + padding[0][0], w + padding[1][0])
-    elif mode == "crop":
-        rng = rng if rng is not None else np.random
-        if h < min_dim or w < min_dim:
-            pad_h, pad_w = max(0, min_dim - h), max(0, min_dim - w)
-            image = np.pad(image, [(0, pad_h), (0, pad_w), (0, 0)], mode="constant")
-            h, w = image.shape[:2]
-        y = int(rng.randint(0, h - min_dim + 1))
-        x = int(rng.randint(0, w - min_dim + 1))
-        crop = (y, x, min_dim, min_dim)
-        image = image[y:y + min_dim, x:x + min_dim]
-        window = (0, 0, min_dim, min_dim)
     return image, window, scale, padding, crop
 
 
 def resize_mask(mask, scale, padding, crop=None):
     """Apply :func:`resize_image`'s scale, padding and crop to masks [H, W, N] -> bool."""
     mask = np.asarray(mask)
+    if crop is not None:
+        y, x, side, _ = crop
+        mask = cut_window(mask, y, x, side)
     if mask.shape[-1] == 0:
         h, w = mask.shape[:2]
         h, w = round(h * scale), round(w * scale)
@@ -107,11 +149,6 @@ def resize_mask(mask, scale, padding, crop=None):
                            round(mask.shape[1] * scale)), nearest=True)
     else:
         out = mask.astype(bool)
-    if crop is not None:
-        y, x, h, w = crop
-        pad_h, pad_w = max(0, y + h - out.shape[0]), max(0, x + w - out.shape[1])
-        out = np.pad(out, [(0, pad_h), (0, pad_w), (0, 0)], mode="constant")
-        return out[y:y + h, x:x + w]
     return np.pad(out, padding, mode="constant")
 
 
@@ -132,17 +169,25 @@ def compose_image_meta(image_id, original_image_shape, image_shape, window, scal
                     list(window) + [scale] + list(active_class_ids), dtype=np.float32)
 
 
-def parse_image_meta(meta):
-    """Unpack a batch of image meta [B, META] into a dict of NumPy arrays."""
-    meta = np.asarray(meta)
+def parse_image_meta_graph(meta):
+    """Unpack image meta [B, META] (a tensor, or an array) into a dict of slices, unconverted:
+    image_id [B], original_image_shape [B, 3], image_shape [B, 3], image_hw [B, 2] (molded
+    image), window [B, 4] (pixels of the molded image), scale [B], active_class_ids [B, C]."""
     return {
-        "image_id": meta[:, 0].astype(np.int32),
-        "original_image_shape": meta[:, 1:4].astype(np.int32),
-        "image_shape": meta[:, 4:7].astype(np.int32),
-        "window": meta[:, 7:11].astype(np.int32),
-        "scale": meta[:, 11].astype(np.float32),
-        "active_class_ids": meta[:, 12:].astype(np.int32),
+        "image_id": meta[:, META_IMAGE_ID],
+        "original_image_shape": meta[:, META_ORIGINAL_SHAPE],
+        "image_shape": meta[:, META_IMAGE_SHAPE],
+        "image_hw": meta[:, META_IMAGE_HW],
+        "window": meta[:, META_WINDOW],
+        "scale": meta[:, META_SCALE],
+        "active_class_ids": meta[:, META_ACTIVE_CLASS_IDS],
     }
+
+
+def parse_image_meta(meta):
+    """Unpack a batch of image meta [B, META] into a dict of NumPy arrays (ints where ints)."""
+    parts = parse_image_meta_graph(np.asarray(meta))
+    return {k: v.astype(np.float32 if k == "scale" else np.int32) for k, v in parts.items()}
 
 
 def to_rgb_uint8(image, channels=3):
@@ -163,3 +208,38 @@ def to_rgb_uint8(image, channels=3):
     if image.shape[-1] == 3 and channels == 1:
         image = image.mean(axis=-1, keepdims=True).astype(np.uint8)
     return image
+
+
+IMAGE_NORMALIZATIONS = (None, "nuclei")
+
+
+def normalize_image(image, mode):
+    """Per-image intensity normalisation of a whole uint8 image [H, W, C], before any resize
+    or crop (so a training crop and the whole image at inference agree).
+
+    Modes:
+        None: unchanged.
+        "nuclei": grayscale, inverted when the background is bright (median above mid-grey:
+            brightfield and H&E histology, where nuclei are dark), then stretched so the 1st
+            and 99.8th percentiles become 0 and 255 (StarDist's normalisation). Every image
+            kind then shows bright nuclei on a dark background, so what the network learns
+            on the many fluorescence images carries over to the rare kinds.
+
+    Returns:
+        uint8 [H, W, C], every channel equal under "nuclei".
+    """
+    if mode is None:
+        return image
+    if mode != "nuclei":
+        raise ValueError(f"unknown image normalisation {mode!r}; use one of "
+                         f"{IMAGE_NORMALIZATIONS}")
+    gray = image[..., :3].astype(np.float32).mean(axis=-1) if image.ndim == 3 \
+        else image.astype(np.float32)
+    sample = gray[::4, ::4] if gray.size > 1 << 16 else gray
+    if np.median(sample) > 127.5:
+        gray, sample = 255.0 - gray, 255.0 - sample
+    low, high = np.percentile(sample, (1.0, 99.8))
+    stretched = (gray - low) * (255.0 / max(float(high - low), 1.0))
+    out = np.clip(stretched, 0, 255).astype(np.uint8)
+    channels = image.shape[-1] if image.ndim == 3 else 1
+    return np.repeat(out[..., None], channels, axis=-1)

@@ -14,6 +14,8 @@ import numpy as np
 
 from mrcnn.atomic import atomic_target
 from mrcnn.data.augment import apply_augmentation
+from mrcnn.data.dataset import BadImageSkipper
+from mrcnn.data.loader import load_full_masks
 from mrcnn.training import TimeBudget
 from mrcnn.unet.model import BceDiceLoss, build_unet, dice_coefficient
 from mrcnn.unet.postprocess import boundary_target, instances_from_probabilities
@@ -53,6 +55,7 @@ class UNetSequence(keras.utils.PyDataset):
         self.epoch = 0
         factors = dataset.repeat_factors()   # oversampling, as for Mask R-CNN
         self.probabilities = factors / factors.sum()
+        self.skipper = BadImageSkipper(dataset)
 
     def __len__(self):
         return self.steps
@@ -62,9 +65,7 @@ class UNetSequence(keras.utils.PyDataset):
 
     def example(self, image_id, rng):
         image = self.dataset.load_image(image_id)
-        masks, _ = self.dataset.load_mask(image_id)
-        if masks.shape[-1] == 0:
-            masks = np.zeros(image.shape[:2] + (0,), bool)
+        masks, _ = load_full_masks(self.dataset, image_id, image)
         image = _pad_to(image, self.crop, self.crop)
         masks = _pad_to(masks, self.crop, self.crop, mode="constant")
         y = rng.randint(0, image.shape[0] - self.crop + 1)
@@ -81,7 +82,9 @@ class UNetSequence(keras.utils.PyDataset):
     def __getitem__(self, index):
         rng = np.random.RandomState((self.seed * 100_003 + self.epoch * 1009 + index) % 2**31)
         ids = rng.choice(self.dataset.image_ids, self.batch_size, p=self.probabilities)
-        pairs = [self.example(i, rng) for i in ids]
+        # an unreadable image is logged once and replaced by the next image of a shuffle
+        pairs = [self.skipper.load([i] + list(rng.permutation(self.dataset.image_ids)),
+                                   lambda image_id: self.example(image_id, rng)) for i in ids]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
@@ -144,6 +147,7 @@ def train_unet(train_dataset, val_dataset, out_dir, variant="boundary", epochs=1
                         callbacks=callbacks, verbose=verbose)
     # EarlyStopping restores the best weights only when it fires; save what we return.
     save_model_atomic(model, os.path.join(out_dir, MODEL_FILE))
+    history.skipped_images = train_seq.skipper.skipped()
     return model, history
 
 

@@ -7,26 +7,27 @@ the same code (:func:`mrcnn.evaluation.evaluate_dataset`).
 
 import logging
 import os
+import time
 
 import numpy as np
 
-from cli_train import load_run_overrides, make_config, parse_overrides
-from nucleus import NucleusConfig, NucleusDataset, image_kind
+import skimage.filters
+import skimage.measure
+from skimage.io import imsave
 
 from mrcnn import model as modellib
 from mrcnn.atomic import atomic_target
 from mrcnn.evaluation import evaluate_dataset, format_metrics, write_json
+from mrcnn.metrics import coco_results, mask_to_rle, remove_overlaps, write_submission
+from mrcnn.ops.image import resize_array
+from mrcnn.tta import detect_with_flips
+from mrcnn.visualize import overlay_instances
+from samples.nucleus.cli_common import (load_run_overrides, make_config, parse_overrides,
+                                        peak_memory_mb, resolve_checkpoint, unlabelled_policy)
+from samples.nucleus.cli_unet import unet_predictor
+from samples.nucleus.nucleus import NucleusDataset, image_kind
 
 log = logging.getLogger("nucleus")
-
-
-def resolve_checkpoint(weights, logs, name=NucleusConfig.NAME):
-    """'last' -> newest checkpoint under logs; else the path, which must exist."""
-    if weights == "last":
-        return modellib.find_last_checkpoint(logs, name)
-    if not os.path.exists(weights):
-        raise FileNotFoundError(f"--weights {weights}: no such file")
-    return weights
 
 
 def maskrcnn_predictor(args):
@@ -46,7 +47,6 @@ def maskrcnn_predictor(args):
 
     tta = getattr(args, "tta", False)
     if tta:
-        from mrcnn.tta import detect_with_flips
         log.info("test-time augmentation: 4 flips per image, objects at least 2 views agree on")
 
     def predict(image):
@@ -59,8 +59,6 @@ def maskrcnn_predictor(args):
 def otsu_predictor(args=None):
     """The classical baseline: Otsu threshold (dark nuclei on light backgrounds are inverted)
     and connected components, objects under 10 pixels dropped."""
-    import skimage.filters
-    import skimage.measure
 
     def predict(image):
         gray = image[..., :3].mean(axis=-1) if image.ndim == 3 else image.astype(np.float64)
@@ -81,13 +79,12 @@ def make_predictor(args):
     if model == "otsu":
         return otsu_predictor(args)
     if model == "unet":
-        from cli_unet import unet_predictor
         return unet_predictor(args)
     return maskrcnn_predictor(args)
 
 
-def load_subset(dataset_dir, subset, limit=None):
-    dataset = NucleusDataset().load_nucleus(dataset_dir, subset)
+def load_subset(dataset_dir, subset, limit=None, unlabelled="allow"):
+    dataset = NucleusDataset().load_nucleus(dataset_dir, subset, unlabelled)
     dataset.prepare()
     ids = list(dataset.image_ids)
     return dataset, ids[:limit] if limit else ids
@@ -96,9 +93,6 @@ def load_subset(dataset_dir, subset, limit=None):
 def time_at_sizes(predict, image, sizes, repeats=3):
     """{"512": median seconds of ``predict`` on ``image`` resized to 512 x 512, ...}; each size
     is predicted once untimed first (graph tracing)."""
-    import time
-
-    from mrcnn.ops.image import resize_array
     out = {}
     for size in sizes:
         square = resize_array(image, (size, size))
@@ -114,13 +108,12 @@ def time_at_sizes(predict, image, sizes, repeats=3):
 
 
 def run_evaluate(args):
-    dataset, ids = load_subset(args.dataset, args.subset, args.limit)
+    dataset, ids = load_subset(args.dataset, args.subset, args.limit, unlabelled_policy(args))
     predict = make_predictor(args)
     metrics = evaluate_dataset(dataset, predict, ids, group_fn=image_kind)
     if getattr(args, "time_sizes", None):
         sizes = [int(s) for s in args.time_sizes.split(",") if s.strip()]
         metrics["seconds_at_size"] = time_at_sizes(predict, dataset.load_image(ids[0]), sizes)
-    from cli_train import peak_memory_mb
     metrics.update(model=getattr(args, "model", "maskrcnn"), weights=args.weights,
                    subset=args.subset, params=int(getattr(predict, "num_params", 0)),
                    tta=bool(getattr(args, "tta", False)),
@@ -133,10 +126,6 @@ def run_evaluate(args):
 
 
 def run_detect(args):
-    from skimage.io import imsave
-
-    from mrcnn.metrics import coco_results, mask_to_rle, remove_overlaps, write_submission
-    from mrcnn.visualize import overlay_instances
     dataset, ids = load_subset(args.dataset, args.subset, args.limit)
     predict = make_predictor(args)
     overlay_dir = os.path.join(args.out, "overlays")
@@ -172,4 +161,7 @@ def add_predictor_arguments(parser, default_subset):
                         help="Mask R-CNN: detect on the 4 flips of each image and keep the "
                              "objects at least 2 views agree on (4x the inference time)")
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
+    parser.add_argument("--skip-unlabelled", action="store_true",
+                        help="evaluate: leave out (and log) images whose masks/ folder is "
+                             "missing or empty, instead of stopping with an error")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE")

@@ -1,27 +1,23 @@
-"""``train.py train``: Mask R-CNN on DSB2018-layout nuclei, from scratch or from weights.
+"""``train.py train``: Mask R-CNN on DSB2018-layout nuclei, from scratch or from weights
+(``--model unet`` hands over to :mod:`samples.nucleus.cli_unet`)."""
 
-The run's config overrides are written to ``<run folder>/run_config.json`` so ``detect`` and
-``evaluate`` rebuild the same network (backbone, scale, anchors) from a checkpoint path alone.
-"""
-
-import json
 import logging
 import os
 import time
 
-import numpy as np
-
-from nucleus import (NucleusConfig, NucleusDataset, NucleusInferenceConfig,
-                     set_kind_repeat_factors)
-
 from mrcnn import model as modellib
-from mrcnn.atomic import atomic_target
+from mrcnn import weights as weights_lib
 from mrcnn.data.augment import default_augmentation
 from mrcnn.modeling.factory import backbone_norm
+from mrcnn.training import find_last_checkpoint
+from samples.nucleus.cli_common import (load_run_overrides, load_run_state, load_train_val,
+                                        make_config, parse_overrides, report_skipped,
+                                        save_run_overrides, save_run_state,
+                                        write_train_summary)
+from samples.nucleus.cli_unet import run_train_unet
+from samples.nucleus.nucleus import NucleusConfig
 
 log = logging.getLogger("nucleus")
-
-RUN_CONFIG_FILE = "run_config.json"
 
 # From scratch on a CPU: a light ResNet with GroupNorm, 256 px crops of images scaled x2,
 # warm-up. Measured on DSB2018 (README "Results"): the same 60-minute run with BatchNorm
@@ -58,107 +54,14 @@ COCO_OVERRIDES = {
 }
 
 
-def parse_overrides(pairs):
-    """``["KEY=VALUE", ...]`` -> dict; values parsed as JSON when they parse, else strings."""
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        key = key.strip().upper()
-        if not hasattr(NucleusConfig, key):
-            raise ValueError(f"--set {key}: no such config field")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-def make_config(overrides, inference=False):
-    """A NucleusConfig (or NucleusInferenceConfig) with ``overrides`` applied."""
-    base = NucleusInferenceConfig if inference else NucleusConfig
-    fields = dict(overrides)
-    if inference:
-        # Training-only sizes do not apply: inference sees whole images padded to 64.
-        for key in ("IMAGE_MIN_DIM", "IMAGE_MAX_DIM", "IMAGES_PER_GPU", "IMAGE_RESIZE_MODE"):
-            fields.pop(key, None)
-    for key, value in fields.items():
-        if isinstance(getattr(base, key, None), np.ndarray):
-            fields[key] = np.array(value)
-    config = type(base.__name__, (base,), fields)()
-    return config.validate()
-
-
-def run_config_path(weights_path):
-    return os.path.join(os.path.dirname(os.path.abspath(weights_path)), RUN_CONFIG_FILE)
-
-
-def load_run_overrides(weights_path):
-    """The overrides saved beside a checkpoint ({} when there is no run_config.json)."""
-    path = run_config_path(weights_path)
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)["overrides"]
-
-
-def save_run_overrides(log_dir, overrides):
-    path = os.path.join(log_dir, RUN_CONFIG_FILE)
-    with atomic_target(path, ".json.tmp") as tmp, open(tmp, "w") as f:
-        json.dump({"overrides": overrides}, f, indent=1, default=_jsonable)
-
-
-def _jsonable(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"cannot store {type(value).__name__} in run_config.json")
-
-
-def select_fraction(dataset, fraction, seed):
-    """A new prepared NucleusDataset with a seeded ``fraction`` of ``dataset``'s images."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"--train-fraction must be in (0, 1], got {fraction}")
-    count = max(1, int(round(fraction * len(dataset.image_ids))))
-    keep = np.sort(np.random.RandomState(seed).permutation(dataset.image_ids)[:count])
-    subset = NucleusDataset()
-    subset.add_class("nucleus", 1, "nucleus")
-    for i in keep:
-        info = dataset.image_info[i]
-        subset.add_image(info["source"], image_id=info["id"], path=info["path"])
-    subset.prepare()
-    return subset
-
-
-def load_train_val(args):
-    """(train, val or None) prepared datasets from --dataset, --subset, --train-fraction,
-    --seed and --val-subset (shared by Mask R-CNN and U-Net training)."""
-    train = NucleusDataset().load_nucleus(args.dataset, args.subset)
-    train.prepare()
-    if args.train_fraction < 1:
-        train = select_fraction(train, args.train_fraction, args.seed)
-    if getattr(args, "balance_kinds", False):
-        for kind, (count, factor) in set_kind_repeat_factors(train).items():
-            log.info("--balance-kinds: %d %s images, each seen %.2fx as often", count, kind,
-                     factor)
-    val = None
-    if args.val_subset:
-        val = NucleusDataset().load_nucleus(args.dataset, args.val_subset)
-        val.prepare()
-    return train, val
-
-
-def resolve_weights(model, weights, logs):
-    """Load --weights into a training model. Returns (loaded_path or None, from_scratch)."""
+def resolve_weights(model, weights):
+    """Load --weights into a training model. Returns the loaded path, or None."""
     if weights in ("none", "imagenet"):
-        return None, weights == "none"
+        return None
     if weights == "last":
         path = model.find_last()
     elif weights == "coco":
-        from mrcnn.weights import COCO_WEIGHTS_URL, download_weights
-        path = download_weights(COCO_WEIGHTS_URL, None)
+        path = weights_lib.download_weights(weights_lib.COCO_WEIGHTS_URL, None)
     else:
         path = weights
     if not os.path.exists(path):
@@ -170,27 +73,47 @@ def resolve_weights(model, weights, logs):
     model.load_weights(path, by_name=True, exclude=exclude)
     if weights == "coco":
         model.set_log_dir()  # a new run, epoch 0
-    return path, False
+    return path
 
 
-def peak_memory_mb():
-    """Peak resident memory of this process in MB (Linux ru_maxrss is in KB)."""
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def resumed_checkpoint(args):
+    """The checkpoint --weights resumes (``last`` or a path inside a run folder), or None."""
+    if args.weights == "last":
+        return find_last_checkpoint(args.logs, NucleusConfig.NAME)
+    if args.weights not in ("none", "imagenet", "coco") and os.path.exists(str(args.weights)):
+        return args.weights
+    return None
 
 
-def write_train_summary(logs, started, epochs=None):
-    """``<logs>/peak_memory.json``: peak MB, minutes and end epoch of this training process."""
-    from mrcnn.evaluation import write_json
-    write_json(os.path.join(logs, "peak_memory.json"),
-               {"peak_mb": peak_memory_mb(), "minutes": (time.time() - started) / 60,
-                "epochs": epochs})
+def plan_stages(args, config, state, from_scratch):
+    """The run's stages: ``{"layers", "lr", "end_epoch", "share", "ended_at"}`` each.
+
+    A new run: stage 1 trains the heads (all layers from scratch) at the learning rate to
+    --heads-epochs, stage 2 all layers at lr/10 to --all-epochs. A resumed run keeps its
+    saved regime (from scratch or not, learning rates, end epochs, the epoch a stage ended
+    at); --heads-epochs / --all-epochs given on the command line move the end of a stage that
+    has not ended, and a larger --all-epochs trains a finished run's last stage longer.
+    """
+    if state is None:
+        lr = args.lr or config.LEARNING_RATE
+        first = "all" if from_scratch else "heads"
+        state = {"from_scratch": from_scratch, "stages": [
+            {"layers": first, "lr": lr, "end_epoch": 20, "share": 0.75, "ended_at": None},
+            {"layers": "all", "lr": lr / 10, "end_epoch": 40, "share": 1.0, "ended_at": None}]}
+    last = state["stages"][-1]
+    for stage, given in zip(state["stages"], (args.heads_epochs, args.all_epochs)):
+        if given is None:
+            continue
+        if stage["ended_at"] is None:
+            stage["end_epoch"] = int(given)
+        elif stage is last and int(given) > stage["ended_at"]:
+            stage.update(end_epoch=int(given), ended_at=None)
+    return state
 
 
 def run_train(args):
     started = time.time()
     if getattr(args, "model", "maskrcnn") == "unet":
-        from cli_unet import run_train_unet
         out_dir, epochs = run_train_unet(args)
         write_train_summary(args.logs, started, epochs)
         return out_dir
@@ -199,12 +122,16 @@ def run_train(args):
         overrides.update(SCRATCH_OVERRIDES)
     if args.weights == "coco":
         overrides.update(COCO_OVERRIDES)
-    if args.weights == "last" or (args.weights not in ("none", "imagenet", "coco")
-                                  and os.path.exists(str(args.weights))):
-        path = args.weights
-        if args.weights == "last":
-            path = modellib.find_last_checkpoint(args.logs, NucleusConfig.NAME)
-        overrides.update(load_run_overrides(path))
+    resumed = resumed_checkpoint(args)
+    state, from_scratch = None, args.weights == "none"
+    if resumed:
+        saved = load_run_overrides(resumed)
+        overrides.update(saved)
+        state = load_run_state(resumed)
+        # runs saved before run_state.json existed: from scratch if saved with its overrides
+        from_scratch = state["from_scratch"] if state else all(
+            saved.get(k) == v for k, v in SCRATCH_OVERRIDES.items()
+            if k not in ("BACKBONE", "BACKBONE_NORM"))
     if args.backbone:
         overrides["BACKBONE"] = args.backbone
     if args.steps_per_epoch:
@@ -220,36 +147,40 @@ def run_train(args):
 
     backbone_weights = "imagenet" if args.weights == "imagenet" else None
     model = modellib.MaskRCNN("training", config, args.logs, backbone_weights=backbone_weights)
-    loaded, from_scratch = resolve_weights(model, args.weights, args.logs)
+    loaded = resolve_weights(model, args.weights)
     if loaded:
         log.info("Loaded %s (continuing at epoch %d)", loaded, model.epoch)
+    state = plan_stages(args, config, state if model.epoch else None, from_scratch)
     save_run_overrides(model.log_dir, overrides)
+    save_run_state(model.log_dir, state)
     augmentation = default_augmentation(seed=args.seed) if args.augment == "default" else None
     deadline = time.time() + args.time_budget * 60 if args.time_budget else None
-
-    lr = args.lr or config.LEARNING_RATE
-    if from_scratch:
-        log.info("--weights none: a heads-only stage over a random backbone is pointless, so "
-                 "all layers train from the start (backbone normalisation %r, warm-up %d "
-                 "steps).", backbone_norm(config), config.LEARNING_RATE_WARMUP_STEPS)
-        first_layers = "all"
-    else:
-        first_layers = "heads"
-    stages = [(args.heads_epochs, first_layers, lr, 0.75), (args.all_epochs, "all", lr / 10, 1.0)]
-    for end_epoch, layers, stage_lr, budget_share in stages:
-        if model.epoch >= end_epoch:
+    if state["from_scratch"]:
+        log.info("From scratch: a heads-only stage over a random backbone is pointless, so all "
+                 "layers train from the start (backbone normalisation %r, warm-up %d steps).",
+                 backbone_norm(config), config.LEARNING_RATE_WARMUP_STEPS)
+    skipped = set()
+    for stage in state["stages"]:
+        if stage["ended_at"] is None and model.epoch >= stage["end_epoch"]:
+            stage["ended_at"] = stage["end_epoch"]  # killed after its last checkpoint
+        if stage["ended_at"] is not None:
             continue
         budget = None
         if deadline is not None:
             if time.time() >= deadline:
                 break
-            stage_end = started + budget_share * (deadline - started)
+            stage_end = started + stage["share"] * (deadline - started)
             budget = max(1.0, stage_end - time.time())
-        log.info("Stage: layers=%s lr=%g until epoch %d%s", layers, stage_lr, end_epoch,
-                 f" or {budget / 60:.1f} min" if budget else "")
-        model.train(train, val, learning_rate=stage_lr, epochs=end_epoch, layers=layers,
-                    augmentation=augmentation, time_budget_seconds=budget,
-                    seed=args.seed, verbose=args.verbose)
+        log.info("Stage: layers=%s lr=%g until epoch %d%s", stage["layers"], stage["lr"],
+                 stage["end_epoch"], f" or {budget / 60:.1f} min" if budget else "")
+        history = model.train(train, val, learning_rate=stage["lr"],
+                              epochs=stage["end_epoch"], layers=stage["layers"],
+                              augmentation=augmentation, time_budget_seconds=budget,
+                              seed=args.seed, verbose=args.verbose)
+        skipped.update(history.skipped_images)
+        stage["ended_at"] = model.epoch
+        save_run_state(model.log_dir, state)
+    report_skipped(train, skipped)
     print(f"Training finished after {(time.time() - started) / 60:.1f} min at epoch "
           f"{model.epoch}; last checkpoint: {model.find_last()}")
     write_train_summary(args.logs, started, model.epoch)
@@ -272,10 +203,15 @@ def add_train_arguments(parser):
     parser.add_argument("--weights", default="none",
                         help="none | imagenet | coco | last | PATH (default %(default)s)")
     parser.add_argument("--logs", default="logs", help="run folders go here")
-    parser.add_argument("--heads-epochs", type=int, default=20,
-                        help="end epoch of stage 1 (heads, or all layers from scratch)")
-    parser.add_argument("--all-epochs", type=int, default=40,
-                        help="end epoch of stage 2 (all layers, lr/10)")
+    parser.add_argument("--heads-epochs", type=int, default=None,
+                        help="end epoch of stage 1 (heads, or all layers from scratch); "
+                             "default 20, or the resumed run's")
+    parser.add_argument("--all-epochs", type=int, default=None,
+                        help="end epoch of stage 2 (all layers, lr/10); default 40, or the "
+                             "resumed run's")
+    parser.add_argument("--skip-unlabelled", action="store_true",
+                        help="leave out (and log) training/validation images whose masks/ "
+                             "folder is missing or empty, instead of stopping with an error")
     parser.add_argument("--steps-per-epoch", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None, help="default: config LEARNING_RATE")
     parser.add_argument("--warmup-steps", type=int, default=None)

@@ -1,12 +1,18 @@
 """Nuclei configs and the DSB2018-layout dataset (``<subset>/<id>/images/<id>.png`` and
 ``<id>/masks/*.png``), following Matterport's nucleus sample."""
 
+import logging
 import os
 
 import numpy as np
 
 from mrcnn.config import Config
 from mrcnn.data.dataset import Dataset, read_image_file
+
+log = logging.getLogger("nucleus")
+
+# What load_nucleus does with an image whose masks/ folder is missing or empty.
+UNLABELLED = ("allow", "error", "skip")
 
 
 class NucleusConfig(Config):
@@ -56,6 +62,12 @@ class NucleusInferenceConfig(NucleusConfig):
     DETECTION_MIN_CONFIDENCE = 0.7
 
 
+# What inference changes beyond mrcnn.config.inference_config's generic rules (one image, whole
+# images): the command line derives its inference configs with these.
+INFERENCE_FIELDS = {"RPN_NMS_THRESHOLD": NucleusInferenceConfig.RPN_NMS_THRESHOLD,
+                    "DETECTION_MIN_CONFIDENCE": NucleusInferenceConfig.DETECTION_MIN_CONFIDENCE}
+
+
 def image_kind(image):
     """'histology' (colour), 'brightfield' (light background) or 'fluorescence' (dark)."""
     rgb = image[..., :3].astype(np.float32)
@@ -70,7 +82,10 @@ def split_ids(dataset_dir, ids, val_fraction=0.1):
     by_kind = {}
     for image_id in sorted(ids):
         path = os.path.join(dataset_dir, image_id, "images", image_id + ".png")
-        by_kind.setdefault(image_kind(read_image_file(path)), []).append(image_id)
+        try:
+            by_kind.setdefault(image_kind(read_image_file(path)), []).append(image_id)
+        except ValueError as err:  # kept in train, where loading skips it with this message
+            log.warning("cannot classify %s for the train/val split: %s", path, err)
     step = max(2, int(round(1 / val_fraction)))
     val = set()
     for members in by_kind.values():
@@ -110,17 +125,24 @@ def set_kind_repeat_factors(dataset, threshold=0.5):
 class NucleusDataset(Dataset):
     """DSB2018 nuclei: one class, instance masks one PNG per nucleus."""
 
-    def load_nucleus(self, dataset_dir, subset):
+    def load_nucleus(self, dataset_dir, subset, unlabelled="allow"):
         """Register the images of ``subset``.
 
         Args:
             dataset_dir: folder holding ``stage1_train`` (and any other subset folders).
             subset: "train" / "val" (a deterministic split of stage1_train stratified by image
                 kind), or any folder name under dataset_dir such as "stage1_train".
+            unlabelled: what to do with an image whose ``masks/`` folder is missing or holds
+                no PNG: "allow" (detection: it has no truth), "error" (training and
+                evaluation: it would be learnt or scored as an image without nuclei), or
+                "skip" (leave it out, logged; the names are in ``self.skipped``).
 
         Raises:
-            ValueError: missing folder, or no image in it.
+            ValueError: missing folder, no image in it, or (``unlabelled="error"``) images
+                without masks, named.
         """
+        if unlabelled not in UNLABELLED:
+            raise ValueError(f"unlabelled={unlabelled!r}; use one of {UNLABELLED}")
         self.add_class("nucleus", 1, "nucleus")
         if subset in ("train", "val"):
             folder = os.path.join(dataset_dir, "stage1_train")
@@ -135,6 +157,24 @@ class NucleusDataset(Dataset):
         if subset in ("train", "val"):
             train_ids, val_ids = split_ids(folder, ids)
             ids = train_ids if subset == "train" else val_ids
+        self.skipped = []
+        if unlabelled != "allow":
+            missing = [i for i in ids if not _has_masks(os.path.join(folder, i, "masks"))]
+            if missing and unlabelled == "error":
+                shown = ", ".join(os.path.join(folder, i) for i in missing[:3])
+                more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+                raise ValueError(
+                    f"{len(missing)} image(s) of {folder} have no masks (a missing or empty "
+                    f"masks/ folder): {shown}{more}. Training or scoring them would treat "
+                    "their nuclei as background. Add their masks, move them out of the "
+                    "subset, or pass --skip-unlabelled to leave them out.")
+            for image_id in missing:
+                log.warning("skipping image %s: no masks (missing or empty masks/ folder)",
+                            os.path.join(folder, image_id))
+            self.skipped = missing
+            ids = [i for i in ids if i not in set(missing)]
+            if not ids:
+                raise ValueError(f"no image of {folder} has masks; nothing to train or score.")
         for image_id in ids:
             self.add_image("nucleus", image_id=image_id,
                            path=os.path.join(folder, image_id, "images", image_id + ".png"))
@@ -185,9 +225,23 @@ class NucleusDataset(Dataset):
         files = sorted(f for f in os.listdir(mask_dir) if f.endswith(".png"))
         if not files:
             raise ValueError(f"masks folder is empty: {mask_dir}")
-        masks = [read_image_file(os.path.join(mask_dir, f)) for f in files]
-        masks = np.stack([m[..., 0] if m.ndim == 3 else m for m in masks], axis=-1) > 0
+        size = read_image_file(info["path"]).shape[:2]
+        masks = []
+        for name in files:
+            mask = read_image_file(os.path.join(mask_dir, name))
+            mask = mask[..., 0] if mask.ndim == 3 else mask
+            if mask.shape != size:
+                raise ValueError(f"mask {os.path.join(mask_dir, name)} is {mask.shape[0]}x"
+                                 f"{mask.shape[1]} pixels but its image {info['path']} is "
+                                 f"{size[0]}x{size[1]}")
+            masks.append(mask > 0)
+        masks = np.stack(masks, axis=-1)
         return masks, np.ones([masks.shape[-1]], dtype=np.int32)
 
     def image_reference(self, image_id):
         return self.image_info[image_id]["path"]
+
+
+def _has_masks(mask_dir):
+    """True when ``mask_dir`` exists and holds at least one PNG."""
+    return os.path.isdir(mask_dir) and any(f.endswith(".png") for f in os.listdir(mask_dir))

@@ -12,6 +12,7 @@ AP, IoU, Dice, recall and where everything went.
 """
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -19,17 +20,15 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cli_compare import add_compare_arguments, run_compare  # noqa: E402
-from cli_eval import add_predictor_arguments, run_detect, run_evaluate  # noqa: E402
-from cli_train import add_train_arguments, run_train  # noqa: E402
-from nucleus import NucleusConfig, NucleusDataset  # noqa: E402
-
-from mrcnn import model as modellib  # noqa: E402
-from mrcnn.data.augment import default_augmentation  # noqa: E402
-from mrcnn.data.synthetic import write_synthetic_dsb  # noqa: E402
-from mrcnn.evaluation import evaluate_dataset, format_metrics, write_json  # noqa: E402
-from mrcnn.metrics import mask_recall  # noqa: E402
+from mrcnn import model as modellib
+from mrcnn.data.augment import default_augmentation
+from mrcnn.data.synthetic import write_synthetic_dsb
+from mrcnn.evaluation import evaluate_dataset, format_metrics, write_json
+from mrcnn.metrics import mask_recall
+from samples.nucleus.cli_compare import add_compare_arguments, run_compare
+from samples.nucleus.cli_eval import add_predictor_arguments, run_detect, run_evaluate
+from samples.nucleus.cli_train import add_train_arguments, run_train
+from samples.nucleus.nucleus import NucleusConfig, NucleusDataset
 
 log = logging.getLogger("nucleus")
 
@@ -111,43 +110,61 @@ def run_demo(args):
     print(f"  TensorBoard: tensorboard --logdir {model.log_dir}")
 
 
-def main(argv=None):
+# Errors the commands raise on purpose, each with a message naming the file, the value and
+# the fix: printed as one line. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, RuntimeError)
+
+
+def build_parser():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--traceback", action="store_true",
+                        help="show the Python traceback of an error, not only its message")
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train briefly on synthetic nuclei, detect, evaluate")
+    add = functools.partial(sub.add_parser, parents=[common])
+    demo = add("demo", help="train briefly on synthetic nuclei, detect, evaluate")
     demo.add_argument("--out", default="demo_nucleus", help="output folder (default %(default)s)")
     demo.add_argument("--backbone", default="resnet18")
     demo.add_argument("--epochs", type=int, default=15)
     demo.add_argument("--lr", type=float, default=0.01)
     demo.add_argument("--train-images", type=int, default=24)
     demo.add_argument("--verbose", type=int, default=2)
-    train = sub.add_parser("train", help="train Mask R-CNN on a DSB2018-layout folder")
+    train = add("train", help="train Mask R-CNN on a DSB2018-layout folder")
     add_train_arguments(train)
-    evaluate = sub.add_parser("evaluate", help="DSB score, COCO AP, IoU, Dice, s/image")
+    evaluate = add("evaluate", help="DSB score, COCO AP, IoU, Dice, s/image")
     add_predictor_arguments(evaluate, "val")
     evaluate.add_argument("--out", default=None, help="write the metrics as JSON here")
     evaluate.add_argument("--time-sizes", default=None, metavar="S1,S2",
                           help="also time predict on the first image resized to S x S "
                                "(e.g. 512,1024)")
-    detect = sub.add_parser("detect", help="submission.csv, COCO results, overlay PNGs")
+    detect = add("detect", help="submission.csv, COCO results, overlay PNGs")
     add_predictor_arguments(detect, "stage1_test")
     detect.add_argument("--out", required=True, help="output folder")
-    compare = sub.add_parser("compare", help="train + evaluate several models at one budget")
+    compare = add("compare", help="train + evaluate several models at one budget")
     add_compare_arguments(compare)
-    args = parser.parse_args(argv)
+    return parser
+
+
+COMMANDS = {"demo": run_demo, "train": run_train, "evaluate": run_evaluate,
+            "detect": run_detect, "compare": run_compare}
+
+
+def main(argv=None):
+    """Run one command. A deliberate error (bad data, a missing file, a wrong flag value)
+    prints ``error: <message>`` on one line and exits with status 2; ``--traceback`` shows
+    the traceback too. Any other exception is a bug and propagates with its traceback."""
+    args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.command == "demo":
-        run_demo(args)
-    elif args.command == "train":
-        run_train(args)
-    elif args.command == "evaluate":
-        run_evaluate(args)
-    elif args.command == "detect":
-        run_detect(args)
-    elif args.command == "compare":
-        run_compare(args)
+    try:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as err:
+        if args.traceback:
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,156 @@
+"""Inference: mold images, run the inference graph in batches, unmold the detections.
+
+    detector = Detector(config, keras_model)        # an inference-mode Mask R-CNN
+    results = detector.detect([image, ...])         # rois, class_ids, scores, masks per image
+
+Used by the :class:`mrcnn.model.MaskRCNN` facade and by the training-time monitoring.
+"""
+
+import logging
+
+import numpy as np
+import tensorflow as tf
+
+from mrcnn.config import anchor_settings, inference_resize_mode
+from mrcnn.ops.anchors import pyramid_anchors
+from mrcnn.ops.boxes import denorm_boxes, norm_boxes
+from mrcnn.ops.image import (compose_image_meta, mold_image, normalize_image, resize_image,
+                             to_rgb_uint8)
+from mrcnn.ops.masks import expand_mask
+
+log = logging.getLogger(__name__)
+
+
+class Detector:
+    """Batching, molding and unmolding around an inference-mode Keras model.
+
+    Args:
+        config: the inference Config (IMAGE_* fields, BATCH_SIZE, MEAN_PIXEL, NUM_CLASSES,
+            anchors, DETECTION_MASK_THRESHOLD).
+        keras_model: the model built by ``build_maskrcnn(config, "inference")``.
+    """
+
+    def __init__(self, config, keras_model):
+        self.config = config
+        self.keras_model = keras_model
+        self._predict = None
+
+    def mold_inputs(self, images):
+        """Resize and mean-subtract images for the network.
+
+        Grayscale, RGBA, 16-bit and float images are brought to IMAGE_CHANNEL_COUNT uint8
+        channels first (:func:`mrcnn.ops.image.to_rgb_uint8`).
+
+        Returns:
+            molded_images [N, H, W, C] float32, image_metas [N, META], windows [N, 4] pixels.
+            (All images must mold to one shape; :meth:`detect` groups them for you.)
+
+        Raises:
+            ValueError: an image whose channels cannot be brought to IMAGE_CHANNEL_COUNT.
+        """
+        config = self.config
+        mode = inference_resize_mode(config.IMAGE_RESIZE_MODE)
+        molded, metas, windows = [], [], []
+        for image in images:
+            image = to_rgb_uint8(image, config.IMAGE_CHANNEL_COUNT)
+            if image.shape[-1] != config.IMAGE_CHANNEL_COUNT:
+                raise ValueError(f"image has {image.shape[-1]} channels; the config "
+                                 f"expects {config.IMAGE_CHANNEL_COUNT}.")
+            image = normalize_image(image, config.IMAGE_NORMALIZATION)
+            out, window, scale, _, _ = resize_image(
+                image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
+                max_dim=config.IMAGE_MAX_DIM, mode=mode)
+            molded.append(mold_image(out, config.MEAN_PIXEL))
+            metas.append(compose_image_meta(0, image.shape, out.shape, window, scale,
+                                            np.zeros([config.NUM_CLASSES], dtype=np.int32)))
+            windows.append(window)
+        return np.stack(molded), np.stack(metas), np.array(windows)
+
+    def get_anchors(self, image_shape):
+        """Normalised anchors [A, 4] for a molded image shape."""
+        return norm_boxes(pyramid_anchors(image_shape, **anchor_settings(self.config)),
+                          image_shape[:2])
+
+    def run(self, molded, metas):
+        """The inference graph on one batch of molded images -> dict of NumPy outputs."""
+        if self._predict is None:
+            model = self.keras_model
+
+            @tf.function(jit_compile=False, reduce_retracing=False)
+            def predict(image, meta, anchors):
+                return model({"input_image": image, "input_image_meta": meta,
+                              "input_anchors": anchors}, training=False)
+            self._predict = predict
+        anchors = self.get_anchors(molded.shape[1:])
+        anchors = np.broadcast_to(anchors, (len(molded),) + anchors.shape)
+        out = self._predict(tf.constant(molded), tf.constant(metas), tf.constant(anchors))
+        return {k: v.numpy() for k, v in out.items()}
+
+    def run_graph(self, image):
+        """Every raw output of the inference graph for one image, for inspection.
+
+        Returns:
+            dict: the molded ``image``, ``window`` (pixels of the molded image), ``anchors``
+            [A, 4] normalised, and the network outputs for this image: ``rpn_class`` [A, 2],
+            ``rpn_bbox`` [A, 4], ``rpn_rois`` [N, 4] normalised, ``mrcnn_class`` [N, C],
+            ``mrcnn_bbox`` [N, C, 4], ``detections`` [D, 6] (normalised y1, x1, y2, x2,
+            class, score), ``mrcnn_mask`` [D, 28, 28, C].
+        """
+        molded, metas, windows = self.mold_inputs([image])
+        size = self.config.BATCH_SIZE
+        out = self.run(np.repeat(molded, size, axis=0), np.repeat(metas, size, axis=0))
+        result = {k: v[0] for k, v in out.items()}
+        result.update(image=molded[0], window=windows[0],
+                      anchors=self.get_anchors(molded.shape[1:]))
+        return result
+
+    def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape,
+                          window):
+        """One image's network output -> rois (pixels of the original image), class_ids,
+        scores, masks [H, W, N] bool."""
+        n = int(np.sum(detections[:, 4] > 0))
+        boxes = detections[:n, :4]
+        class_ids = detections[:n, 4].astype(np.int32)
+        scores = detections[:n, 5]
+        masks = mrcnn_mask[np.arange(n), :, :, class_ids] if n else np.zeros((0, 1, 1))
+        wy1, wx1, wy2, wx2 = norm_boxes(np.array([window]), image_shape[:2])[0]
+        boxes = (boxes - np.array([wy1, wx1, wy1, wx1])) / \
+            np.array([wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
+        boxes = denorm_boxes(boxes, original_image_shape[:2])
+        keep = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
+        boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
+        return boxes, class_ids, scores, expand_mask(boxes, np.moveaxis(masks, 0, -1),
+                                                     original_image_shape,
+                                                     self.config.DETECTION_MASK_THRESHOLD)
+
+    def detect(self, images, verbose=0):
+        """Detect instances in any number of images of any sizes.
+
+        Images are grouped by molded shape and run in batches of config.BATCH_SIZE (the last
+        batch is padded), so the graph is traced once per molded shape.
+
+        Returns:
+            one dict per image: rois [N, 4] (y1, x1, y2, x2) pixels of the original image,
+            class_ids [N] int32, scores [N] float32, masks [H, W, N] bool.
+        """
+        results = [None] * len(images)
+        molded = [self.mold_inputs([image]) for image in images]
+        groups = {}
+        for i, (m, _, _) in enumerate(molded):
+            groups.setdefault(m.shape[1:], []).append(i)
+        size = self.config.BATCH_SIZE
+        for indices in groups.values():
+            for start in range(0, len(indices), size):
+                chunk = indices[start:start + size]
+                padded = chunk + [chunk[-1]] * (size - len(chunk))
+                out = self.run(np.concatenate([molded[i][0] for i in padded]),
+                               np.concatenate([molded[i][1] for i in padded]))
+                for j, i in enumerate(chunk):
+                    rois, class_ids, scores, masks = self.unmold_detections(
+                        out["detections"][j], out["mrcnn_mask"][j], np.asarray(images[i]).shape,
+                        molded[i][0].shape[1:], molded[i][2][0])
+                    results[i] = {"rois": rois, "class_ids": class_ids, "scores": scores,
+                                  "masks": masks}
+                    if verbose:
+                        log.info("image %d: %d detections", i, len(class_ids))
+        return results
