@@ -28,7 +28,13 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout", "nbclient", "nbformat", "ipykernel"],
+        "dev": ["pytest", "pytest-timeout", "nbclient", "nbformat", "ipykernel", "tf2onnx",
+                "onnxruntime"],
+        # ONNX export of the network (mrcnn.export): tf2onnx converts, onnxruntime runs it.
+        "onnx": ["tf2onnx", "onnxruntime"],
+        # imgaug augmenters (Matterport code): the maintained fork imaug. Its OpenCV < 4.13
+        # pins bring NumPy 2.2 and OpenCV 4.12 into the environment (README "imgaug").
+        "imgaug": ["imaug"],
         "coco": ["pycocotools"],
         "aug": ["albumentations"],
         "notebooks": ["jupyter", "nbconvert", "nbformat", "ipykernel", "nbclient"],

@@ -21,6 +21,7 @@ import backbones
 from mrcnn import training as training_lib
 from mrcnn.data.dataset import Dataset  # noqa: F401  (Matterport: modellib.Dataset users)
 from mrcnn.data.loader import load_image_gt  # noqa: F401  (Matterport re-export)
+from mrcnn import export as export_lib
 from mrcnn.inference import Detector
 from mrcnn.modeling.factory import backbone_norm, build_maskrcnn
 from mrcnn.training import find_last_checkpoint  # noqa: F401  (modellib.find_last_checkpoint)
@@ -58,6 +59,12 @@ class MaskRCNN:
         self.detector = Detector(config, keras_model) if mode == "inference" else None
         self._optimizer_state = None
         self.set_log_dir()
+
+    def export(self, path, format="saved_model"):
+        """Write a SavedModel whose ``serve(image uint8 [H, W, C])`` returns boxes, class ids,
+        scores and full-size masks, runnable without this package (see :mod:`mrcnn.export`;
+        ONNX and LiteRT are refused with the op that stops them)."""
+        return export_lib.export(self, path, format)
 
     @classmethod
     def from_keras_file(cls, filepath, config, model_dir="logs"):

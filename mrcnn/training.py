@@ -20,7 +20,8 @@ from mrcnn.weights import save_weights_by_name
 
 log = logging.getLogger(__name__)
 
-_CHECKPOINT_RE = re.compile(r".*[/\\][\w-]+(\d{8}T\d{4})[/\\]mask_rcnn_[\w-]+_(\d{4})\.weights\.h5$")
+_CHECKPOINT_RE = re.compile(
+    r".*[/\\][\w-]+(\d{8}T\d{4})[/\\]mask_rcnn_[\w-]+_(\d{4})\.weights\.h5$")
 
 
 def run_folder(model_dir, name, checkpoint_path=None):

@@ -20,6 +20,7 @@ from mrcnn.atomic import atomic_target
 from mrcnn.evaluation import evaluate_dataset, format_metrics, write_json
 from mrcnn.metrics import coco_results, mask_to_rle, remove_overlaps, write_submission
 from mrcnn.ops.image import resize_array
+from mrcnn.predict import LABEL_FORMATS, find_images, predict_images
 from mrcnn.tta import detect_with_flips
 from mrcnn.visualize import overlay_instances
 from samples.nucleus.cli_common import (load_run_overrides, make_config, parse_overrides,
@@ -30,8 +31,9 @@ from samples.nucleus.nucleus import NucleusDataset, image_kind
 log = logging.getLogger("nucleus")
 
 
-def maskrcnn_predictor(args):
-    """(predict, config) for a trained Mask R-CNN checkpoint."""
+def load_inference_model(args):
+    """The trained Mask R-CNN of --weights/--logs in inference mode, rebuilt from its run's
+    run_config.json with --backbone, --min-confidence and --set on top."""
     path = resolve_checkpoint(args.weights, args.logs)
     overrides = load_run_overrides(path)
     if args.backbone:
@@ -44,6 +46,20 @@ def maskrcnn_predictor(args):
     model.load_weights(path, by_name=True)
     log.info("Mask R-CNN %s from %s (min confidence %.2f)", config.BACKBONE, path,
              config.DETECTION_MIN_CONFIDENCE)
+    return model
+
+
+def run_export(args):
+    """``train.py export``: the trained model as a SavedModel (serve(image) -> detections)."""
+    path = load_inference_model(args).export(args.out, format=args.format)
+    print(f"SavedModel written to {path}: tf.saved_model.load(path).serve(image uint8 "
+          "[H, W, C]) -> boxes, class_ids, scores, masks")
+    return path
+
+
+def maskrcnn_predictor(args):
+    """``predict(image) -> {"masks", "scores"}`` of a trained Mask R-CNN checkpoint."""
+    model = load_inference_model(args)
 
     tta = getattr(args, "tta", False)
     if tta:
@@ -148,9 +164,43 @@ def run_detect(args):
           f"overlays {overlay_dir}")
 
 
-def add_predictor_arguments(parser, default_subset):
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--subset", default=default_subset)
+def run_predict(args):
+    """``train.py predict``: label images, overlays and measurements for any images."""
+    channels = [int(c) for c in args.channels.split(",")] if args.channels else None
+    paths = find_images(args.input, args.recursive)
+    predict = make_predictor(args)
+    summary = predict_images(predict, paths, args.out, channels=channels,
+                             label_format=args.label_format, overwrite=args.overwrite,
+                             coco=args.coco, progress=True)
+    print(f"{summary['images']} images: {summary['done']} segmented, {summary['already_done']} "
+          f"done before (--overwrite redoes them), {len(summary['failed'])} unreadable and "
+          f"skipped; {summary['objects']} objects in {summary['objects_csv']}, per-image "
+          f"counts in {summary['summary_csv']}")
+    for path, reason in summary["failed"]:
+        print(f"  skipped {path}: {reason}")
+    return summary
+
+
+def add_predict_arguments(parser):
+    parser.add_argument("--input", required=True,
+                        help="an image file, a folder of images or a glob ('scans/*.tif')")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--recursive", action="store_true", help="include sub-folders")
+    parser.add_argument("--channels", default=None, metavar="I[,J,K]",
+                        help="channel indices to use (e.g. 0 for the nuclear stain of a "
+                             "multi-channel TIFF); needed for more than 4 channels")
+    parser.add_argument("--label-format", choices=LABEL_FORMATS, default="tif",
+                        help="uint16 label images as TIFF (default) or PNG")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo images whose outputs exist (a rerun skips them otherwise)")
+    parser.add_argument("--coco", action="store_true", help="also write coco_results.json")
+    add_predictor_arguments(parser, None, dataset=False)
+
+
+def add_predictor_arguments(parser, default_subset, dataset=True):
+    if dataset:
+        parser.add_argument("--dataset", required=True)
+        parser.add_argument("--subset", default=default_subset)
     parser.add_argument("--model", choices=("maskrcnn", "unet", "otsu"), default="maskrcnn")
     parser.add_argument("--weights", default="last", help="last | PATH (default %(default)s)")
     parser.add_argument("--logs", default="logs")
@@ -160,8 +210,9 @@ def add_predictor_arguments(parser, default_subset):
     parser.add_argument("--tta", action="store_true",
                         help="Mask R-CNN: detect on the 4 flips of each image and keep the "
                              "objects at least 2 views agree on (4x the inference time)")
-    parser.add_argument("--limit", type=int, default=None, help="first N images only")
-    parser.add_argument("--skip-unlabelled", action="store_true",
-                        help="evaluate: leave out (and log) images whose masks/ folder is "
-                             "missing or empty, instead of stopping with an error")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE")
+    if dataset:
+        parser.add_argument("--limit", type=int, default=None, help="first N images only")
+        parser.add_argument("--skip-unlabelled", action="store_true",
+                            help="evaluate: leave out (and log) images whose masks/ folder is "
+                                 "missing or empty, instead of stopping with an error")

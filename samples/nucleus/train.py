@@ -3,6 +3,7 @@
     python samples/nucleus/train.py train    --dataset DIR --subset train --weights none ...
     python samples/nucleus/train.py evaluate --dataset DIR --subset val --weights last
     python samples/nucleus/train.py detect   --dataset DIR --subset stage1_test --out DIR
+    python samples/nucleus/train.py predict  --input 'scans/*.tif' --weights last --out DIR
     python samples/nucleus/train.py compare  --dataset DIR --models resnet18,unet,otsu ...
     python samples/nucleus/train.py demo     # synthetic nuclei, a few minutes on a CPU
 
@@ -26,7 +27,8 @@ from mrcnn.data.synthetic import write_synthetic_dsb
 from mrcnn.evaluation import evaluate_dataset, format_metrics, write_json
 from mrcnn.metrics import mask_recall
 from samples.nucleus.cli_compare import add_compare_arguments, run_compare
-from samples.nucleus.cli_eval import add_predictor_arguments, run_detect, run_evaluate
+from samples.nucleus.cli_eval import (add_predict_arguments, add_predictor_arguments,
+                                      run_detect, run_evaluate, run_export, run_predict)
 from samples.nucleus.cli_train import add_train_arguments, run_train
 from samples.nucleus.nucleus import NucleusConfig, NucleusDataset
 
@@ -141,13 +143,26 @@ def build_parser():
     detect = add("detect", help="submission.csv, COCO results, overlay PNGs")
     add_predictor_arguments(detect, "stage1_test")
     detect.add_argument("--out", required=True, help="output folder")
+    predict = add("predict", help="label images, overlays and objects.csv for any images "
+                                  "(PNG, JPEG, TIFF 8/16-bit, any channels)")
+    add_predict_arguments(predict)
+    export = add("export", help="the trained Mask R-CNN as a TensorFlow SavedModel")
+    export.add_argument("--weights", default="last", help="last | PATH (default %(default)s)")
+    export.add_argument("--logs", default="logs")
+    export.add_argument("--out", required=True, help="SavedModel folder to write")
+    export.add_argument("--format", default="saved_model",
+                        help="saved_model (ONNX and LiteRT are refused with the reason)")
+    export.add_argument("--backbone", default=None, help="only when the run has no config")
+    export.add_argument("--min-confidence", type=float, default=None)
+    export.add_argument("--set", action="append", metavar="KEY=VALUE")
     compare = add("compare", help="train + evaluate several models at one budget")
     add_compare_arguments(compare)
     return parser
 
 
 COMMANDS = {"demo": run_demo, "train": run_train, "evaluate": run_evaluate,
-            "detect": run_detect, "compare": run_compare}
+            "detect": run_detect, "predict": run_predict, "export": run_export,
+            "compare": run_compare}
 
 
 def main(argv=None):

@@ -1,0 +1,213 @@
+"""Export an inference model as a TensorFlow SavedModel that takes an image and returns
+detections, runnable (TF Serving, ``tf.saved_model.load``) without this package.
+
+    model = MaskRCNN("inference", config, "logs").load_weights(checkpoint)
+    model.export("nucleus_savedmodel")            # or export_saved_model(model, path)
+
+    served = tf.saved_model.load("nucleus_savedmodel")         # anywhere, no mrcnn needed
+    out = served.serve(tf.constant(image_uint8))   # [H, W, C], C = 1 (grayscale), 3 or 4
+    out["boxes"]      # [N, 4] int32 (y1, x1, y2, x2) pixels of the image, y2/x2 exclusive
+    out["class_ids"]  # [N] int32
+    out["scores"]     # [N] float32
+    out["masks"]      # [N, H, W] bool
+
+The signature does everything :meth:`mrcnn.inference.Detector.detect` does, in TensorFlow:
+channel fixing, the config's IMAGE_NORMALIZATION, resizing and padding (the config's resize
+mode: pad64, square or none), mean subtraction, image meta, anchors, the network, and unmolding
+(boxes back to image pixels, 28x28 masks pasted into their boxes at
+DETECTION_MASK_THRESHOLD). Resizing is TensorFlow's bilinear instead of OpenCV's, so masks can
+differ from ``detect`` by a pixel at object borders.
+
+``format="onnx"`` (``pip install -e ".[onnx]"``: tf2onnx, onnxruntime) writes the network
+itself through Keras 3's ``model.export``: inputs ``input_image`` float32 [1, H, W, 3] (molded:
+resized, padded to a multiple of 64, MEAN_PIXEL subtracted), ``input_image_meta`` [1, META] and
+``input_anchors`` [1, A, 4] (normalised); outputs ``detections`` [1, D, 6] (normalised boxes of
+the molded image, class, score) and ``mrcnn_mask`` [1, D, 28, 28, C] among the raw outputs.
+Molding and unmolding stay outside (:meth:`mrcnn.inference.Detector.mold_inputs`,
+``get_anchors``, ``unmold_detections``, or your own port of them): the whole image-to-masks
+function converted by tf2onnx gives a graph onnxruntime rejects (an invalid Transpose).
+
+LiteRT (TFLite) is refused: the converted graph needs two TensorFlow ops outside the LiteRT
+builtin set, CropAndResize (ROIAlign) and InvertPermutation, so it runs only with the Flex
+(select TensorFlow ops) delegate linked in; serve the SavedModel or the ONNX file instead.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mrcnn.config import anchor_settings, inference_resize_mode
+from mrcnn.ops.anchors import tf_generate_pyramid_anchors
+
+FORMATS = ("saved_model", "onnx")
+_LITERT = ("its graph needs CropAndResize (ROIAlign) and InvertPermutation, which are not "
+           "LiteRT builtin ops: it would run only with the Flex (select TensorFlow ops) delegate")
+UNSUPPORTED = {"tflite": _LITERT, "litert": _LITERT}
+
+
+def _percentile(values, q):
+    """NumPy's linear-interpolation percentile of a 1-D float tensor."""
+    values = tf.sort(values)
+    position = q / 100.0 * tf.cast(tf.size(values) - 1, tf.float32)
+    low = tf.cast(tf.floor(position), tf.int32)
+    high = tf.minimum(low + 1, tf.size(values) - 1)
+    frac = position - tf.cast(low, tf.float32)
+    return tf.gather(values, low) * (1.0 - frac) + tf.gather(values, high) * frac
+
+
+def _normalize_nuclei(image):
+    """TF twin of ``normalize_image(image, "nuclei")`` on float [H, W, 3] -> float [H, W, 3]."""
+    gray = tf.reduce_mean(image, axis=-1)
+    sample = tf.cond(tf.size(gray) > (1 << 16), lambda: gray[::4, ::4], lambda: gray)
+    sample = tf.reshape(sample, [-1])
+    invert = _percentile(sample, 50.0) > 127.5
+    gray = tf.where(invert, 255.0 - gray, gray)
+    sample = tf.where(invert, 255.0 - sample, sample)
+    low, high = _percentile(sample, 1.0), _percentile(sample, 99.8)
+    out = tf.floor(tf.clip_by_value((gray - low) * (255.0 / tf.maximum(high - low, 1.0)),
+                                    0.0, 255.0))
+    return tf.repeat(out[..., None], 3, axis=-1)
+
+
+class _ServingGraph:
+    """The molding / network / unmolding graph of one inference config."""
+
+    def __init__(self, config, keras_model):
+        self.keras_model = keras_model
+        self.mode = inference_resize_mode(config.IMAGE_RESIZE_MODE)
+        if self.mode not in ("pad64", "square", "none"):
+            raise ValueError(f"cannot export IMAGE_RESIZE_MODE={self.mode!r}")
+        if config.IMAGE_CHANNEL_COUNT != 3:
+            raise ValueError("the export takes RGB/grayscale images; IMAGE_CHANNEL_COUNT must "
+                             "be 3")
+        self.min_dim = float(config.IMAGE_MIN_DIM or 0)
+        self.max_dim = int(config.IMAGE_MAX_DIM or 0)
+        self.min_scale = float(config.IMAGE_MIN_SCALE or 0)
+        self.mean = tf.constant(np.asarray(config.MEAN_PIXEL, np.float32))
+        self.num_classes = int(config.NUM_CLASSES)
+        self.normalization = config.IMAGE_NORMALIZATION
+        self.threshold = float(config.DETECTION_MASK_THRESHOLD)
+        self.anchors = anchor_settings(config)
+
+    def _scale(self, h, w):
+        if self.mode == "none":
+            return tf.constant(1.0)
+        scale = tf.maximum(1.0, self.min_dim / tf.minimum(h, w)) if self.min_dim \
+            else tf.constant(1.0)
+        if self.min_scale:
+            scale = tf.maximum(scale, self.min_scale)
+        if self.mode == "square" and self.max_dim:
+            too_big = tf.round(tf.maximum(h, w) * scale) > self.max_dim
+            scale = tf.where(too_big, self.max_dim / tf.maximum(h, w), scale)
+        return scale
+
+    def __call__(self, image):
+        image = tf.convert_to_tensor(image)
+        image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]),
+                        lambda: image[..., :3])
+        image = tf.cast(image, tf.float32)
+        if self.normalization == "nuclei":
+            image = _normalize_nuclei(image)
+        shape = tf.shape(image)
+        h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+        scale = self._scale(h, w)
+        new_h = tf.cast(tf.round(h * scale), tf.int32)
+        new_w = tf.cast(tf.round(w * scale), tf.int32)
+        resized = tf.image.resize(image, [new_h, new_w], method="bilinear")
+        resized = tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+        if self.mode == "square":
+            pad_h, pad_w = self.max_dim - new_h, self.max_dim - new_w
+        else:
+            pad_h = tf.math.floormod(64 - tf.math.floormod(new_h, 64), 64)
+            pad_w = tf.math.floormod(64 - tf.math.floormod(new_w, 64), 64)
+        if self.mode == "none":
+            pad_h = pad_w = tf.constant(0)
+        top, left = pad_h // 2, pad_w // 2
+        molded = tf.pad(resized, [[top, pad_h - top], [left, pad_w - left], [0, 0]])
+        molded = molded - self.mean
+        mh, mw = new_h + pad_h, new_w + pad_w
+        window = tf.cast(tf.stack([top, left, top + new_h, left + new_w]), tf.float32)
+        meta = tf.concat([[0.0, h, w, 3.0, tf.cast(mh, tf.float32), tf.cast(mw, tf.float32),
+                           3.0], window, [scale], tf.zeros([self.num_classes])], axis=0)
+        hw = tf.stack([mh, mw])
+        anchors = tf_generate_pyramid_anchors(hw, self.anchors["scales"], self.anchors["ratios"],
+                                              self.anchors["strides"],
+                                              self.anchors["anchor_stride"])
+        extent = tf.cast(tf.stack([mh - 1, mw - 1, mh - 1, mw - 1]), tf.float32)
+        anchors = (anchors - tf.constant([0.0, 0.0, 1.0, 1.0])) / extent
+        out = self.keras_model({"input_image": molded[None], "input_image_meta": meta[None],
+                                "input_anchors": anchors[None]}, training=False)
+        return self._unmold(out["detections"][0], out["mrcnn_mask"][0], h, w, window, extent)
+
+    def _unmold(self, detections, masks, h, w, window, extent):
+        keep = tf.where(detections[:, 4] > 0)[:, 0]
+        detections, masks = tf.gather(detections, keep), tf.gather(masks, keep)
+        class_ids = tf.cast(detections[:, 4], tf.int32)
+        wy1, wx1, wy2, wx2 = tf.unstack((window - tf.constant([0.0, 0.0, 1.0, 1.0])) / extent)
+        boxes = (detections[:, :4] - tf.stack([wy1, wx1, wy1, wx1])) / \
+            tf.stack([wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
+        boxes = tf.cast(tf.round(boxes * tf.stack([h - 1, w - 1, h - 1, w - 1]) +
+                                 tf.constant([0.0, 0.0, 1.0, 1.0])), tf.int32)
+        valid = tf.where((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))[:, 0]
+        boxes, class_ids = tf.gather(boxes, valid), tf.gather(class_ids, valid)
+        scores = tf.gather(detections[:, 5], valid)
+        small = tf.gather(tf.gather(masks, valid), class_ids, axis=-1, batch_dims=1)
+        ih, iw = tf.cast(h, tf.int32), tf.cast(w, tf.int32)
+
+        def paste(args):
+            mask, box = args
+            y1, x1, y2, x2 = box[0], box[1], box[2], box[3]
+            resized = tf.image.resize(mask[..., None], [y2 - y1, x2 - x1], method="bilinear")
+            inside = resized[..., 0] >= self.threshold
+            return tf.pad(inside, [[y1, ih - y2], [x1, iw - x2]])
+
+        full = tf.map_fn(paste, (small, boxes),
+                         fn_output_signature=tf.TensorSpec([None, None], tf.bool))
+        full = tf.reshape(full, tf.stack([tf.shape(boxes)[0], ih, iw]))
+        return {"boxes": boxes, "class_ids": class_ids, "scores": scores, "masks": full}
+
+
+def export_saved_model(model, path):
+    """Write ``model`` (a MaskRCNN in inference mode) as a SavedModel with a ``serve``
+    endpoint ``image uint8 [H, W, C] -> {boxes, class_ids, scores, masks}`` (see the module
+    docstring). Returns ``path``."""
+    if model.mode != "inference":
+        raise ValueError("export an inference-mode MaskRCNN (build it with mode='inference' "
+                         "and load the trained weights)")
+    graph = _ServingGraph(model.config, model.keras_model)
+    archive = keras.export.ExportArchive()
+    archive.track(model.keras_model)
+    archive.add_endpoint(
+        "serve", graph,
+        input_signature=[tf.TensorSpec([None, None, None], tf.uint8, name="image")])
+    archive.write_out(str(path), verbose=False)
+    return str(path)
+
+
+def export_onnx(model, path):
+    """Write the network of ``model`` (inference mode) as ONNX through Keras 3's
+    ``model.export`` (needs tf2onnx); its inputs are the molded image, meta and anchors (see
+    the module docstring). Returns ``path``."""
+    if model.mode != "inference":
+        raise ValueError("export an inference-mode MaskRCNN (build it with mode='inference' "
+                         "and load the trained weights)")
+    try:
+        import tf2onnx  # noqa: F401  (Keras' ONNX export needs it)
+    except ImportError as err:
+        raise RuntimeError("ONNX export needs tf2onnx: pip install -e \".[onnx]\"") from err
+    side = 64 * max(1, int(np.ceil(float(model.config.IMAGE_MIN_DIM or 64) / 64)))
+    molded, metas, _ = model.detector.mold_inputs([np.zeros((side, side, 3), np.uint8)])
+    model.detector.run(molded, metas)    # Keras exports a model only once it has been called
+    model.keras_model.export(str(path), format="onnx", verbose=False)
+    return str(path)
+
+
+def export(model, path, format="saved_model"):
+    """Export in ``format`` ("saved_model" or "onnx"); LiteRT raises an error naming the ops
+    that stop it and what to do instead."""
+    if format in UNSUPPORTED:
+        raise ValueError(f"cannot export to {format}: {UNSUPPORTED[format]}. Export a "
+                         "SavedModel (format='saved_model') or ONNX (format='onnx') instead.")
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; use one of {FORMATS}")
+    return export_onnx(model, path) if format == "onnx" else export_saved_model(model, path)
