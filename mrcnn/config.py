@@ -117,8 +117,10 @@ class Config:
     GRADIENT_CLIP_NORM = 5.0
     # Arithmetic of the convolutions: "float32", "bfloat16" (Keras mixed_bfloat16: float32
     # weights and boxes, bfloat16 convolutions; about 1.7x faster on CPUs with AVX512-BF16 or
-    # AMX, slower on CPUs without), or "auto" (bfloat16 exactly when the machine has no GPU
-    # and its CPU has native bfloat16). Weight files are the same either way.
+    # AMX, slower on CPUs without), "float16" (mixed_float16 with loss scaling: GPUs of
+    # compute capability 7.x) or "auto" (mrcnn.precision: bfloat16 on GPUs >= 8.0 and on CPUs
+    # with native bfloat16, float16 on GPUs 7.x, else float32). Weight files are the same
+    # in every precision.
     COMPUTE_DTYPE = "float32"
     # Linear warm-up over this many optimizer steps, then x0.1 at each listed global step.
     LEARNING_RATE_WARMUP_STEPS = 0

@@ -72,8 +72,9 @@ def _apply_imgaug(augmentation, image, mask):
     except Exception as err:
         raise RuntimeError(
             "an imgaug augmenter was passed but imgaug cannot be imported here "
-            f"({type(err).__name__}: {err}); imgaug 0.4 does not work with NumPy 2. Use an "
-            "albumentations transform (see mrcnn.data.augment.default_augmentation).") from err
+            f"({type(err).__name__}: {err}); imgaug 0.4 does not work with NumPy 2. Install "
+            "the maintained fork with pip install -e \".[imgaug]\", or use an albumentations "
+            "transform (see mrcnn.data.augment.default_augmentation).") from err
 
     def hook(images, augmenter, parents, default):
         return augmenter.__class__.__name__ in _IMGAUG_MASK_SAFE

@@ -17,6 +17,7 @@ from mrcnn.modeling.fpn import build_fpn
 from mrcnn.modeling.heads import build_classifier_head, build_mask_head
 from mrcnn.modeling.rpn import RPNHead
 from mrcnn.ops.image import parse_image_meta_graph
+from mrcnn.precision import POLICIES
 
 # Box, ROI and loss-facing layers always compute in float32, whatever the model's policy.
 F32 = "float32"
@@ -117,16 +118,18 @@ def _inputs(image_channels, num_classes_meta, training, max_gt=None, mask_shape=
 def build_maskrcnn_graph(*, compute_dtype="float32", **kwargs):
     """Build the training or inference Mask R-CNN from plain arguments.
 
-    ``compute_dtype`` "bfloat16" builds the convolutions (backbone, FPN, RPN and head convs)
-    under Keras's ``mixed_bfloat16`` policy: float32 variables, bfloat16 arithmetic, about
-    twice as fast on CPUs with AVX512-BF16/AMX. Box decoding, proposals, ROI sampling,
-    ROIAlign, detections and every output stay float32. The other arguments are those of
-    :func:`_build_graph`.
+    ``compute_dtype`` "bfloat16" or "float16" builds the convolutions (backbone, FPN, RPN and
+    head convs) under Keras's ``mixed_bfloat16`` / ``mixed_float16`` policy: float32
+    variables, half-precision arithmetic (about twice as fast on CPUs with AVX512-BF16/AMX
+    and on GPU tensor cores). Box decoding, proposals, ROI sampling, ROIAlign, detections,
+    the losses and every output stay float32; under float16 ``compile`` wraps the optimizer
+    in Keras's LossScaleOptimizer (the model's policy is mixed_float16). The other arguments
+    are those of :func:`_build_graph`.
     """
-    if compute_dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16': {compute_dtype!r}")
+    if compute_dtype not in POLICIES:
+        raise ValueError(f"compute_dtype must be one of {sorted(POLICIES)}: {compute_dtype!r}")
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16" if compute_dtype == "bfloat16" else F32)
+    keras.config.set_dtype_policy(POLICIES[compute_dtype])
     try:
         return _build_graph(**kwargs)
     finally:
