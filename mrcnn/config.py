@@ -67,6 +67,9 @@ class Config:
     IMAGE_MIN_DIM = 800
     IMAGE_MAX_DIM = 1024
     IMAGE_MIN_SCALE = 0
+    # Crop mode, training only: multiply each crop's scale by a factor drawn log-uniformly
+    # from (low, high), e.g. (0.7, 1.4); None keeps the scale fixed.
+    IMAGE_SCALE_JITTER = None
     IMAGE_CHANNEL_COUNT = 3
     # Per-image intensity normalisation before resizing, in training and inference alike
     # (mrcnn.ops.image.normalize_image): None, or "nuclei" (grayscale, dark background,
@@ -211,6 +214,10 @@ class Config:
                  f"{IMAGE_NORMALIZATIONS}.")
         if self.COMPUTE_DTYPE not in COMPUTE_DTYPES:
             fail(f"COMPUTE_DTYPE={self.COMPUTE_DTYPE!r}; use one of {COMPUTE_DTYPES}.")
+        jitter = self.IMAGE_SCALE_JITTER
+        if jitter is not None and not (len(jitter) == 2 and 0 < jitter[0] <= jitter[1]):
+            fail(f"IMAGE_SCALE_JITTER={jitter!r}; use None or (low, high) with "
+                 "0 < low <= high.")
         if self.MAX_GT_INSTANCES < 1:
             fail("MAX_GT_INSTANCES must be >= 1.")
         return self

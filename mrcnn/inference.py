@@ -72,18 +72,26 @@ class Detector:
                           image_shape[:2])
 
     def run(self, molded, metas):
-        """The inference graph on one batch of molded images -> dict of NumPy outputs."""
-        if self._predict is None:
-            model = self.keras_model
+        """The inference graph on one batch of molded images -> dict of NumPy outputs.
 
-            @tf.function(jit_compile=False, reduce_retracing=False)
+        Traced once for every image size and batch (dynamic input shapes), so a folder of
+        images of many sizes does not pay a new trace per size."""
+        if self._predict is None:
+            model, config = self.keras_model, self.config
+            signature = [
+                tf.TensorSpec([None, None, None, config.IMAGE_CHANNEL_COUNT], tf.float32),
+                tf.TensorSpec([None, config.IMAGE_META_SIZE], tf.float32),
+                tf.TensorSpec([None, None, 4], tf.float32)]
+
+            @tf.function(jit_compile=False, input_signature=signature)
             def predict(image, meta, anchors):
                 return model({"input_image": image, "input_image_meta": meta,
                               "input_anchors": anchors}, training=False)
             self._predict = predict
         anchors = self.get_anchors(molded.shape[1:])
         anchors = np.broadcast_to(anchors, (len(molded),) + anchors.shape)
-        out = self._predict(tf.constant(molded), tf.constant(metas), tf.constant(anchors))
+        out = self._predict(tf.constant(molded, tf.float32), tf.constant(metas, tf.float32),
+                            tf.constant(anchors, tf.float32))
         return {k: v.numpy() for k, v in out.items()}
 
     def run_graph(self, image):

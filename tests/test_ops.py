@@ -154,3 +154,13 @@ def test_nuclei_normalisation_makes_every_kind_bright_on_dark():
     assert normalize_image(brightfield, None) is brightfield
     with pytest.raises(ValueError, match="unknown image normalisation"):
         normalize_image(brightfield, "zscore")
+
+
+def test_crop_scale_jitter_draws_sides_around_the_fixed_scale():
+    from mrcnn.ops.image import choose_crop
+    rng = np.random.RandomState(0)
+    fixed = {choose_crop((300, 400), 256, 2, rng)[2] for _ in range(5)}
+    assert fixed == {128}
+    sides = [choose_crop((300, 400), 256, 2, rng, (0.5, 2.0))[2] for _ in range(200)]
+    assert 64 <= min(sides) < 90 and 180 < max(sides) <= 256   # scale 1 .. 4
+    assert abs(np.median(np.log(sides)) - np.log(128)) < 0.15  # log-uniform around 2

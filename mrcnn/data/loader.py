@@ -57,7 +57,8 @@ def crop_then_resize(image, mask, class_ids, min_dim, min_scale, rng=None):
 
 def _load_crop(dataset, config, image_id, image, rng):
     """The crop mode: the dataset's windowed masks when it has them, else the full masks."""
-    y, x, side = choose_crop(image.shape, config.IMAGE_MIN_DIM, config.IMAGE_MIN_SCALE, rng)
+    y, x, side = choose_crop(image.shape, config.IMAGE_MIN_DIM, config.IMAGE_MIN_SCALE, rng,
+                             config.IMAGE_SCALE_JITTER)
     windowed = dataset.load_mask_window(image_id, y, x, side, side)
     if windowed is None:
         mask, class_ids = load_full_masks(dataset, image_id, image)

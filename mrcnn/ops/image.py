@@ -49,12 +49,14 @@ def resize_array(array, size, nearest=False):
     return out.astype(dtype)
 
 
-def choose_crop(image_shape, min_dim, min_scale, rng=None):
+def choose_crop(image_shape, min_dim, min_scale, rng=None, scale_jitter=None):
     """The random window of the ``crop`` mode, in original-image pixels.
 
-    The scale is Matterport's (short side >= min_dim, at least min_scale); the window is a
-    square of ceil(min_dim / scale) original pixels, which may run past the bottom/right
-    edge of a smaller image (that part is zero padding).
+    The scale is Matterport's (short side >= min_dim, at least min_scale), times a factor
+    drawn log-uniformly from ``scale_jitter`` = (low, high) when given (scale augmentation:
+    objects are seen at sizes around the inference scale); the window is a square of
+    ceil(min_dim / scale) original pixels, which may run past the bottom/right edge of a
+    smaller image (that part is zero padding).
 
     Returns:
         y, x, side (ints).
@@ -64,7 +66,10 @@ def choose_crop(image_shape, min_dim, min_scale, rng=None):
     scale = max(1.0, min_dim / min(h, w))
     if min_scale and scale < min_scale:
         scale = float(min_scale)
-    side = int(np.ceil(min_dim / scale))
+    if scale_jitter:
+        low, high = (float(v) for v in scale_jitter)
+        scale *= float(np.exp(rng.uniform(np.log(low), np.log(high))))
+    side = max(1, int(np.ceil(min_dim / scale)))
     y = int(rng.randint(0, max(h, side) - side + 1))
     x = int(rng.randint(0, max(w, side) - side + 1))
     return y, x, side
