@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mrcnn import multi_worker
 from mrcnn.atomic import atomic_target
 from mrcnn.data.generator import DataGenerator
 from mrcnn.monitoring import DetectionMetricsCallback
@@ -69,7 +70,11 @@ def find_last_checkpoint(model_dir, name):
 
 
 def distribution_strategy(config):
-    """MirroredStrategy over GPU_COUNT devices (GPUs, else logical CPUs), or the default."""
+    """MultiWorkerMirroredStrategy when TF_CONFIG describes several workers (see
+    :mod:`mrcnn.multi_worker`), else MirroredStrategy over GPU_COUNT devices (GPUs, else
+    logical CPUs), or the default strategy."""
+    if multi_worker.is_multi_worker():
+        return tf.distribute.MultiWorkerMirroredStrategy()
     if config.GPU_COUNT <= 1:
         return tf.distribute.get_strategy()
     gpus = tf.config.list_logical_devices("GPU")
@@ -344,6 +349,13 @@ def fit(keras_model, config, *, strategy, regex, train_bn, train_dataset, val_da
         the keras History of this stage, with ``skipped_images``: the paths of the training
         images that could not be loaded and were skipped.
     """
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return _fit_multi_worker(
+            keras_model, config, strategy=strategy, regex=regex, train_bn=train_bn,
+            train_dataset=train_dataset, learning_rate=learning_rate, epochs=epochs,
+            initial_epoch=initial_epoch, log_dir=log_dir, checkpoint_path=checkpoint_path,
+            optimizer_state=optimizer_state, augmentation=augmentation,
+            time_budget_seconds=time_budget_seconds, seed=seed, verbose=verbose)
     train_gen = DataGenerator(train_dataset, config, shuffle=True, augmentation=augmentation,
                               steps=config.STEPS_PER_EPOCH, seed=seed,
                               workers=max(1, config.WORKERS),
@@ -383,4 +395,37 @@ def fit(keras_model, config, *, strategy, regex, train_bn, train_dataset, val_da
         validation_steps=config.VALIDATION_STEPS if val_gen else None,
         callbacks=callbacks, verbose=verbose)
     history.skipped_images = train_gen.skipper.skipped()
+    return history
+
+
+def _fit_multi_worker(keras_model, config, *, strategy, regex, train_bn, train_dataset,
+                      learning_rate, epochs, initial_epoch, log_dir, checkpoint_path,
+                      optimizer_state, augmentation, time_budget_seconds, seed, verbose):
+    """:func:`fit` across workers (:mod:`mrcnn.multi_worker`): each worker its image shard; the
+    chief alone writes checkpoints, history.csv and TensorBoard scalars. Validation is not
+    run across workers (evaluate the checkpoints instead)."""
+    workers, index, chief = multi_worker.cluster()
+    generator = DataGenerator(train_dataset, config, shuffle=True, augmentation=augmentation,
+                              steps=config.STEPS_PER_EPOCH, seed=seed, shard=(index, workers))
+    with strategy.scope():
+        if not set_trainable(keras_model, regex, train_bn, config.TRAIN_HEAD_BN):
+            raise ValueError(f"the layers regex {regex!r} selects no layer with weights.")
+        keras_model.compile(
+            optimizer=make_optimizer(config, learning_rate,
+                                     initial_epoch * config.STEPS_PER_EPOCH),
+            jit_compile=False)
+        keras_model.optimizer.build(keras_model.trainable_variables)
+        if optimizer_state:
+            restore_optimizer_state(keras_model, optimizer_state)
+    callbacks = [DivergenceGuard(log_dir)]
+    if chief:
+        os.makedirs(log_dir, exist_ok=True)
+        callbacks = [LearningRateLogger()] + callbacks + [
+            keras.callbacks.CSVLogger(os.path.join(log_dir, "history.csv"), append=True),
+            CheckpointCallback(checkpoint_path), EpochSummary()]
+    history = multi_worker.fit_multi_worker(
+        keras_model, config, generator, strategy=strategy, epochs=epochs,
+        initial_epoch=initial_epoch, callbacks=callbacks, log_dir=log_dir,
+        time_budget_seconds=time_budget_seconds, verbose=verbose)
+    history.skipped_images = generator.skipper.skipped()
     return history

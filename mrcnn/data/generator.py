@@ -35,12 +35,16 @@ class DataGenerator(keras.utils.PyDataset):
         steps: batches per epoch (default: one pass over the images).
         seed: seeds the order, crops and RPN sampling.
         workers / use_multiprocessing / max_queue_size: passed to PyDataset.
+        shard: (index, count) — read only images index, index + count, ... (each worker of a
+            multi-worker training its own share).
     """
 
     def __init__(self, dataset, config, shuffle=True, augmentation=None, steps=None, seed=None,
-                 workers=1, use_multiprocessing=False, max_queue_size=10):
+                 workers=1, use_multiprocessing=False, max_queue_size=10, shard=None):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
+        # (index, count): this worker reads images index, index + count, ... (multi-worker)
+        self.shard = shard
         if len(dataset.image_ids) == 0:
             raise ValueError("the dataset has no images; check the dataset folder and subset.")
         if dataset.num_classes != config.NUM_CLASSES:
@@ -65,6 +69,12 @@ class DataGenerator(keras.utils.PyDataset):
         ids = np.array(self.dataset.image_ids)
         rng = np.random.RandomState(None if self.seed is None else self.seed + self.epoch)
         factors = self.dataset.repeat_factors()
+        if self.shard is not None:
+            index, count = self.shard
+            ids, factors = ids[index::count], factors[index::count]
+            if not len(ids):
+                raise ValueError(f"worker {index} of {count} has no image: the dataset has "
+                                 f"{len(self.dataset.image_ids)}")
         if np.any(factors != 1.0):
             counts = np.floor(factors).astype(int)
             counts += rng.rand(len(factors)) < factors - counts

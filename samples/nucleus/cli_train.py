@@ -6,6 +6,7 @@ import os
 import time
 
 from mrcnn import model as modellib
+from mrcnn import multi_worker
 from mrcnn import weights as weights_lib
 from mrcnn.data.augment import default_augmentation
 from mrcnn.modeling.factory import backbone_norm
@@ -151,8 +152,10 @@ def run_train(args):
     if loaded:
         log.info("Loaded %s (continuing at epoch %d)", loaded, model.epoch)
     state = plan_stages(args, config, state if model.epoch else None, from_scratch)
-    save_run_overrides(model.log_dir, overrides)
-    save_run_state(model.log_dir, state)
+    chief = multi_worker.cluster()[2]     # other workers of a cluster write nothing
+    if chief:
+        save_run_overrides(model.log_dir, overrides)
+        save_run_state(model.log_dir, state)
     augmentation = default_augmentation(seed=args.seed) if args.augment == "default" else None
     deadline = time.time() + args.time_budget * 60 if args.time_budget else None
     if state["from_scratch"]:
@@ -179,8 +182,13 @@ def run_train(args):
                               seed=args.seed, verbose=args.verbose)
         skipped.update(history.skipped_images)
         stage["ended_at"] = model.epoch
-        save_run_state(model.log_dir, state)
+        if chief:
+            save_run_state(model.log_dir, state)
     report_skipped(train, skipped)
+    if not chief:
+        print(f"Worker finished after {(time.time() - started) / 60:.1f} min at epoch "
+              f"{model.epoch}; the chief wrote the checkpoints")
+        return model
     print(f"Training finished after {(time.time() - started) / 60:.1f} min at epoch "
           f"{model.epoch}; last checkpoint: {model.find_last()}")
     write_train_summary(args.logs, started, model.epoch)
