@@ -334,6 +334,25 @@ def checkpoint_pattern(log_dir, name):
     return os.path.join(log_dir, f"mask_rcnn_{name.lower()}_{{epoch:04d}}.weights.h5")
 
 
+def _compile_stage(keras_model, config, strategy, regex, train_bn, learning_rate,
+                   initial_epoch, optimizer_state, build=False):
+    """Select the stage's trainable layers and compile a fresh SGD whose schedule starts at
+    the stage's global step, with the momentum of ``optimizer_state`` when resuming. ``build``
+    creates the optimizer's variables now (a custom loop must not create them inside
+    ``strategy.run``)."""
+    with strategy.scope():
+        if not set_trainable(keras_model, regex, train_bn, config.TRAIN_HEAD_BN):
+            raise ValueError(f"the layers regex {regex!r} selects no layer with weights.")
+        keras_model.compile(
+            optimizer=make_optimizer(config, learning_rate,
+                                     initial_epoch * config.STEPS_PER_EPOCH),
+            jit_compile=False)
+        if build:
+            keras_model.optimizer.build(keras_model.trainable_variables)
+        if optimizer_state:
+            restore_optimizer_state(keras_model, optimizer_state)
+
+
 def fit(keras_model, config, *, strategy, regex, train_bn, train_dataset, val_dataset,
         learning_rate, epochs, initial_epoch, log_dir, checkpoint_path, optimizer_state=None,
         augmentation=None, custom_callbacks=None, time_budget_seconds=None, seed=None,
@@ -379,16 +398,8 @@ def fit(keras_model, config, *, strategy, regex, train_bn, train_dataset, val_da
         callbacks.append(TimeBudget(time.time() + time_budget_seconds))
     callbacks += list(custom_callbacks or [])
 
-    with strategy.scope():
-        trainable = set_trainable(keras_model, regex, train_bn, config.TRAIN_HEAD_BN)
-        if not trainable:
-            raise ValueError(f"the layers regex {regex!r} selects no layer with weights.")
-        keras_model.compile(
-            optimizer=make_optimizer(config, learning_rate,
-                                     initial_epoch * config.STEPS_PER_EPOCH),
-            jit_compile=False)
-        if optimizer_state:  # resuming a checkpoint: continue its momentum
-            restore_optimizer_state(keras_model, optimizer_state)
+    _compile_stage(keras_model, config, strategy, regex, train_bn, learning_rate, initial_epoch,
+                   optimizer_state)
     history = keras_model.fit(
         train_gen, initial_epoch=initial_epoch, epochs=epochs,
         steps_per_epoch=config.STEPS_PER_EPOCH, validation_data=val_gen,
@@ -407,16 +418,8 @@ def _fit_multi_worker(keras_model, config, *, strategy, regex, train_bn, train_d
     workers, index, chief = multi_worker.cluster()
     generator = DataGenerator(train_dataset, config, shuffle=True, augmentation=augmentation,
                               steps=config.STEPS_PER_EPOCH, seed=seed, shard=(index, workers))
-    with strategy.scope():
-        if not set_trainable(keras_model, regex, train_bn, config.TRAIN_HEAD_BN):
-            raise ValueError(f"the layers regex {regex!r} selects no layer with weights.")
-        keras_model.compile(
-            optimizer=make_optimizer(config, learning_rate,
-                                     initial_epoch * config.STEPS_PER_EPOCH),
-            jit_compile=False)
-        keras_model.optimizer.build(keras_model.trainable_variables)
-        if optimizer_state:
-            restore_optimizer_state(keras_model, optimizer_state)
+    _compile_stage(keras_model, config, strategy, regex, train_bn, learning_rate, initial_epoch,
+                   optimizer_state, build=True)
     callbacks = [DivergenceGuard(log_dir)]
     if chief:
         os.makedirs(log_dir, exist_ok=True)
