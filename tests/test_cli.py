@@ -124,3 +124,24 @@ def test_compare_writes_table_and_resumes(data_dir, tmp_path):
     stamp = os.path.getmtime(marker)
     nucleus_cli.main(args)                      # resumes: nothing is recomputed
     assert os.path.getmtime(marker) == stamp
+
+
+def test_compare_continues_a_killed_epoch_budgeted_training(tmp_path):
+    from types import SimpleNamespace
+
+    from samples.nucleus.cli_compare import killed_training
+    logs = tmp_path / "logs"
+    run = logs / "nucleus20260101T0000"
+    run.mkdir(parents=True)
+    (run / "run_config.json").write_text("{}")
+    checkpoint = run / "mask_rcnn_nucleus_0003.weights.h5"
+    checkpoint.write_bytes(b"")
+    (run / "mask_rcnn_nucleus_0002.weights.h5").write_bytes(b"")
+    start = os.path.getmtime(run / "run_config.json")
+    os.utime(checkpoint, (start + 600, start + 600))    # trained 10 minutes before the kill
+    found, minutes = killed_training(SimpleNamespace(epochs=12), "resnet50", str(logs))
+    assert found == str(checkpoint) and minutes == pytest.approx(10)
+    # time budgets restart (the killed minutes were spent); the U-Net always restarts
+    assert killed_training(SimpleNamespace(epochs=None), "resnet50", str(logs)) is None
+    assert killed_training(SimpleNamespace(epochs=12), "unet", str(logs)) is None
+    assert killed_training(SimpleNamespace(epochs=12), "resnet50", str(tmp_path / "no")) is None

@@ -4,7 +4,9 @@ on the same validation images; a table, a CSV and a speed-versus-accuracy plot.
 Each model x seed runs in its own subprocess (``train`` then ``evaluate``), so memory is
 measured per model and a killed comparison resumes with the runs not yet done:
 ``<out>/<model>_seed<S>/metrics.json`` marks a finished run, ``train_done.json`` a finished
-training whose evaluation is still missing.
+training whose evaluation is still missing. A Mask R-CNN training killed under ``--epochs``
+continues from its last checkpoint (``train --weights last``: weights, momentum, stage plan);
+under ``--time-budget`` it restarts, since the killed attempt's minutes were spent.
 """
 
 import csv
@@ -20,6 +22,7 @@ import numpy as np
 
 from mrcnn.atomic import atomic_target
 from mrcnn.evaluation import write_json
+from mrcnn.training import find_last
 
 log = logging.getLogger("nucleus")
 
@@ -45,6 +48,19 @@ def _run(cmd, log_path):
                            f"{' '.join(cmd)}")
 
 
+def killed_training(args, model, logs):
+    """``(checkpoint, minutes)`` of an interrupted epoch-budgeted Mask R-CNN training that
+    can continue, or None. The minutes it trained are its newest checkpoint's time minus the
+    time its run folder's config was written."""
+    if not args.epochs or model in ("unet", "otsu"):
+        return None
+    checkpoint = find_last(logs, "nucleus", "mask_rcnn_nucleus_*.weights.h5")
+    config = checkpoint and os.path.join(os.path.dirname(checkpoint), "run_config.json")
+    if not checkpoint or not os.path.exists(config):
+        return None
+    return checkpoint, (os.path.getmtime(checkpoint) - os.path.getmtime(config)) / 60
+
+
 def run_one(args, model, seed, run_dir):
     """Train (unless done) and evaluate one model x seed; returns its metrics dict."""
     metrics_path = os.path.join(run_dir, "metrics.json")
@@ -57,10 +73,16 @@ def run_one(args, model, seed, run_dir):
     log_path = os.path.join(run_dir, "output.log")
     common = ["--dataset", args.dataset]
     if model != "otsu" and not os.path.exists(done_path):
-        shutil.rmtree(run_dir, ignore_errors=True)  # a killed training restarts cleanly
-        os.makedirs(run_dir)
+        killed = killed_training(args, model, logs)
+        if killed:
+            log.info("%s seed %d: continuing the killed training from %s (%.1f min trained)",
+                     model, seed, *killed)
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a killed training restarts cleanly
+            os.makedirs(run_dir)
         cmd = [sys.executable, TRAIN_PY, "train", *common, "--subset", args.subset,
-               "--logs", logs, "--seed", str(seed), "--weights", "none", "--verbose", "2"]
+               "--logs", logs, "--seed", str(seed), "--weights", "last" if killed else "none",
+               "--verbose", "2"]
         if model == "unet":
             cmd += ["--model", "unet"]
         else:  # equal budgets: no periodic detection metrics inside the timed training
@@ -77,7 +99,10 @@ def run_one(args, model, seed, run_dir):
             cmd += ["--set", item]
         _run(cmd, log_path)
         with open(os.path.join(logs, "peak_memory.json")) as f:
-            write_json(done_path, json.load(f))
+            done = json.load(f)
+        if killed:
+            done.update(minutes=done["minutes"] + killed[1], resumed_at_minute=killed[1])
+        write_json(done_path, done)
     os.makedirs(run_dir, exist_ok=True)
     cmd = [sys.executable, TRAIN_PY, "evaluate", *common, "--subset", args.val_subset,
            "--out", metrics_path + ".eval", "--logs", logs,

@@ -42,9 +42,10 @@ class NucleusConfig(Config):
     MINI_MASK_SHAPE = (56, 56)
     PRE_NMS_LIMIT = 6000
     RPN_CONV_CHANNELS = 256
-    # bfloat16 convolutions where the CPU has them natively (float32 on GPUs and older CPUs).
-    # Measured, 60 min from scratch on the 2-core AVX512-BF16 machine: 56 epochs instead of
-    # 44, DSB 0.509 instead of 0.504, and 0.37-0.49 s instead of 0.66 s per validation image.
+    # bfloat16 convolutions where they are faster than float32 (mrcnn.precision: AMD CPUs with
+    # AVX512-BF16, CPUs with AMX, GPUs >= 8.0), float16 on 7.x GPUs, float32 elsewhere.
+    # Measured, 60 min from scratch on the 2-core AMD AVX512-BF16 machine: 56 epochs instead
+    # of 44, DSB 0.509 instead of 0.504, and 0.37-0.49 s instead of 0.66 s per validation image.
     COMPUTE_DTYPE = "auto"
     # TensorBoard: DSB score, AP50 and mask overlays on 4 validation images every 10 epochs.
     EVAL_EVERY_N_EPOCHS = 10
