@@ -12,7 +12,7 @@ from tests.conftest import TinyConfig
 
 class LearnConfig(TinyConfig):
     STEPS_PER_EPOCH = 10
-    LEARNING_RATE_WARMUP_STEPS = 10
+    LEARNING_RATE_WARMUP_STEPS = 50
 
 
 class LearnInferenceConfig(LearnConfig):
@@ -27,9 +27,14 @@ def test_short_training_finds_most_nuclei(tmp_path):
     dataset = SyntheticNucleiDataset().load_synthetic(8, size=128, seed=11)
     dataset.prepare()
     model = modellib.MaskRCNN("training", LearnConfig(), str(tmp_path))
-    history = model.train(dataset, None, 0.02, 60, "all", verbose=0).history
-    assert history["loss"][-1] < history["loss"][0] / 4
-    assert history["mrcnn_mask_loss"][-1] < 0.5 * history["mrcnn_mask_loss"][0]
+    # the CLI's recipe: lr 0.01 after a 50-step warm-up, then a quarter of the steps at lr/10.
+    # At a constant lr 0.02 after 10 warm-up steps, 2 of 5 seeds found under half the nuclei
+    # (1 and 28 of 56; TensorFlow's CPU kernels are not bit-reproducible, so a seed does not
+    # fix the outcome); with this recipe seeds 3-6 found 53-55 of 56.
+    first = model.train(dataset, None, 0.01, 45, "all", verbose=0).history
+    last = model.train(dataset, None, 0.001, 60, "all", verbose=0).history
+    assert last["loss"][-1] < first["loss"][0] / 4
+    assert last["mrcnn_mask_loss"][-1] < 0.5 * first["mrcnn_mask_loss"][0]
 
     infer = modellib.MaskRCNN("inference", LearnInferenceConfig(), str(tmp_path))
     infer.load_weights(infer.find_last())
