@@ -43,9 +43,8 @@ def is_multi_worker():
     return cluster()[0] > 1
 
 
-def _split_for_local_replicas(strategy, batch, per_worker):
-    """The worker's batch split between its local replicas (one per local GPU)."""
-    local = max(1, strategy.num_replicas_in_sync // cluster()[0])
+def _split_for_local_replicas(strategy, batch, per_worker, local):
+    """The worker's batch split between its ``local`` replicas (one per local GPU)."""
     if local == 1:
         return batch
     size = per_worker // local
@@ -72,6 +71,7 @@ def fit_multi_worker(keras_model, config, generator, *, strategy, epochs, initia
     optimizer = model.optimizer
     trackers = list(model.loss_trackers.values())
     workers, _, chief = cluster()
+    local_replicas = max(1, strategy.num_replicas_in_sync // workers)
 
     def replica_step(batch):
         with tf.GradientTape() as tape:
@@ -103,7 +103,8 @@ def fit_multi_worker(keras_model, config, generator, *, strategy, epochs, initia
         total, started = 0.0, time.time()
         for step in range(config.STEPS_PER_EPOCH):
             (batch,) = generator[step]
-            batch = _split_for_local_replicas(strategy, batch, config.BATCH_SIZE)
+            batch = _split_for_local_replicas(strategy, batch, config.BATCH_SIZE,
+                                              local_replicas)
             total += float(train_step(batch))
             callback_list.on_train_batch_end(step, {"loss": total / (step + 1)})
         logs = {"loss": total / config.STEPS_PER_EPOCH}

@@ -43,7 +43,6 @@ class DataGenerator(keras.utils.PyDataset):
                  workers=1, use_multiprocessing=False, max_queue_size=10, shard=None):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
-        # (index, count): this worker reads images index, index + count, ... (multi-worker)
         self.shard = shard
         if len(dataset.image_ids) == 0:
             raise ValueError("the dataset has no images; check the dataset folder and subset.")

@@ -22,7 +22,8 @@ import numpy as np
 
 from mrcnn.atomic import atomic_target
 from mrcnn.evaluation import write_json
-from mrcnn.training import find_last
+from mrcnn.training import find_last_checkpoint
+from samples.nucleus.nucleus import NucleusConfig
 
 log = logging.getLogger("nucleus")
 
@@ -54,9 +55,12 @@ def killed_training(args, model, logs):
     time its run folder's config was written."""
     if not args.epochs or model in ("unet", "otsu"):
         return None
-    checkpoint = find_last(logs, "nucleus", "mask_rcnn_nucleus_*.weights.h5")
-    config = checkpoint and os.path.join(os.path.dirname(checkpoint), "run_config.json")
-    if not checkpoint or not os.path.exists(config):
+    try:
+        checkpoint = find_last_checkpoint(logs, NucleusConfig.NAME)
+    except FileNotFoundError:
+        return None
+    config = os.path.join(os.path.dirname(checkpoint), "run_config.json")
+    if not os.path.exists(config):
         return None
     return checkpoint, (os.path.getmtime(checkpoint) - os.path.getmtime(config)) / 60
 
