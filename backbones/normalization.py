@@ -39,6 +39,51 @@ def group_count(channels, max_groups=MAX_GROUPS):
     return math.gcd(int(max_groups), channels)
 
 
+@keras.saving.register_keras_serializable(package="backbones")
+class FastGroupNormalization(keras.layers.GroupNormalization):
+    """keras.layers.GroupNormalization with the same weights (``gamma``, ``beta`` [C]), config
+    and result, computed from per-channel statistics instead of a 5-D group reshape.
+
+    For a channels-last input x [B, H, W, C] with G groups of C/G channels: the per-channel
+    means over H, W are averaged within each group and broadcast back to [B, C]; the variance
+    likewise (two passes, as ``tf.nn.moments``); then y = x * scale + shift with per-channel
+    ``scale = gamma / sqrt(var + eps)`` and ``shift = beta - mean * scale`` [B, 1, 1, C]. Every
+    big-tensor operation is then a per-channel reduction or broadcast, which TensorFlow's CPU
+    kernels do faster than Keras's reduction over axes (1, 2, 4) of [B, H, W, G, C/G]. Quiet
+    2-core Intel Xeon, float32 (benchmarks/bench_group_norm.py): 3x3 conv + GroupNorm + ReLU
+    on [1, 256, 320, 64] (a nucleus image's C2 at 2x scale) 41 instead of 61 ms (the conv
+    alone 25 ms), with the gradient 116 instead of 146 ms; the trained nucleus model's
+    backbone + FPN 0.257 instead of 0.289 s per val image (detect 0.480 instead of 0.507 s);
+    the nucleus training step on 256 px crops unchanged (0.469 vs 0.479 s). Statistics are
+    computed in float32 under mixed precision. Other ranks or axes fall back to Keras's code.
+    """
+
+    def call(self, inputs):
+        if len(inputs.shape) != 4 or self.axis not in (-1, 3) or inputs.shape[-1] is None:
+            return super().call(inputs)
+        x = keras.ops.cast(inputs, "float32")
+        channels = x.shape[-1]
+        per_group = channels // self.groups
+
+        def group_mean(per_channel):  # [B, C] -> the mean of each group, repeated to [B, C]
+            grouped = keras.ops.reshape(per_channel, (-1, self.groups, per_group))
+            means = keras.ops.mean(grouped, axis=-1, keepdims=True)
+            return keras.ops.reshape(keras.ops.repeat(means, per_group, axis=-1),
+                                     (-1, channels))
+
+        mean = group_mean(keras.ops.mean(x, axis=(1, 2)))
+        centred = keras.ops.square(x - keras.ops.stop_gradient(mean)[:, None, None, :])
+        variance = group_mean(keras.ops.mean(centred, axis=(1, 2)))
+        scale = keras.ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            scale = scale * keras.ops.cast(self.gamma, "float32")
+        shift = -mean * scale
+        if self.center:
+            shift = shift + keras.ops.cast(self.beta, "float32")
+        outputs = x * scale[:, None, None, :] + shift[:, None, None, :]
+        return keras.ops.cast(outputs, self.compute_dtype)
+
+
 def _is_norm(layer):
     return isinstance(layer, (keras.layers.BatchNormalization, keras.layers.GroupNormalization))
 
@@ -51,8 +96,8 @@ def _replacement(layer, channels, norm):
     """A fresh normalisation layer of kind ``norm`` named like ``layer``."""
     epsilon = float(getattr(layer, "epsilon", 1e-3))
     if norm == "group":
-        return keras.layers.GroupNormalization(groups=group_count(channels), epsilon=epsilon,
-                                               name=layer.name)
+        return FastGroupNormalization(groups=group_count(channels), epsilon=epsilon,
+                                      name=layer.name)
     return keras.layers.BatchNormalization(epsilon=epsilon, name=layer.name)
 
 

@@ -77,6 +77,60 @@ def test_every_backbone_honours_every_norm(name):
             assert all(layer.trainable == (norm == "batch") for layer in bns)
 
 
+@pytest.mark.parametrize("shape,groups,dtype", [((2, 9, 7, 24), 8, "float32"),
+                                                ((1, 16, 12, 64), 32, "float32"),
+                                                ((3, 5, 6, 7), 1, "float32"),
+                                                ((2, 8, 8, 48), 16, "mixed_bfloat16")])
+def test_fast_group_norm_equals_keras_group_norm(shape, groups, dtype):
+    """Same output and gradients (input, gamma, beta) as keras.layers.GroupNormalization with
+    the same weights, on inputs far from zero mean (where a one-pass variance would drift)."""
+    import numpy as np
+    import tensorflow as tf
+    rng = np.random.default_rng(0)
+    x = tf.constant((rng.normal(size=shape) * 3 + 20).astype("float32"))
+    reference = keras.layers.GroupNormalization(groups=groups, dtype=dtype)
+    fast = backbones.normalization.FastGroupNormalization(groups=groups, dtype=dtype)
+    reference.build(shape)
+    fast.build(shape)
+    reference.set_weights([rng.normal(size=shape[-1]), rng.normal(size=shape[-1])])
+    fast.set_weights(reference.get_weights())
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        outputs = {name: layer(x) for name, layer in (("ref", reference), ("fast", fast))}
+        losses = {k: tf.reduce_sum(tf.sin(tf.cast(v, "float32"))) for k, v in outputs.items()}
+    assert outputs["fast"].dtype == outputs["ref"].dtype
+    tolerance = 1e-5 if dtype == "float32" else 2e-2
+    np.testing.assert_allclose(np.float32(outputs["fast"]), np.float32(outputs["ref"]),
+                               atol=tolerance * 5)
+    for name in ("x", "gamma", "beta"):
+        wrt = {"x": x, "gamma": None, "beta": None}[name]
+        grads = [tape.gradient(losses[k], wrt if wrt is not None else getattr(layer, name))
+                 for k, layer in (("ref", reference), ("fast", fast))]
+        scale = float(np.abs(grads[0]).max()) + 1.0
+        np.testing.assert_allclose(np.float32(grads[1]), np.float32(grads[0]),
+                                   atol=tolerance * 20 * scale, err_msg=name)
+
+
+def test_group_norm_backbones_use_the_fast_group_norm():
+    _, model = backbones.build_backbone("mobilenet_v2", keras.Input((64, 64, 3)), norm="group")
+    gns = _norm_layers(model, keras.layers.GroupNormalization)
+    assert gns and all(isinstance(layer, backbones.normalization.FastGroupNormalization)
+                       for layer in gns)
+
+
+def test_group_norm_backbone_saves_and_loads_in_safe_mode(tmp_path):
+    import numpy as np
+    inputs = keras.Input((32, 32, 3))
+    _, backbone = backbones.build_backbone("resnet18", inputs, norm="group")
+    model = keras.Model(inputs, backbone.output["C3"])
+    x = np.random.default_rng(0).random((1, 32, 32, 3)).astype("float32")
+    model.save(tmp_path / "gn.keras")
+    loaded = keras.models.load_model(tmp_path / "gn.keras", safe_mode=True)
+    assert any(isinstance(layer, backbones.normalization.FastGroupNormalization)
+               for layer in loaded.layers)
+    np.testing.assert_allclose(loaded(x), model(x), atol=1e-5)
+
+
 def test_group_count_rule():
     assert [backbones.group_count(c) for c in (24, 144, 96, 16, 1280, 64, 2048, 17, 8)] == \
         [8, 16, 32, 16, 32, 32, 32, 1, 8]
