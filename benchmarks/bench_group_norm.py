@@ -84,13 +84,11 @@ def _with_group_norm(name, build):
         normalization.FastGroupNormalization = saved
 
 
-def bench_step(repeats):
+def bench_step(args):
     import bench_nucleus_step
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    dataset = bench_nucleus_step.load_dataset(os.path.join(root, "..", "shared", "data",
-                                                           "dsb2018"))
+    dataset = bench_nucleus_step.load_dataset(args.dataset)
     best = {}
-    for _ in range(repeats):
+    for _ in range(args.repeats):
         for name in IMPLEMENTATIONS:
             seconds, _ = _with_group_norm(name, lambda: bench_nucleus_step.measure(dataset, {}))
             best[name] = min(best.get(name, np.inf), seconds)
@@ -101,13 +99,12 @@ def bench_step(repeats):
 def bench_detect(args):
     """Per-part detect medians (bench_detect_parts.profile) of a trained nucleus run on val
     images, built once with each implementation (the checkpoint's gamma/beta load into both)."""
-    import argparse as _argparse
     import bench_detect_parts
     from samples.nucleus.cli_eval import load_inference_model, load_subset
     dataset, ids = load_subset(args.dataset, "val", args.limit)
     images = [dataset.load_image(i) for i in ids]
-    load_args = _argparse.Namespace(logs=args.logs, weights="last", set=args.set, backbone=None,
-                                    min_confidence=None, dataset=args.dataset)
+    load_args = argparse.Namespace(logs=args.logs, weights="last", set=args.set, backbone=None,
+                                  min_confidence=None, dataset=args.dataset)
     models = {name: _with_group_norm(name, lambda: load_inference_model(load_args))
               for name in IMPLEMENTATIONS}
     best = {}
@@ -130,7 +127,8 @@ def main(argv=None):
     parser.add_argument("--logs", help="--detect: a nucleus run folder parent (--weights last)")
     parser.add_argument("--dataset", default=os.path.join(
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
-        "dsb2018"))
+        "dsb2018"), help="--step, --detect: DSB2018 folder (--step falls back to synthetic "
+                         "nuclei when it is missing)")
     parser.add_argument("--limit", type=int, default=10, help="--detect: val images")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
@@ -142,7 +140,7 @@ def main(argv=None):
     if args.detect:
         bench_detect(args)
     if args.step:
-        bench_step(args.repeats)
+        bench_step(args)
 
 
 if __name__ == "__main__":
