@@ -124,6 +124,54 @@ def test_compare_writes_table_and_resumes(data_dir, tmp_path):
     stamp = os.path.getmtime(marker)
     nucleus_cli.main(args)                      # resumes: nothing is recomputed
     assert os.path.getmtime(marker) == stamp
+    before = json.load(open(marker))
+    os.utime(marker, (stamp - 100, stamp - 100))
+    nucleus_cli.main(args + ["--re-evaluate"])  # evaluated again, same (deterministic) score
+    after = json.load(open(marker))
+    assert os.path.getmtime(marker) > stamp - 100
+    assert after["dsb_score"] == before["dsb_score"]
+
+
+def test_compare_re_evaluate_never_retrains(tmp_path, monkeypatch):
+    """A finished training is only evaluated again; an unfinished one still trains; the old
+    metrics.json survives a failed evaluation."""
+    from types import SimpleNamespace
+
+    from samples.nucleus import cli_compare
+    commands = []
+
+    def fake_run(cmd, log_path):
+        commands.append(cmd[2])                 # "train" or "evaluate"
+        if cmd[2] == "evaluate":
+            if fail_evaluation:
+                raise RuntimeError("evaluation failed")
+            out = cmd[cmd.index("--out") + 1]
+            json.dump({"dsb_score": 0.5}, open(out, "w"))
+        else:
+            logs = cmd[cmd.index("--logs") + 1]
+            os.makedirs(logs, exist_ok=True)
+            json.dump({"minutes": 1.0}, open(os.path.join(logs, "peak_memory.json"), "w"))
+
+    monkeypatch.setattr(cli_compare, "_run", fake_run)
+    args = SimpleNamespace(dataset="d", subset="train", val_subset="val", epochs=2,
+                           time_budget=None, steps_per_epoch=None, set=None, limit=None,
+                           re_evaluate=True)
+    run_dir = tmp_path / "resnet18_seed0"
+    run_dir.mkdir()
+    (run_dir / "train_done.json").write_text('{"minutes": 3.0}')
+    (run_dir / "metrics.json").write_text('{"dsb_score": 0.4}')
+    fail_evaluation = True
+    with pytest.raises(RuntimeError):
+        cli_compare.run_one(args, "resnet18", 0, str(run_dir))
+    assert json.load(open(run_dir / "metrics.json"))["dsb_score"] == 0.4
+    fail_evaluation = False
+    metrics = cli_compare.run_one(args, "resnet18", 0, str(run_dir))
+    assert commands == ["evaluate", "evaluate"]
+    assert metrics["dsb_score"] == 0.5 and metrics["train_minutes"] == 3.0
+    fresh = tmp_path / "mobilenet_seed0"       # not trained yet: --re-evaluate trains it
+    commands.clear()
+    cli_compare.run_one(args, "mobilenet", 0, str(fresh))
+    assert commands == ["train", "evaluate"]
 
 
 def test_compare_continues_a_killed_epoch_budgeted_training(tmp_path):

@@ -7,6 +7,9 @@ measured per model and a killed comparison resumes with the runs not yet done:
 training whose evaluation is still missing. A Mask R-CNN training killed under ``--epochs``
 continues from its last checkpoint (``train --weights last``: weights, momentum, stage plan);
 under ``--time-budget`` it restarts, since the killed attempt's minutes were spent.
+``--re-evaluate`` evaluates finished trainings again (on a quiet machine, for timings that
+do not measure other jobs' load, or after an inference default changed) without retraining;
+each ``metrics.json`` is replaced only once its new evaluation has finished.
 """
 
 import csv
@@ -68,11 +71,12 @@ def killed_training(args, model, logs):
 def run_one(args, model, seed, run_dir):
     """Train (unless done) and evaluate one model x seed; returns its metrics dict."""
     metrics_path = os.path.join(run_dir, "metrics.json")
-    if os.path.exists(metrics_path):
+    done_path = os.path.join(run_dir, "train_done.json")
+    trained = model == "otsu" or os.path.exists(done_path)
+    if os.path.exists(metrics_path) and not (getattr(args, "re_evaluate", False) and trained):
         log.info("%s seed %d: already done, skipped", model, seed)
         with open(metrics_path) as f:
             return json.load(f)
-    done_path = os.path.join(run_dir, "train_done.json")
     logs = os.path.join(run_dir, "logs")
     log_path = os.path.join(run_dir, "output.log")
     common = ["--dataset", args.dataset]
@@ -280,4 +284,8 @@ def add_compare_arguments(parser):
     parser.add_argument("--limit", type=int, default=None, help="evaluate on N images only")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="config override passed to every Mask R-CNN run")
+    parser.add_argument("--re-evaluate", action="store_true",
+                        help="evaluate the finished trainings of the listed models and seeds "
+                             "again (scores, and timings on a quiet machine) instead of "
+                             "skipping them; nothing is retrained")
     parser.add_argument("--out", default="results/compare")
