@@ -196,12 +196,14 @@ def plot(path, summary):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 5))
-    for model, s in summary.items():
+    markers = "osD^vP*Xph"
+    for i, (model, s) in enumerate(summary.items()):
         x, xs, _ = s["seconds_per_image"]
         y, ys, n = s["dsb_score"]
-        ax.errorbar(x, y, xerr=xs if n > 1 else None, yerr=ys if n > 1 else None, fmt="o",
-                    capsize=3)
-        ax.annotate(model, (x, y), textcoords="offset points", xytext=(5, 5))
+        label = f"{model} ({n} seeds)" if n > 1 else model
+        ax.errorbar(x, y, xerr=xs if n > 1 else None, yerr=ys if n > 1 else None,
+                    fmt=markers[i % len(markers)], capsize=3, label=label)
+    ax.legend(fontsize="small", loc="best")  # a legend, since close points' labels overlap
     ax.set_xscale("log")
     ax.set_xlabel("inference seconds per image (median, CPU)")
     ax.set_ylabel("DSB2018 score (validation)")
