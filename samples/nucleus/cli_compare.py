@@ -73,14 +73,14 @@ def run_one(args, model, seed, run_dir):
     metrics_path = os.path.join(run_dir, "metrics.json")
     done_path = os.path.join(run_dir, "train_done.json")
     trained = model == "otsu" or os.path.exists(done_path)
-    if os.path.exists(metrics_path) and not (getattr(args, "re_evaluate", False) and trained):
+    if os.path.exists(metrics_path) and not (args.re_evaluate and trained):
         log.info("%s seed %d: already done, skipped", model, seed)
         with open(metrics_path) as f:
             return json.load(f)
     logs = os.path.join(run_dir, "logs")
     log_path = os.path.join(run_dir, "output.log")
     common = ["--dataset", args.dataset]
-    if model != "otsu" and not os.path.exists(done_path):
+    if not trained:
         killed = killed_training(args, model, logs)
         if killed:
             log.info("%s seed %d: continuing the killed training from %s (%.1f min trained)",
