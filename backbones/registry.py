@@ -1,22 +1,29 @@
 """The backbone registry: register_backbone / build_backbone / list_backbones."""
 
+import logging
+import re
+
 import keras
 
 from backbones.normalization import NORMS, apply_norm
 from backbones.spec import BackboneSpec
 from backbones.weights_io import load_weights_by_name
 
+log = logging.getLogger(__name__)
+
 _REGISTRY = {}
 
 
 def register_backbone(name, *, taps, strides=(4, 8, 16, 32), channels=None, stage_regex=None,
-                      input_scale=1.0, norm=None):
+                      input_scale=1.0, norm=None, residual_norms=None):
     """Decorator registering ``builder(input_tensor, *, train_bn, weights) -> keras.Model``.
 
     ``weights`` is None or "imagenet" (a builder without ImageNet weights raises); local
     weight files are loaded by :func:`build_backbone`. The builder may use any normalisation
-    layers (BatchNorm usually); :func:`build_backbone` swaps them for the caller's choice. ``norm`` fixes that choice for this name (the
-    ``resnet18_gn`` style); leave it None.
+    layers (BatchNorm usually); :func:`build_backbone` swaps them for the caller's choice.
+    ``norm`` fixes that choice for this name (the ``resnet18_gn`` style); leave it None.
+    ``residual_norms`` is a regex of the normalisation layers ending each residual branch
+    (``bn\\d[a-z]+_branch2c`` for a bottleneck ResNet), for ``zero_init_residual``.
 
     Example::
 
@@ -41,7 +48,8 @@ def register_backbone(name, *, taps, strides=(4, 8, 16, 32), channels=None, stag
     def decorator(builder):
         _REGISTRY[key] = BackboneSpec(key, builder, dict(taps), tuple(strides),
                                       tuple(channels) if channels else None,
-                                      dict(stage_regex or {}), float(input_scale), norm)
+                                      dict(stage_regex or {}), float(input_scale), norm,
+                                      residual_norms)
         return builder
     return decorator
 
@@ -92,7 +100,8 @@ def resolve_norm(spec, norm):
     return spec.norm
 
 
-def build_backbone(name_or_callable, input_tensor, *, norm=None, train_bn=False, weights=None):
+def build_backbone(name_or_callable, input_tensor, *, norm=None, train_bn=False, weights=None,
+                   zero_init_residual=False):
     """Build a backbone on ``input_tensor``.
 
     Args:
@@ -105,14 +114,20 @@ def build_backbone(name_or_callable, input_tensor, *, norm=None, train_bn=False,
         weights: None, "imagenet" (downloaded through keras.applications' own path), or a
             local HDF5 path loaded by layer name (before the normalisation is swapped, so
             the file's own normalisation layers load).
+        zero_init_residual: from scratch (``weights`` None), start the scale (gamma) of the
+            normalisation ending each residual branch (``spec.residual_norms``) at zero, so
+            every residual block starts as the identity (Goyal et al. 2017, "Accurate, Large
+            Minibatch SGD", 5.1; torchvision's ``zero_init_residual``). A backbone that
+            declares no residual norms (DenseNet, MobileNet) is built unchanged.
 
     Returns:
         (spec, keras.Model) with outputs {"C2": [B, H/4, W/4, c2], ..., "C5": [B, H/32, ...]},
         whose layer names do not depend on ``norm``.
 
     Raises:
-        ValueError: unknown backbone or norm, a builder that returns the wrong outputs, or
-            a backbone whose normalisation cannot be swapped.
+        ValueError: unknown backbone or norm, a builder that returns the wrong outputs, a
+            backbone whose normalisation cannot be swapped, or ``zero_init_residual`` with the
+            untrainable "frozen" norm (a zero scale that never trains would cut the branch).
     """
     spec = get_backbone_spec(name_or_callable)
     if norm is None and spec.norm is None:
@@ -128,7 +143,32 @@ def build_backbone(name_or_callable, input_tensor, *, norm=None, train_bn=False,
                          "dict with keys C2, C3, C4, C5.")
     if local_file:
         load_weights_by_name(model, weights)
-    return spec, apply_norm(model, norm, spec.name)
+    model = apply_norm(model, norm, spec.name)
+    if zero_init_residual and weights is None:
+        if norm == "frozen":
+            raise ValueError(f"backbone {spec.name!r}: zero_init_residual needs a trainable "
+                             "normalisation ('group' or 'batch'), not 'frozen'.")
+        zero_residual_scales(model, spec)
+    return spec, model
+
+
+def zero_residual_scales(model, spec):
+    """Set gamma to 0 in every normalisation layer of ``model`` named by
+    ``spec.residual_norms``. Returns the names changed (empty when none are declared)."""
+    if not spec.residual_norms:
+        log.info("backbone %s declares no residual norms; zero_init_residual changes nothing",
+                 spec.name)
+        return []
+    pattern = re.compile(spec.residual_norms)
+    changed = []
+    for layer in model.layers:
+        if pattern.fullmatch(layer.name) and getattr(layer, "gamma", None) is not None:
+            layer.gamma.assign(keras.ops.zeros_like(layer.gamma))
+            changed.append(layer.name)
+    if not changed:
+        raise ValueError(f"backbone {spec.name!r}: residual_norms {spec.residual_norms!r} "
+                         "matches no normalisation layer with a scale.")
+    return changed
 
 
 def model_from_taps(app, taps, name):

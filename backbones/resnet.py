@@ -109,12 +109,15 @@ _ENTRIES = {
     101: ({"C2": "res2c_out", "C3": "res3d_out", "C4": "res4w_out", "C5": "res5c_out"},
           (256, 512, 1024, 2048)),
 }
+# The norm ending each residual branch (added to the shortcut): 2c in a bottleneck, 2b in a
+# basic block.
+_RESIDUAL_NORMS = {"basic": r"bn\d[a-z]+_branch2b", "bottleneck": r"bn\d[a-z]+_branch2c"}
 for _depth, (_taps, _channels) in _ENTRIES.items():
-    register_backbone(f"resnet{_depth}", taps=_taps, channels=_channels,
-                      stage_regex=_STAGES)(_build(_depth))
+    register_backbone(f"resnet{_depth}", taps=_taps, channels=_channels, stage_regex=_STAGES,
+                      residual_norms=_RESIDUAL_NORMS[_LAYOUT[_depth][0]])(_build(_depth))
 # The GroupNorm names of earlier releases: the same backbone with norm "group" fixed, so runs
 # saved as resnet18_gn / resnet50_gn load unchanged. Any backbone takes BACKBONE_NORM="group".
 for _depth in (18, 50):
     register_backbone(f"resnet{_depth}_gn", taps=_ENTRIES[_depth][0],
-                      channels=_ENTRIES[_depth][1], stage_regex=_STAGES,
-                      norm="group")(_build(_depth))
+                      channels=_ENTRIES[_depth][1], stage_regex=_STAGES, norm="group",
+                      residual_norms=_RESIDUAL_NORMS[_LAYOUT[_depth][0]])(_build(_depth))

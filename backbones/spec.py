@@ -22,6 +22,9 @@ class BackboneSpec:
             match the value range the pretrained weights expect.
         norm: the normalisation this name always uses (``"group"`` for ``resnet18_gn``, kept
             so that runs saved under those names load unchanged), or None: the caller chooses.
+        residual_norms: regex (full match) of the normalisation layers that end a residual
+            branch, i.e. whose output is added to a shortcut; their scale (gamma) starts at
+            zero under ``zero_init_residual``. None: the backbone has none or declares none.
     """
 
     name: str
@@ -32,6 +35,7 @@ class BackboneSpec:
     stage_regex: Dict[str, str] = dataclasses.field(default_factory=dict)
     input_scale: float = 1.0
     norm: Optional[str] = None
+    residual_norms: Optional[str] = None
 
     def stage_layers_regex(self, stage):
         """The regex of the backbone layers trained from ``stage`` ("3+", "4+", "5+") on.

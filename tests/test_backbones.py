@@ -5,6 +5,7 @@ import math
 import re
 
 import keras
+import numpy as np
 import pytest
 
 import backbones
@@ -155,6 +156,56 @@ def test_gn_names_are_group_norm_aliases():
     alone = gn(a, training=True)["C3"]
     together = gn(np.concatenate([a, b]), training=True)["C3"][:1]
     np.testing.assert_allclose(alone, together, atol=1e-4)
+
+
+def _zero_gamma_names(model):
+    return [layer.name for layer in model.layers if getattr(layer, "gamma", None) is not None
+            and not np.any(keras.ops.convert_to_numpy(layer.gamma))]
+
+
+@pytest.mark.parametrize("name, blocks", [("resnet18", 8), ("resnet50", 16)])
+def test_zero_init_residual_starts_every_block_as_the_identity(name, blocks):
+    """Zeroed gamma in exactly the norm ending each residual branch (one per block), none
+    elsewhere, under "group" and "batch"; so a block's output equals its (non-negative) input:
+    res2b_out == res2a_out. (Probed under "batch", whose graph is the builder's own: the
+    "group" graph is a clone sharing the other layers, whose ``.output`` is the first graph's.)"""
+    _, grouped = backbones.build_backbone(name, keras.Input((64, 64, 3)), norm="group",
+                                          zero_init_residual=True)
+    image = keras.Input((64, 64, 3))
+    _, batch = backbones.build_backbone(name, image, norm="batch", zero_init_residual=True)
+    for model in (grouped, batch):
+        zeroed = _zero_gamma_names(model)
+        assert len(zeroed) == blocks
+        assert all(re.fullmatch(r"bn\d[a-z]_branch2[bc]", n) for n in zeroed), zeroed
+    probe = keras.Model(image, [batch.get_layer("res2a_out").output,
+                                batch.get_layer("res2b_out").output])
+    first, second = probe(np.random.default_rng(0).normal(size=(1, 64, 64, 3)))
+    assert np.any(keras.ops.convert_to_numpy(first) > 0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(second),
+                               keras.ops.convert_to_numpy(first), rtol=1e-6)
+    _, plain = backbones.build_backbone(name, keras.Input((64, 64, 3)), norm="group")
+    assert not _zero_gamma_names(plain)
+
+
+def test_zero_init_residual_refuses_frozen_norm_and_skips_plain_backbones():
+    with pytest.raises(ValueError, match="zero_init_residual needs a trainable"):
+        backbones.build_backbone("resnet18", keras.Input((64, 64, 3)), norm="frozen",
+                                 zero_init_residual=True)
+    # DenseNet adds no shortcut: nothing to zero, every gamma stays 1.
+    _, model = backbones.build_backbone("densenet121", keras.Input((64, 64, 3)), norm="group",
+                                        zero_init_residual=True)
+    assert not _zero_gamma_names(model)
+
+
+def test_config_zero_init_residual_reaches_the_training_model():
+    from mrcnn.modeling.factory import build_maskrcnn
+    from tests.conftest import TinyConfig
+
+    config = TinyConfig()
+    config.BACKBONE, config.BACKBONE_NORM, config.BACKBONE_ZERO_INIT_RESIDUAL = \
+        "resnet18", "group", True
+    model = build_maskrcnn(config.validate(), "training")
+    assert _zero_gamma_names(model) == [f"bn{s}{b}_branch2b" for s in "2345" for b in "ab"]
 
 
 def test_unknown_norm_is_refused():

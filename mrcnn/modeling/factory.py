@@ -46,6 +46,7 @@ def maskrcnn_kwargs(config, mode, backbone_weights=None):
         backbone=config.BACKBONE,
         backbone_weights=backbone_weights,
         backbone_norm=backbone_norm(config),
+        backbone_zero_init_residual=bool(config.BACKBONE_ZERO_INIT_RESIDUAL),
         image_channels=int(config.IMAGE_CHANNEL_COUNT),
         image_meta_size=int(config.IMAGE_META_SIZE),
         num_classes=int(config.NUM_CLASSES),

@@ -137,6 +137,7 @@ def build_maskrcnn_graph(*, compute_dtype="float32", **kwargs):
 
 
 def _build_graph(*, mode, backbone, backbone_weights, backbone_norm, image_channels,
+                 backbone_zero_init_residual=False,
                  image_meta_size, num_classes, top_down_pyramid_size, mask_head_channels,
                  rpn_conv_channels, anchor_scales, anchor_ratios, anchor_strides, anchor_stride,
                  rpn_nms_threshold, pre_nms_limit, post_nms_rois, rpn_bbox_std_dev,
@@ -163,7 +164,8 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm, image_chann
     inputs = _inputs(image_channels, image_meta_size, training, max_gt_instances, gt_mask_shape)
     image, meta = inputs["input_image"], inputs["input_image_meta"]
     _, trunk = backbones.build_backbone(backbone, image, norm=backbone_norm,
-                                        weights=backbone_weights)
+                                        weights=backbone_weights,
+                                        zero_init_residual=backbone_zero_init_residual)
     c = trunk.output
     pyramid = build_fpn(c["C2"], c["C3"], c["C4"], c["C5"], top_down_pyramid_size)
     rpn_class_logits, rpn_probs, rpn_bbox = RPNHead(
