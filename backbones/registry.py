@@ -15,7 +15,8 @@ _REGISTRY = {}
 
 
 def register_backbone(name, *, taps, strides=(4, 8, 16, 32), channels=None, stage_regex=None,
-                      input_scale=1.0, norm=None, residual_norms=None):
+                      input_scale=1.0, norm=None, residual_norms=None,
+                      zero_init_residual=None):
     """Decorator registering ``builder(input_tensor, *, train_bn, weights) -> keras.Model``.
 
     ``weights`` is None or "imagenet" (a builder without ImageNet weights raises); local
@@ -23,7 +24,8 @@ def register_backbone(name, *, taps, strides=(4, 8, 16, 32), channels=None, stag
     layers (BatchNorm usually); :func:`build_backbone` swaps them for the caller's choice.
     ``norm`` fixes that choice for this name (the ``resnet18_gn`` style); leave it None.
     ``residual_norms`` is a regex of the normalisation layers ending each residual branch
-    (``bn\\d[a-z]+_branch2c`` for a bottleneck ResNet), for ``zero_init_residual``.
+    (``bn\\d[a-z]+_branch2c`` for a bottleneck ResNet), for ``zero_init_residual``;
+    ``zero_init_residual=True`` makes zeroing them this backbone's from-scratch default.
 
     Example::
 
@@ -44,12 +46,14 @@ def register_backbone(name, *, taps, strides=(4, 8, 16, 32), channels=None, stag
         raise ValueError(f"backbone {key!r}: taps must name C2, C3, C4 and C5, got {sorted(taps)}")
     if norm is not None and norm not in NORMS:
         raise ValueError(f"backbone {key!r}: norm must be one of {NORMS} or None, got {norm!r}")
+    if zero_init_residual and not residual_norms:
+        raise ValueError(f"backbone {key!r}: zero_init_residual needs residual_norms")
 
     def decorator(builder):
         _REGISTRY[key] = BackboneSpec(key, builder, dict(taps), tuple(strides),
                                       tuple(channels) if channels else None,
                                       dict(stage_regex or {}), float(input_scale), norm,
-                                      residual_norms)
+                                      residual_norms, bool(zero_init_residual))
         return builder
     return decorator
 
@@ -101,7 +105,7 @@ def resolve_norm(spec, norm):
 
 
 def build_backbone(name_or_callable, input_tensor, *, norm=None, train_bn=False, weights=None,
-                   zero_init_residual=False):
+                   zero_init_residual=None):
     """Build a backbone on ``input_tensor``.
 
     Args:
@@ -117,8 +121,10 @@ def build_backbone(name_or_callable, input_tensor, *, norm=None, train_bn=False,
         zero_init_residual: from scratch (``weights`` None), start the scale (gamma) of the
             normalisation ending each residual branch (``spec.residual_norms``) at zero, so
             every residual block starts as the identity (Goyal et al. 2017, "Accurate, Large
-            Minibatch SGD", 5.1; torchvision's ``zero_init_residual``). A backbone that
-            declares no residual norms (DenseNet, MobileNet) is built unchanged.
+            Minibatch SGD", 5.1; torchvision's ``zero_init_residual``). None: the backbone's
+            own default (``spec.zero_init_residual``, True for ResNet-50/101), applied only
+            under a trainable norm. A backbone that declares no residual norms (DenseNet,
+            MobileNet) is built unchanged.
 
     Returns:
         (spec, keras.Model) with outputs {"C2": [B, H/4, W/4, c2], ..., "C5": [B, H/32, ...]},
@@ -144,6 +150,8 @@ def build_backbone(name_or_callable, input_tensor, *, norm=None, train_bn=False,
     if local_file:
         load_weights_by_name(model, weights)
     model = apply_norm(model, norm, spec.name)
+    if zero_init_residual is None:
+        zero_init_residual = spec.zero_init_residual and norm != "frozen"
     if zero_init_residual and weights is None:
         if norm == "frozen":
             raise ValueError(f"backbone {spec.name!r}: zero_init_residual needs a trainable "

@@ -25,6 +25,8 @@ class BackboneSpec:
         residual_norms: regex (full match) of the normalisation layers that end a residual
             branch, i.e. whose output is added to a shortcut; their scale (gamma) starts at
             zero under ``zero_init_residual``. None: the backbone has none or declares none.
+        zero_init_residual: whether ``zero_init_residual=None`` (the default) zeroes those
+            scales when training from scratch: the backbone's measured recommendation.
     """
 
     name: str
@@ -36,6 +38,7 @@ class BackboneSpec:
     input_scale: float = 1.0
     norm: Optional[str] = None
     residual_norms: Optional[str] = None
+    zero_init_residual: bool = False
 
     def stage_layers_regex(self, stage):
         """The regex of the backbone layers trained from ``stage`` ("3+", "4+", "5+") on.

@@ -112,8 +112,9 @@ class Config:
     TRAIN_BN = False
     # From scratch only: the backbone's last normalisation in each residual branch starts with
     # scale 0, so every residual block starts as the identity (the ResNets; backbones without
-    # residual norms are unchanged; not with the untrainable "frozen" norm).
-    BACKBONE_ZERO_INIT_RESIDUAL = False
+    # residual norms are unchanged; True refuses the untrainable "frozen" norm). None: the
+    # backbone's own default (on for ResNet-50/101 under a trainable norm, else off).
+    BACKBONE_ZERO_INIT_RESIDUAL = None
     # BatchNorm inside the heads (mrcnn_*_bn*). Off by default, whatever TRAIN_BN says: the
     # heads' training batches (sampled ROIs, 1/3 positive) differ from their inference batches
     # (proposals, detections), so batch statistics learnt in training mislead inference. Off,
@@ -213,9 +214,10 @@ class Config:
         if self.BACKBONE_NORM is not None and self.BACKBONE_NORM not in NORMS:
             fail(f"BACKBONE_NORM={self.BACKBONE_NORM!r}; use one of {NORMS} or None "
                  "(follow TRAIN_BN).")
-        if not isinstance(self.BACKBONE_ZERO_INIT_RESIDUAL, (bool, np.bool_)):
-            fail(f"BACKBONE_ZERO_INIT_RESIDUAL={self.BACKBONE_ZERO_INIT_RESIDUAL!r}; use True "
-                 "or False (true/false on the command line).")
+        if self.BACKBONE_ZERO_INIT_RESIDUAL not in (None, True, False):
+            fail(f"BACKBONE_ZERO_INIT_RESIDUAL={self.BACKBONE_ZERO_INIT_RESIDUAL!r}; use None "
+                 "(the backbone's default), True or False (null/true/false on the command "
+                 "line).")
         if self.IMAGE_NORMALIZATION not in IMAGE_NORMALIZATIONS:
             fail(f"IMAGE_NORMALIZATION={self.IMAGE_NORMALIZATION!r}; use one of "
                  f"{IMAGE_NORMALIZATIONS}.")

@@ -183,8 +183,25 @@ def test_zero_init_residual_starts_every_block_as_the_identity(name, blocks):
     assert np.any(keras.ops.convert_to_numpy(first) > 0)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(second),
                                keras.ops.convert_to_numpy(first), rtol=1e-6)
-    _, plain = backbones.build_backbone(name, keras.Input((64, 64, 3)), norm="group")
+    _, plain = backbones.build_backbone(name, keras.Input((64, 64, 3)), norm="group",
+                                        zero_init_residual=False)
     assert not _zero_gamma_names(plain)
+
+
+def test_zero_init_residual_default_is_the_backbones_own():
+    """None (the default): on for the bottleneck ResNets under a trainable norm, off for the
+    basic-block ones and under "frozen"; True/False override it."""
+    def zeroed(name, norm, choice=None):
+        _, model = backbones.build_backbone(name, keras.Input((64, 64, 3)), norm=norm,
+                                            zero_init_residual=choice)
+        return len(_zero_gamma_names(model))
+
+    assert zeroed("resnet50", "group") == 16 and zeroed("resnet101", "batch") == 33
+    assert zeroed("resnet50", "frozen") == 0 and zeroed("resnet50", "group", False) == 0
+    assert zeroed("resnet18", "group") == 0 and zeroed("resnet18", "group", True) == 8
+    with pytest.raises(ValueError, match="zero_init_residual needs residual_norms"):
+        backbones.register_backbone("no_norms", taps={c: c for c in ("C2", "C3", "C4", "C5")},
+                                    zero_init_residual=True)
 
 
 def test_zero_init_residual_refuses_frozen_norm_and_skips_plain_backbones():

@@ -36,7 +36,7 @@ def test_computed_fields_and_display(capsys):
     ("MASK_SHAPE", [56, 56], "twice MASK_POOL_SIZE"),
     ("LOSS_WEIGHTS", {"mask": 1.0}, "unknown keys"),
     ("DETECTION_MAX_INSTANCES", 1000, "POST_NMS_ROIS_INFERENCE"),
-    ("BACKBONE_ZERO_INIT_RESIDUAL", "False", "true/false"),
+    ("BACKBONE_ZERO_INIT_RESIDUAL", "False", "null/true/false"),
 ])
 def test_validate_rejects(field, value, message):
     config = TinyConfig()
