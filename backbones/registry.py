@@ -16,7 +16,7 @@ _REGISTRY = {}
 
 def register_backbone(name, *, taps, strides=(4, 8, 16, 32), channels=None, stage_regex=None,
                       input_scale=1.0, norm=None, residual_norms=None,
-                      zero_init_residual=None):
+                      zero_init_residual=False):
     """Decorator registering ``builder(input_tensor, *, train_bn, weights) -> keras.Model``.
 
     ``weights`` is None or "imagenet" (a builder without ImageNet weights raises); local
