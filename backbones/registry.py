@@ -156,27 +156,30 @@ def build_backbone(name_or_callable, input_tensor, *, norm=None, train_bn=False,
         if norm == "frozen":
             raise ValueError(f"backbone {spec.name!r}: zero_init_residual needs a trainable "
                              "normalisation ('group' or 'batch'), not 'frozen'.")
-        zero_residual_scales(model, spec)
+        _zero_residual_scales(model, spec)
     return spec, model
 
 
-def zero_residual_scales(model, spec):
+def _zero_residual_scales(model, spec):
     """Set gamma to 0 in every normalisation layer of ``model`` named by
-    ``spec.residual_norms``. Returns the names changed (empty when none are declared)."""
+    ``spec.residual_norms`` (nothing when none are declared).
+
+    Raises:
+        ValueError: the declared regex matches no normalisation layer with a scale.
+    """
     if not spec.residual_norms:
         log.info("backbone %s declares no residual norms; zero_init_residual changes nothing",
                  spec.name)
-        return []
+        return
     pattern = re.compile(spec.residual_norms)
-    changed = []
+    zeroed = 0
     for layer in model.layers:
         if pattern.fullmatch(layer.name) and getattr(layer, "gamma", None) is not None:
             layer.gamma.assign(keras.ops.zeros_like(layer.gamma))
-            changed.append(layer.name)
-    if not changed:
+            zeroed += 1
+    if not zeroed:
         raise ValueError(f"backbone {spec.name!r}: residual_norms {spec.residual_norms!r} "
                          "matches no normalisation layer with a scale.")
-    return changed
 
 
 def model_from_taps(app, taps, name):

@@ -136,9 +136,9 @@ def build_maskrcnn_graph(*, compute_dtype="float32", **kwargs):
         keras.config.set_dtype_policy(previous)
 
 
-def _build_graph(*, mode, backbone, backbone_weights, backbone_norm, image_channels,
-                 backbone_zero_init_residual=None,
-                 image_meta_size, num_classes, top_down_pyramid_size, mask_head_channels,
+def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
+                 backbone_zero_init_residual=None, image_channels, image_meta_size,
+                 num_classes, top_down_pyramid_size, mask_head_channels,
                  rpn_conv_channels, anchor_scales, anchor_ratios, anchor_strides, anchor_stride,
                  rpn_nms_threshold, pre_nms_limit, post_nms_rois, rpn_bbox_std_dev,
                  bbox_std_dev, fc_layers_size, pool_size, mask_pool_size, mask_shape,
