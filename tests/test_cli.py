@@ -174,6 +174,16 @@ def test_compare_re_evaluate_never_retrains(tmp_path, monkeypatch):
     assert commands == ["train", "evaluate"]
 
 
+def test_compare_plans_seeds_from_the_first_seed():
+    from samples.nucleus.cli_compare import planned_runs
+    assert planned_runs(["resnet18", "otsu"], 2) == [("resnet18", 0), ("otsu", 0),
+                                                      ("resnet18", 1)]
+    assert planned_runs(["resnet18", "otsu", "unet"], 2, first_seed=1) == [
+        ("resnet18", 1), ("unet", 1), ("resnet18", 2), ("unet", 2)]
+    with pytest.raises(ValueError, match="first-seed"):
+        planned_runs(["resnet18"], 1, first_seed=-1)
+
+
 def test_compare_continues_a_killed_epoch_budgeted_training(tmp_path):
     from types import SimpleNamespace
 

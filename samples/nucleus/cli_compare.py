@@ -242,17 +242,25 @@ def parse_models(text):
     return models
 
 
+def planned_runs(models, seeds, first_seed=0):
+    """[(model, seed)] for seeds ``first_seed .. first_seed + seeds - 1``, seed-major (every
+    model's first seed before any second one). Otsu is deterministic: it runs under seed 0
+    only, and not at all when the seeds start later."""
+    if seeds < 1 or first_seed < 0:
+        raise ValueError(f"--seeds {seeds} --first-seed {first_seed}: need at least one seed "
+                         "and a first seed >= 0")
+    return [(model, seed) for seed in range(first_seed, first_seed + seeds)
+            for model in models if not (model == "otsu" and seed > 0)]
+
+
 def run_compare(args):
     models = parse_models(args.models)
     if not args.time_budget and not args.epochs:
         raise ValueError("give --time-budget MINUTES or --epochs N so every model gets the "
                          "same budget")
     os.makedirs(args.out, exist_ok=True)
-    for seed in range(args.seeds):
-        for model in models:
-            if model == "otsu" and seed > 0:
-                continue  # deterministic: a second seed would repeat the first
-            run_one(args, model, seed, os.path.join(args.out, f"{model}_seed{seed}"))
+    for model, seed in planned_runs(models, args.seeds, getattr(args, "first_seed", 0)):
+        run_one(args, model, seed, os.path.join(args.out, f"{model}_seed{seed}"))
     rows = finished_rows(args.out)
     with atomic_target(os.path.join(args.out, "results.csv"), ".csv.tmp") as tmp, \
             open(tmp, "w", newline="") as f:
@@ -283,6 +291,9 @@ def add_compare_arguments(parser):
                         help="seeds 0..N-1 per model; the table covers every finished run in "
                              "--out, so a second call with more seeds for a few models adds "
                              "them")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds S..S+N-1 instead of 0..N-1: add seed 1 to a table whose "
+                             "seed 0 ran elsewhere, or split the seeds between machines")
     parser.add_argument("--limit", type=int, default=None, help="evaluate on N images only")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="config override passed to every Mask R-CNN run")
