@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from mrcnn.config import anchor_settings, inference_resize_mode
 from mrcnn.ops.anchors import tf_generate_pyramid_anchors
+from mrcnn.ops.image import HAEMATOXYLIN_FROM_OD, HAEMATOXYLIN_MIN_RANGE, STAIN_COLOUR_THRESHOLD
 
 FORMATS = ("saved_model", "onnx")
 _LITERT = ("its graph needs CropAndResize (ROIAlign) and InvertPermutation, which are not "
@@ -55,17 +56,37 @@ def _percentile(values, q):
     return tf.gather(values, low) * (1.0 - frac) + tf.gather(values, high) * frac
 
 
-def _normalize_nuclei(image):
-    """TF twin of ``normalize_image(image, "nuclei")`` on float [H, W, 3] -> float [H, W, 3]."""
-    gray = tf.reduce_mean(image, axis=-1)
-    sample = tf.cond(tf.size(gray) > (1 << 16), lambda: gray[::4, ::4], lambda: gray)
-    sample = tf.reshape(sample, [-1])
-    invert = _percentile(sample, 50.0) > 127.5
-    gray = tf.where(invert, 255.0 - gray, gray)
-    sample = tf.where(invert, 255.0 - sample, sample)
+def _stretch(values, sample, min_range):
+    """TF twin of ``mrcnn.ops.image._stretch`` (float result, floored like the uint8 cast)."""
     low, high = _percentile(sample, 1.0), _percentile(sample, 99.8)
-    out = tf.floor(tf.clip_by_value((gray - low) * (255.0 / tf.maximum(high - low, 1.0)),
-                                    0.0, 255.0))
+    return tf.floor(tf.clip_by_value((values - low) * (255.0 / tf.maximum(high - low, min_range)),
+                                     0.0, 255.0))
+
+
+def _normalize_nuclei(image, stain=False):
+    """TF twin of ``normalize_image(image, "nuclei" or, with stain, "nuclei_stain")`` on
+    float [H, W, 3] -> float [H, W, 3]."""
+    gray = tf.reduce_mean(image, axis=-1)
+    big = tf.size(gray) > (1 << 16)
+    sample = tf.cond(big, lambda: gray[::4, ::4], lambda: gray)
+    flat = tf.reshape(sample, [-1])
+    bright = _percentile(flat, 50.0) > 127.5
+
+    def grey_path():
+        return _stretch(tf.where(bright, 255.0 - gray, gray),
+                        tf.where(bright, 255.0 - flat, flat), 1.0)
+    if stain:
+        rgb = tf.cond(big, lambda: image[::4, ::4], lambda: image)
+        colourful = tf.reduce_mean(tf.abs(rgb - sample[..., None])) > STAIN_COLOUR_THRESHOLD
+        weights = tf.constant(HAEMATOXYLIN_FROM_OD, tf.float32)
+
+        def stain_path():
+            haematoxylin = tf.tensordot(-tf.math.log((image + 1.0) / 256.0), weights, 1)
+            h_sample = tf.cond(big, lambda: haematoxylin[::4, ::4], lambda: haematoxylin)
+            return _stretch(haematoxylin, tf.reshape(h_sample, [-1]), HAEMATOXYLIN_MIN_RANGE)
+        out = tf.cond(tf.logical_and(bright, colourful), stain_path, grey_path)
+    else:
+        out = grey_path()
     return tf.repeat(out[..., None], 3, axis=-1)
 
 
@@ -106,8 +127,8 @@ class _ServingGraph:
         image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]),
                         lambda: image[..., :3])
         image = tf.cast(image, tf.float32)
-        if self.normalization == "nuclei":
-            image = _normalize_nuclei(image)
+        if self.normalization in ("nuclei", "nuclei_stain"):
+            image = _normalize_nuclei(image, stain=self.normalization == "nuclei_stain")
         shape = tf.shape(image)
         h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
         scale = self._scale(h, w)

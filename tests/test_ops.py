@@ -156,6 +156,57 @@ def test_nuclei_normalisation_makes_every_kind_bright_on_dark():
         normalize_image(brightfield, "zscore")
 
 
+def _stained_section(size=64):
+    """An H&E-like image by Beer-Lambert from the stain vectors: a haematoxylin-rich nucleus
+    (rows/cols 20:40), eosin-rich tissue (rows 44:), faint stain elsewhere; and both masks."""
+    from mrcnn.ops.image import _STAIN_VECTORS
+    vectors = _STAIN_VECTORS / np.linalg.norm(_STAIN_VECTORS, axis=1, keepdims=True)
+    amounts = np.full((size, size, 3), 0.02)
+    nucleus = np.zeros((size, size), bool)
+    nucleus[20:40, 20:40] = True
+    tissue = np.zeros((size, size), bool)
+    tissue[44:] = True
+    amounts[nucleus] = (1.0, 0.2, 0.0)
+    amounts[tissue] = (0.05, 0.9, 0.0)
+    noise = np.random.RandomState(0).uniform(0, 3, (size, size, 3))
+    image = np.clip(255 * np.exp(-amounts @ vectors) + noise, 0, 255).astype(np.uint8)
+    return image, nucleus, tissue
+
+
+def test_stain_normalisation_keeps_eosin_tissue_dark():
+    image, nucleus, tissue = _stained_section()
+    grey = normalize_image(image, "nuclei")[..., 0].astype(float)
+    stain = normalize_image(image, "nuclei_stain")
+    assert stain.dtype == np.uint8 and stain.shape == image.shape
+    assert (stain[..., 0] == stain[..., 1]).all()
+    stain = stain[..., 0].astype(float)
+    # inverted grey: the eosin tissue is half as bright as the nucleus; haematoxylin: dark
+    assert grey[tissue].mean() > 0.4 * grey[nucleus].mean()
+    assert stain[nucleus].mean() > 200 and stain[tissue].mean() < 0.1 * stain[nucleus].mean()
+    assert stain[~(nucleus | tissue)].mean() < 20
+    # grey images (fluorescence, brightfield) are normalised exactly as under "nuclei"
+    rng = np.random.RandomState(1)
+    for background, blob in ((5, 40), (210, 90)):
+        gray = np.full((64, 64), background) + rng.randint(0, 5, (64, 64))
+        gray[20:40, 20:40] = blob
+        rgb = gray[..., None].repeat(3, -1).astype(np.uint8)
+        np.testing.assert_array_equal(normalize_image(rgb, "nuclei_stain"),
+                                      normalize_image(rgb, "nuclei"))
+
+
+@pytest.mark.parametrize("mode", ["nuclei", "nuclei_stain"])
+def test_exported_normalisation_matches_numpy(mode):
+    from mrcnn.export import _normalize_nuclei
+    stained = _stained_section()[0]
+    large = np.tile(stained, (5, 5, 1))                     # > 65536 pixels: subsampled stats
+    gray = (np.random.RandomState(2).rand(48, 40) * 60).astype(np.uint8)
+    for image in (stained, large, np.repeat(gray[..., None], 3, -1)):
+        expected = normalize_image(image, mode).astype(int)
+        got = _normalize_nuclei(tf.constant(image, tf.float32), stain=mode == "nuclei_stain")
+        diff = np.abs(got.numpy().astype(int) - expected)
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
 def test_crop_scale_jitter_draws_sides_around_the_fixed_scale():
     from mrcnn.ops.image import choose_crop
     rng = np.random.RandomState(0)

@@ -215,7 +215,28 @@ def to_rgb_uint8(image, channels=3):
     return image
 
 
-IMAGE_NORMALIZATIONS = (None, "nuclei")
+IMAGE_NORMALIZATIONS = (None, "nuclei", "nuclei_stain")
+
+# Stain optical-density vectors of haematoxylin, eosin and DAB in RGB (Ruifrok & Johnston,
+# "Quantification of histochemical staining by color deconvolution", 2001), rows normalised;
+# column 0 of the inverse turns a pixel's optical density into its haematoxylin amount.
+_STAIN_VECTORS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+HAEMATOXYLIN_FROM_OD = np.linalg.inv(
+    _STAIN_VECTORS / np.linalg.norm(_STAIN_VECTORS, axis=1, keepdims=True))[:, 0]
+# A colour image deviates from its own grey by more than this (mean over pixels and channels,
+# grey levels): stained histology; fluorescence and brightfield images stay well below it.
+STAIN_COLOUR_THRESHOLD = 5.0
+# The smallest haematoxylin spread (optical density) stretched to the full 0..255; an image
+# with less stain is stretched by at most 255 / this (the grey path's floor is 1 grey level).
+HAEMATOXYLIN_MIN_RANGE = 0.05
+
+
+def _stretch(values, sample, min_range):
+    """Percentile stretch (1st -> 0, 99.8th -> 255 of ``sample``; a spread below
+    ``min_range`` is not amplified beyond it) to uint8."""
+    low, high = np.percentile(sample, (1.0, 99.8))
+    stretched = (values - low) * (255.0 / max(float(high - low), min_range))
+    return np.clip(stretched, 0, 255).astype(np.uint8)
 
 
 def normalize_image(image, mode):
@@ -229,22 +250,33 @@ def normalize_image(image, mode):
             and 99.8th percentiles become 0 and 255 (StarDist's normalisation). Every image
             kind then shows bright nuclei on a dark background, so what the network learns
             on the many fluorescence images carries over to the rare kinds.
+        "nuclei_stain": as "nuclei", except for stained colour images (colourful, see
+            STAIN_COLOUR_THRESHOLD, on a bright background): there the haematoxylin amount
+            from colour deconvolution (optical density -log((I + 1) / 256) times
+            HAEMATOXYLIN_FROM_OD) is stretched instead of the inverted grey, so eosin-stained
+            tissue, dark in grey, stays dark while the nuclei turn bright.
 
     Returns:
-        uint8 [H, W, C], every channel equal under "nuclei".
+        uint8 [H, W, C], every channel equal under both "nuclei" modes.
     """
     if mode is None:
         return image
-    if mode != "nuclei":
+    if mode not in IMAGE_NORMALIZATIONS:
         raise ValueError(f"unknown image normalisation {mode!r}; use one of "
                          f"{IMAGE_NORMALIZATIONS}")
-    gray = image[..., :3].astype(np.float32).mean(axis=-1) if image.ndim == 3 \
-        else image.astype(np.float32)
-    sample = gray[::4, ::4] if gray.size > 1 << 16 else gray
-    if np.median(sample) > 127.5:
-        gray, sample = 255.0 - gray, 255.0 - sample
-    low, high = np.percentile(sample, (1.0, 99.8))
-    stretched = (gray - low) * (255.0 / max(float(high - low), 1.0))
-    out = np.clip(stretched, 0, 255).astype(np.uint8)
+    rgb = image[..., :3].astype(np.float32) if image.ndim == 3 \
+        else image.astype(np.float32)[..., None]
+    gray = rgb.mean(axis=-1)
+    step = 4 if gray.size > 1 << 16 else 1
+    sample = gray[::step, ::step]
+    bright_background = np.median(sample) > 127.5
+    if mode == "nuclei_stain" and bright_background and rgb.shape[-1] == 3 and \
+            np.abs(rgb[::step, ::step] - sample[..., None]).mean() > STAIN_COLOUR_THRESHOLD:
+        haematoxylin = -np.log((rgb + 1.0) / 256.0) @ HAEMATOXYLIN_FROM_OD.astype(np.float32)
+        out = _stretch(haematoxylin, haematoxylin[::step, ::step], HAEMATOXYLIN_MIN_RANGE)
+    else:
+        if bright_background:
+            gray, sample = 255.0 - gray, 255.0 - sample
+        out = _stretch(gray, sample, 1.0)
     channels = image.shape[-1] if image.ndim == 3 else 1
     return np.repeat(out[..., None], channels, axis=-1)
