@@ -67,11 +67,32 @@ def test_saved_model_runs_without_mrcnn_and_matches_detect(tmp_path, trained_dir
         expected = model.detect([image])[0]
         assert len(expected["scores"]) > 0
         assert served[f"boxes{i}"].dtype == np.int32 and (served[f"class_ids{i}"] == 1).all()
-        np.testing.assert_array_equal(served[f"boxes{i}"], expected["rois"])
-        np.testing.assert_allclose(served[f"scores{i}"], expected["scores"], atol=1e-3)
-        masks = np.moveaxis(served[f"masks{i}"], 0, -1)
-        assert masks.shape == expected["masks"].shape
-        assert (masks != expected["masks"]).mean() < 1e-3
+        _assert_same_detections(served, i, expected, ExportConfig.DETECTION_MIN_CONFIDENCE)
+
+
+def _assert_same_detections(served, i, expected, threshold, atol=1e-3):
+    """Every detection has an identical box with a score within ``atol`` on the other side,
+    masks equal but for < 0.1 % of pixels. Scores may differ by up to ``atol`` (the two run
+    separately built graphs), so near-tied detections may swap ranks and one scored within
+    ``atol`` of ``threshold`` may be kept on one side only; any other difference fails."""
+    boxes, scores = served[f"boxes{i}"], served[f"scores{i}"]
+    masks = np.moveaxis(served[f"masks{i}"], 0, -1)
+    assert masks.shape[:2] == expected["masks"].shape[:2]
+    unused, pairs, unmatched = list(range(len(boxes))), [], []
+    for k, box in enumerate(expected["rois"]):
+        j = next((j for j in unused if (boxes[j] == box).all()
+                  and abs(scores[j] - expected["scores"][k]) <= atol), None)
+        if j is None:
+            unmatched.append(expected["scores"][k])
+        else:
+            unused.remove(j)
+            pairs.append((j, k))
+    unmatched += [scores[j] for j in unused]
+    assert all(abs(s - threshold) <= atol for s in unmatched), (unmatched, boxes,
+                                                               expected["rois"])
+    assert len(pairs) >= max(1, len(expected["rois"]) - 1)
+    ours, theirs = zip(*pairs)
+    assert (masks[..., list(ours)] != expected["masks"][..., list(theirs)]).mean() < 1e-3
 
 
 @pytest.mark.slow
