@@ -159,8 +159,7 @@ def test_nuclei_normalisation_makes_every_kind_bright_on_dark():
 def _stained_section(size=64):
     """An H&E-like image by Beer-Lambert from the stain vectors: a haematoxylin-rich nucleus
     (rows/cols 20:40), eosin-rich tissue (rows 44:), faint stain elsewhere; and both masks."""
-    from mrcnn.ops.image import _STAIN_VECTORS
-    vectors = _STAIN_VECTORS / np.linalg.norm(_STAIN_VECTORS, axis=1, keepdims=True)
+    from mrcnn.ops.image import STAIN_VECTORS
     amounts = np.full((size, size, 3), 0.02)
     nucleus = np.zeros((size, size), bool)
     nucleus[20:40, 20:40] = True
@@ -169,7 +168,7 @@ def _stained_section(size=64):
     amounts[nucleus] = (1.0, 0.2, 0.0)
     amounts[tissue] = (0.05, 0.9, 0.0)
     noise = np.random.RandomState(0).uniform(0, 3, (size, size, 3))
-    image = np.clip(255 * np.exp(-amounts @ vectors) + noise, 0, 255).astype(np.uint8)
+    image = np.clip(255 * np.exp(-amounts @ STAIN_VECTORS) + noise, 0, 255).astype(np.uint8)
     return image, nucleus, tissue
 
 

@@ -220,12 +220,18 @@ IMAGE_NORMALIZATIONS = (None, "nuclei", "nuclei_stain")
 # Stain optical-density vectors of haematoxylin, eosin and DAB in RGB (Ruifrok & Johnston,
 # "Quantification of histochemical staining by color deconvolution", 2001), rows normalised;
 # column 0 of the inverse turns a pixel's optical density into its haematoxylin amount.
-_STAIN_VECTORS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-HAEMATOXYLIN_FROM_OD = np.linalg.inv(
-    _STAIN_VECTORS / np.linalg.norm(_STAIN_VECTORS, axis=1, keepdims=True))[:, 0]
-# A colour image deviates from its own grey by more than this (mean over pixels and channels,
-# grey levels): stained histology; fluorescence and brightfield images stay well below it.
+_RAW_STAIN_VECTORS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+STAIN_VECTORS = _RAW_STAIN_VECTORS / np.linalg.norm(_RAW_STAIN_VECTORS, axis=1, keepdims=True)
+HAEMATOXYLIN_FROM_OD = np.linalg.inv(STAIN_VECTORS)[:, 0]
+# A colour image deviates from its own grey by more than this (colour_deviation, grey
+# levels): stained histology; fluorescence and brightfield images stay well below it.
 STAIN_COLOUR_THRESHOLD = 5.0
+
+
+def colour_deviation(rgb):
+    """Mean absolute difference between each channel and the pixel's grey, over float
+    [H, W, 3]: 0 for a grey image, about 15-35 for DSB2018's stained histology."""
+    return float(np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean())
 # The smallest haematoxylin spread (optical density) stretched to the full 0..255; an image
 # with less stain is stretched by at most 255 / this (the grey path's floor is 1 grey level).
 HAEMATOXYLIN_MIN_RANGE = 0.05
@@ -271,7 +277,7 @@ def normalize_image(image, mode):
     sample = gray[::step, ::step]
     bright_background = np.median(sample) > 127.5
     if mode == "nuclei_stain" and bright_background and rgb.shape[-1] == 3 and \
-            np.abs(rgb[::step, ::step] - sample[..., None]).mean() > STAIN_COLOUR_THRESHOLD:
+            colour_deviation(rgb[::step, ::step]) > STAIN_COLOUR_THRESHOLD:
         haematoxylin = -np.log((rgb + 1.0) / 256.0) @ HAEMATOXYLIN_FROM_OD.astype(np.float32)
         out = _stretch(haematoxylin, haematoxylin[::step, ::step], HAEMATOXYLIN_MIN_RANGE)
     else:

@@ -259,7 +259,7 @@ def run_compare(args):
         raise ValueError("give --time-budget MINUTES or --epochs N so every model gets the "
                          "same budget")
     os.makedirs(args.out, exist_ok=True)
-    for model, seed in planned_runs(models, args.seeds, getattr(args, "first_seed", 0)):
+    for model, seed in planned_runs(models, args.seeds, args.first_seed):
         run_one(args, model, seed, os.path.join(args.out, f"{model}_seed{seed}"))
     rows = finished_rows(args.out)
     with atomic_target(os.path.join(args.out, "results.csv"), ".csv.tmp") as tmp, \

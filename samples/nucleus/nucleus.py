@@ -8,6 +8,7 @@ import numpy as np
 
 from mrcnn.config import Config
 from mrcnn.data.dataset import Dataset, read_image_file
+from mrcnn.ops.image import STAIN_COLOUR_THRESHOLD, colour_deviation
 
 log = logging.getLogger("nucleus")
 
@@ -75,7 +76,7 @@ INFERENCE_FIELDS = {"RPN_NMS_THRESHOLD": NucleusInferenceConfig.RPN_NMS_THRESHOL
 def image_kind(image):
     """'histology' (colour), 'brightfield' (light background) or 'fluorescence' (dark)."""
     rgb = image[..., :3].astype(np.float32)
-    if np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean() > 5:
+    if colour_deviation(rgb) > STAIN_COLOUR_THRESHOLD:
         return "histology"
     return "brightfield" if np.median(rgb) > 127 else "fluorescence"
 
