@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from mrcnn.config import Config
-from mrcnn.data.augment import apply_augmentation, default_augmentation
+from mrcnn.data.augment import (apply_augmentation, colour_augmentation, default_augmentation,
+                                make_augmentation)
 from mrcnn.data.dataset import Dataset
 from mrcnn.data.generator import DataGenerator
 from mrcnn.data.loader import load_image_gt
@@ -69,6 +70,31 @@ def test_albumentations_keeps_masks_aligned():
     assert out_mask[2:6, 2:12].all()
     aug_image, aug_mask = apply_augmentation(default_augmentation(seed=1), image, mask)
     assert aug_mask.sum() == mask.sum() and aug_image.shape == image.shape
+
+
+def test_colour_augmentation_moves_masks_with_the_image_and_changes_colours():
+    # A red L-shaped nucleus on a dark background: every draw must keep the mask on the
+    # nucleus (a dihedral copy of it, where the image differs most from the background), and
+    # over 40 draws the colour step must invert some crops and reorder the channels of others.
+    image = np.full((64, 64, 3), 10, np.uint8)
+    mask = np.zeros((64, 64, 1), bool)
+    mask[8:40, 8:24] = mask[32:40, 8:48] = True
+    image[mask[..., 0]] = (220, 60, 30)
+    dihedral = [np.rot90(m, k) for m in (mask[..., 0], mask[::-1, :, 0]) for k in range(4)]
+    augment = colour_augmentation(seed=5)
+    inverted = reordered = 0
+    for _ in range(40):
+        out, out_mask = apply_augmentation(augment, image, mask)
+        assert any((out_mask[..., 0] == d).all() for d in dihedral)
+        inside = out[out_mask[..., 0]].astype(float).mean(0)
+        outside = out[~out_mask[..., 0]].astype(float).mean(0)
+        assert np.abs(inside - outside).max() > 40          # the nucleus is still where the mask is
+        inverted += outside.mean() > inside.mean()
+        reordered += int(np.argmax(inside) != 0)
+    assert inverted >= 2 and reordered >= 2
+    assert make_augmentation("none") is None
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        make_augmentation("fancy")
 
 
 def test_callable_augmentation_and_shape_change_error():

@@ -95,3 +95,30 @@ def default_augmentation(seed=None):
                                  p=1.0),
            A.GaussianBlur(sigma_limit=(0.0, 5.0), p=1.0)]
     return A.Compose([A.SomeOf(ops, n=2, replace=False, p=1.0)], seed=seed)
+
+
+def colour_augmentation(seed=None):
+    """Matterport's nucleus augmentation (:func:`default_augmentation`), then, on half of the
+    crops, one colour change that keeps the RGB input: channel shuffle, inversion (dark nuclei on
+    a bright background become bright on dark, so fluorescence and brightfield images teach each
+    other), grey, or a hue/saturation shift (other stains). Masks are untouched by the colour
+    step; image and masks keep their shapes."""
+    import albumentations as A
+    colour = [A.ChannelShuffle(p=1.0), A.InvertImg(p=1.0), A.ToGray(p=1.0),
+              A.HueSaturationValue(hue_shift_limit=20, sat_shift_limit=30, val_shift_limit=0,
+                                   p=1.0)]
+    geometry_and_light = default_augmentation().transforms[0]
+    return A.Compose([geometry_and_light, A.OneOf(colour, p=0.5)], seed=seed)
+
+
+
+# The command line's --augment choices.
+AUGMENTATIONS = {"default": default_augmentation, "colour": colour_augmentation, "none": None}
+
+
+def make_augmentation(name, seed=None):
+    """The augmentation called ``name`` in :data:`AUGMENTATIONS` (None for "none")."""
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {name!r}; use one of {sorted(AUGMENTATIONS)}")
+    factory = AUGMENTATIONS[name]
+    return factory(seed=seed) if factory else None

@@ -8,7 +8,7 @@ import time
 from mrcnn import model as modellib
 from mrcnn import multi_worker
 from mrcnn import weights as weights_lib
-from mrcnn.data.augment import default_augmentation
+from mrcnn.data.augment import AUGMENTATIONS, make_augmentation
 from mrcnn.modeling.factory import backbone_norm
 from mrcnn.training import find_last_checkpoint
 from samples.nucleus.cli_common import (load_run_overrides, load_run_state, load_train_val,
@@ -156,7 +156,7 @@ def run_train(args):
     if chief:
         save_run_overrides(model.log_dir, overrides)
         save_run_state(model.log_dir, state)
-    augmentation = default_augmentation(seed=args.seed) if args.augment == "default" else None
+    augmentation = make_augmentation(args.augment, seed=args.seed)
     deadline = time.time() + args.time_budget * 60 if args.time_budget else None
     if state["from_scratch"]:
         log.info("From scratch: a heads-only stage over a random backbone is pointless, so all "
@@ -229,7 +229,9 @@ def add_train_arguments(parser):
     parser.add_argument("--balance-kinds", action="store_true",
                         help="oversample the rare image kinds (histology, brightfield) by "
                              "repeat-factor sampling, factor sqrt(0.5 / kind fraction)")
-    parser.add_argument("--augment", choices=("default", "none"), default="default")
+    parser.add_argument("--augment", choices=sorted(AUGMENTATIONS), default="default",
+                        help="default: Matterport's nucleus augmentation; colour: that plus "
+                             "a colour change on half of the crops; none")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override any config field, e.g. --set IMAGE_MIN_SCALE=1")

@@ -5,7 +5,7 @@ import logging
 import os
 import time
 
-from mrcnn.data.augment import default_augmentation
+from mrcnn.data.augment import make_augmentation
 from mrcnn.training import find_last
 from mrcnn.unet import UNetPredictor, train_unet
 from mrcnn.unet.train import MODEL_FILE
@@ -37,7 +37,7 @@ def unet_predictor(args):
 def run_train_unet(args):
     train, val = load_train_val(args)
     out_dir = os.path.join(args.logs, f"unet{datetime.datetime.now():%Y%m%dT%H%M}")
-    augmentation = default_augmentation(seed=args.seed) if args.augment == "default" else None
+    augmentation = make_augmentation(args.augment, seed=args.seed)
     started = time.time()
     log.info("U-Net (%s) on %d images, checkpoints and TensorBoard in %s", args.unet_variant,
              len(train.image_ids), out_dir)
