@@ -67,8 +67,8 @@ def _normalize_nuclei(image, stain=False):
     """TF twin of ``normalize_image(image, "nuclei" or, with stain, "nuclei_stain")`` on
     float [H, W, 3] -> float [H, W, 3]."""
     gray = tf.reduce_mean(image, axis=-1)
-    big = tf.size(gray) > (1 << 16)
-    sample = tf.cond(big, lambda: gray[::4, ::4], lambda: gray)
+    step = tf.where(tf.size(gray) > (1 << 16), 4, 1)     # statistics of every 4th pixel
+    sample = gray[::step, ::step]
     flat = tf.reshape(sample, [-1])
     bright = _percentile(flat, 50.0) > 127.5
 
@@ -76,13 +76,13 @@ def _normalize_nuclei(image, stain=False):
         return _stretch(tf.where(bright, 255.0 - gray, gray),
                         tf.where(bright, 255.0 - flat, flat), 1.0)
     if stain:
-        rgb = tf.cond(big, lambda: image[::4, ::4], lambda: image)
+        rgb = image[::step, ::step]
         colourful = tf.reduce_mean(tf.abs(rgb - sample[..., None])) > STAIN_COLOUR_THRESHOLD
         weights = tf.constant(HAEMATOXYLIN_FROM_OD, tf.float32)
 
         def stain_path():
             haematoxylin = tf.tensordot(-tf.math.log((image + 1.0) / 256.0), weights, 1)
-            h_sample = tf.cond(big, lambda: haematoxylin[::4, ::4], lambda: haematoxylin)
+            h_sample = haematoxylin[::step, ::step]
             return _stretch(haematoxylin, tf.reshape(h_sample, [-1]), HAEMATOXYLIN_MIN_RANGE)
         out = tf.cond(tf.logical_and(bright, colourful), stain_path, grey_path)
     else:
