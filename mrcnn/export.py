@@ -90,6 +90,17 @@ def _normalize_nuclei(image, stain=False):
     return tf.repeat(out[..., None], 3, axis=-1)
 
 
+def normalize_image_tf(image, mode):
+    """TF twin of :func:`mrcnn.ops.image.normalize_image` on float [H, W, 3] -> float
+    [H, W, 3] (values 0-255, floored like the uint8 result)."""
+    if mode == "stretch":
+        step = tf.where(tf.size(image[..., 0]) > (1 << 16), 4, 1)
+        return _stretch(image, tf.reshape(image[::step, ::step], [-1]), 1.0)
+    if mode in ("nuclei", "nuclei_stain"):
+        return _normalize_nuclei(image, stain=mode == "nuclei_stain")
+    return image
+
+
 class _ServingGraph:
     """The molding / network / unmolding graph of one inference config."""
 
@@ -127,8 +138,7 @@ class _ServingGraph:
         image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]),
                         lambda: image[..., :3])
         image = tf.cast(image, tf.float32)
-        if self.normalization in ("nuclei", "nuclei_stain"):
-            image = _normalize_nuclei(image, stain=self.normalization == "nuclei_stain")
+        image = normalize_image_tf(image, self.normalization)
         shape = tf.shape(image)
         h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
         scale = self._scale(h, w)

@@ -193,15 +193,35 @@ def test_stain_normalisation_keeps_eosin_tissue_dark():
                                       normalize_image(rgb, "nuclei"))
 
 
-@pytest.mark.parametrize("mode", ["nuclei", "nuclei_stain"])
+def test_stretch_normalisation_brightens_dim_images_and_keeps_hue():
+    rng = np.random.RandomState(0)
+    # a dim fluorescence image: background 2-5, nuclei 40-60 (of 255)
+    dim = (rng.randint(2, 6, (64, 64)))
+    dim[20:40, 20:40] = rng.randint(40, 61, (20, 20))
+    dim = dim[..., None].repeat(3, -1).astype(np.uint8)
+    out = normalize_image(dim, "stretch")
+    assert out.dtype == np.uint8 and out.shape == dim.shape
+    low, high = np.percentile(dim, (1.0, 99.8))
+    expected = np.clip((dim.astype(np.float32) - low) * (255.0 / (high - low)), 0, 255)
+    np.testing.assert_array_equal(out, expected.astype(np.uint8))
+    assert out[20:40, 20:40].mean() > 150 and out[:10].mean() < 15
+    # a stained section keeps its hue order (one linear map for all channels)
+    stained = _stained_section()[0]
+    out = normalize_image(stained, "stretch").astype(int)
+    nucleus = stained[25, 25].astype(int)
+    assert list(np.argsort(out[25, 25])) == list(np.argsort(nucleus))
+    assert out[25, 25, 2] - out[25, 25, 0] >= nucleus[2] - nucleus[0]
+
+
+@pytest.mark.parametrize("mode", ["stretch", "nuclei", "nuclei_stain"])
 def test_exported_normalisation_matches_numpy(mode):
-    from mrcnn.export import _normalize_nuclei
+    from mrcnn.export import normalize_image_tf
     stained = _stained_section()[0]
     large = np.tile(stained, (5, 5, 1))                     # > 65536 pixels: subsampled stats
     gray = (np.random.RandomState(2).rand(48, 40) * 60).astype(np.uint8)
     for image in (stained, large, np.repeat(gray[..., None], 3, -1)):
         expected = normalize_image(image, mode).astype(int)
-        got = _normalize_nuclei(tf.constant(image, tf.float32), stain=mode == "nuclei_stain")
+        got = normalize_image_tf(tf.constant(image, tf.float32), mode)
         diff = np.abs(got.numpy().astype(int) - expected)
         assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 

@@ -215,7 +215,7 @@ def to_rgb_uint8(image, channels=3):
     return image
 
 
-IMAGE_NORMALIZATIONS = (None, "nuclei", "nuclei_stain")
+IMAGE_NORMALIZATIONS = (None, "stretch", "nuclei", "nuclei_stain")
 
 # Stain optical-density vectors of haematoxylin, eosin and DAB in RGB (Ruifrok & Johnston,
 # "Quantification of histochemical staining by color deconvolution", 2001), rows normalised;
@@ -251,6 +251,10 @@ def normalize_image(image, mode):
 
     Modes:
         None: unchanged.
+        "stretch": colour kept; every channel mapped by the same linear stretch, so that the
+            1st and 99.8th percentiles of all the image's channel values become 0 and 255.
+            Dim exposures (a fluorescence image whose brightest nucleus is 60 of 255) and
+            washed-out ones look alike to the network; hues are unchanged.
         "nuclei": grayscale, inverted when the background is bright (median above mid-grey:
             brightfield and H&E histology, where nuclei are dark), then stretched so the 1st
             and 99.8th percentiles become 0 and 255 (StarDist's normalisation). Every image
@@ -274,6 +278,8 @@ def normalize_image(image, mode):
         else image.astype(np.float32)[..., None]
     gray = rgb.mean(axis=-1)
     step = 4 if gray.size > 1 << 16 else 1
+    if mode == "stretch":
+        return _stretch(image.astype(np.float32), rgb[::step, ::step], 1.0)
     sample = gray[::step, ::step]
     bright_background = np.median(sample) > 127.5
     if mode == "nuclei_stain" and bright_background and rgb.shape[-1] == 3 and \
