@@ -72,10 +72,11 @@ class Config:
     IMAGE_SCALE_JITTER = None
     IMAGE_CHANNEL_COUNT = 3
     # Per-image intensity normalisation before resizing, in training and inference alike
-    # (mrcnn.ops.image.normalize_image): None, "stretch" (colour kept, one percentile stretch
-    # of all channels, so dim and bright exposures look alike), "nuclei" (grayscale, dark background,
-    # percentile stretch) or "nuclei_stain" (the same, but stained colour images give their
-    # haematoxylin channel from colour deconvolution instead of the inverted grey).
+    # (mrcnn.ops.image.normalize_image): None, "stretch" (colour kept, one percentile
+    # stretch of all channels, so dim and bright exposures look alike), "nuclei" (grayscale,
+    # dark background, percentile stretch) or "nuclei_stain" (the same, but stained colour
+    # images give their haematoxylin channel from colour deconvolution instead of the
+    # inverted grey).
     IMAGE_NORMALIZATION = None
     MEAN_PIXEL = np.array([123.7, 116.8, 103.9])
 
