@@ -111,7 +111,6 @@ def colour_augmentation(seed=None):
     return A.Compose([geometry_and_light, A.OneOf(colour, p=0.5)], seed=seed)
 
 
-
 # The command line's --augment choices.
 AUGMENTATIONS = {"default": default_augmentation, "colour": colour_augmentation, "none": None}
 
