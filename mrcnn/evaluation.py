@@ -88,6 +88,22 @@ def evaluate_dataset(dataset, predict, image_ids=None, warmup=1, group_fn=None,
     return out
 
 
+def with_exposure(predict, factor):
+    """``predict`` on every image with its pixel values multiplied by ``factor`` (rounded and
+    clipped to the range of an integer dtype, which is kept): how much a model's score depends
+    on the exposure it was trained on (factor 0.5 = half the light)."""
+    def predict_exposed(image):
+        image = np.asarray(image)
+        exposed = image.astype(np.float64) * factor
+        if np.issubdtype(image.dtype, np.integer):
+            info = np.iinfo(image.dtype)
+            exposed = np.clip(np.round(exposed), info.min, info.max)
+        return predict(exposed.astype(image.dtype))
+    if hasattr(predict, "num_params"):
+        predict_exposed.num_params = predict.num_params
+    return predict_exposed
+
+
 def format_metrics(metrics):
     """One human-readable block of the headline numbers."""
     lines = [f"images:            {metrics['images']}",

@@ -190,6 +190,25 @@ def test_evaluate_dataset_with_otsu_on_synthetic(dsb_dir):
     assert best["dsb_score"] == pytest.approx(1.0) and best["ap"] == pytest.approx(1.0)
 
 
+def test_with_exposure_scales_pixel_values_within_the_dtype():
+    from mrcnn.evaluation import with_exposure
+    seen = []
+
+    def predict(image):
+        seen.append(image)
+        return {"masks": np.zeros(image.shape[:2] + (0,), bool), "scores": np.zeros(0)}
+    predict.num_params = 7
+    image = np.array([[0, 3, 100, 200]], np.uint8)[..., None].repeat(3, -1)
+    halved, brighter = with_exposure(predict, 0.5), with_exposure(predict, 1.5)
+    halved(image)
+    brighter(image)
+    with_exposure(predict, 0.5)(np.array([[60000, 9]], np.uint16))
+    assert seen[0].dtype == np.uint8 and seen[0][0, :, 0].tolist() == [0, 2, 50, 100]
+    assert seen[1][0, :, 0].tolist() == [0, 4, 150, 255]          # clipped, not wrapped
+    assert seen[2].dtype == np.uint16 and seen[2][0].tolist() == [30000, 4]
+    assert halved.num_params == 7
+
+
 def test_config_overrides_and_fraction(dsb_dir):
     overrides = parse_overrides(["image_min_scale=1", "BACKBONE=resnet18",
                                  "MEAN_PIXEL=[1, 2, 3]"])

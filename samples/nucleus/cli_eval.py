@@ -17,7 +17,7 @@ from skimage.io import imsave
 
 from mrcnn import model as modellib
 from mrcnn.atomic import atomic_target
-from mrcnn.evaluation import evaluate_dataset, format_metrics, write_json
+from mrcnn.evaluation import evaluate_dataset, format_metrics, with_exposure, write_json
 from mrcnn.metrics import coco_results, mask_to_rle, remove_overlaps, write_submission
 from mrcnn.ops.image import resize_array
 from mrcnn.predict import LABEL_FORMATS, find_images, predict_images
@@ -126,13 +126,17 @@ def time_at_sizes(predict, image, sizes, repeats=3):
 def run_evaluate(args):
     dataset, ids = load_subset(args.dataset, args.subset, args.limit, unlabelled_policy(args))
     predict = make_predictor(args)
+    exposure = getattr(args, "exposure", 1.0)
+    if exposure != 1.0:
+        log.info("every image's pixel values multiplied by %g before prediction", exposure)
+        predict = with_exposure(predict, exposure)
     metrics = evaluate_dataset(dataset, predict, ids, group_fn=image_kind)
     if getattr(args, "time_sizes", None):
         sizes = [int(s) for s in args.time_sizes.split(",") if s.strip()]
         metrics["seconds_at_size"] = time_at_sizes(predict, dataset.load_image(ids[0]), sizes)
     metrics.update(model=getattr(args, "model", "maskrcnn"), weights=args.weights,
                    subset=args.subset, params=int(getattr(predict, "num_params", 0)),
-                   tta=bool(getattr(args, "tta", False)),
+                   tta=bool(getattr(args, "tta", False)), exposure=exposure,
                    peak_mb=peak_memory_mb())
     print(format_metrics(metrics))
     if args.out:

@@ -140,6 +140,9 @@ def build_parser():
     evaluate.add_argument("--time-sizes", default=None, metavar="S1,S2",
                           help="also time predict on the first image resized to S x S "
                                "(e.g. 512,1024)")
+    evaluate.add_argument("--exposure", type=float, default=1.0, metavar="F",
+                          help="multiply every image's pixel values by F before prediction "
+                               "(robustness to exposure; default 1)")
     detect = add("detect", help="submission.csv, COCO results, overlay PNGs")
     add_predictor_arguments(detect, "stage1_test")
     detect.add_argument("--out", required=True, help="output folder")
