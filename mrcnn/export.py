@@ -38,7 +38,8 @@ import tensorflow as tf
 
 from mrcnn.config import anchor_settings, inference_resize_mode
 from mrcnn.ops.anchors import tf_generate_pyramid_anchors
-from mrcnn.ops.image import HAEMATOXYLIN_FROM_OD, HAEMATOXYLIN_MIN_RANGE, STAIN_COLOUR_THRESHOLD
+from mrcnn.ops.image import (HAEMATOXYLIN_FROM_OD, HAEMATOXYLIN_MIN_RANGE, STAIN_COLOUR_THRESHOLD,
+                             STATISTICS_MAX_PIXELS)
 
 FORMATS = ("saved_model", "onnx")
 _LITERT = ("its graph needs CropAndResize (ROIAlign) and InvertPermutation, which are not "
@@ -63,11 +64,17 @@ def _stretch(values, sample, min_range):
                                      0.0, 255.0))
 
 
+def _statistics_step(image):
+    """4 when the [H, W, C] image has more than STATISTICS_MAX_PIXELS pixels (statistics of
+    every 4th row and column, as ``normalize_image``), else 1."""
+    return tf.where(tf.size(image[..., 0]) > STATISTICS_MAX_PIXELS, 4, 1)
+
+
 def _normalize_nuclei(image, stain=False):
     """TF twin of ``normalize_image(image, "nuclei" or, with stain, "nuclei_stain")`` on
     float [H, W, 3] -> float [H, W, 3]."""
     gray = tf.reduce_mean(image, axis=-1)
-    step = tf.where(tf.size(gray) > (1 << 16), 4, 1)     # statistics of every 4th pixel
+    step = _statistics_step(image)
     sample = gray[::step, ::step]
     flat = tf.reshape(sample, [-1])
     bright = _percentile(flat, 50.0) > 127.5
@@ -94,7 +101,7 @@ def normalize_image_tf(image, mode):
     """TF twin of :func:`mrcnn.ops.image.normalize_image` on float [H, W, 3] -> float
     [H, W, 3] (values 0-255, floored like the uint8 result)."""
     if mode == "stretch":
-        step = tf.where(tf.size(image[..., 0]) > (1 << 16), 4, 1)
+        step = _statistics_step(image)
         return _stretch(image, tf.reshape(image[::step, ::step], [-1]), 1.0)
     if mode in ("nuclei", "nuclei_stain"):
         return _normalize_nuclei(image, stain=mode == "nuclei_stain")

@@ -90,11 +90,18 @@ def default_augmentation(seed=None):
     """Matterport's nucleus augmentation in albumentations: 0-2 of flips, 90/180/270
     rotation, brightness x0.8-1.5, Gaussian blur."""
     import albumentations as A
+    return A.Compose([_matterport_nucleus_ops()], seed=seed)
+
+
+def _matterport_nucleus_ops():
+    """Two of: horizontal flip, vertical flip, 90/180/270 rotation, brightness x0.8-1.5,
+    Gaussian blur (an albumentations SomeOf)."""
+    import albumentations as A
     ops = [A.HorizontalFlip(p=1.0), A.VerticalFlip(p=1.0), A.RandomRotate90(p=1.0),
            A.MultiplicativeNoise(multiplier=(0.8, 1.5), per_channel=False, elementwise=False,
                                  p=1.0),
            A.GaussianBlur(sigma_limit=(0.0, 5.0), p=1.0)]
-    return A.Compose([A.SomeOf(ops, n=2, replace=False, p=1.0)], seed=seed)
+    return A.SomeOf(ops, n=2, replace=False, p=1.0)
 
 
 def colour_augmentation(seed=None):
@@ -107,8 +114,7 @@ def colour_augmentation(seed=None):
     colour = [A.ChannelShuffle(p=1.0), A.InvertImg(p=1.0), A.ToGray(p=1.0),
               A.HueSaturationValue(hue_shift_limit=20, sat_shift_limit=30, val_shift_limit=0,
                                    p=1.0)]
-    geometry_and_light = default_augmentation().transforms[0]
-    return A.Compose([geometry_and_light, A.OneOf(colour, p=0.5)], seed=seed)
+    return A.Compose([_matterport_nucleus_ops(), A.OneOf(colour, p=0.5)], seed=seed)
 
 
 # The command line's --augment choices.

@@ -226,15 +226,18 @@ HAEMATOXYLIN_FROM_OD = np.linalg.inv(STAIN_VECTORS)[:, 0]
 # A colour image deviates from its own grey by more than this (colour_deviation, grey
 # levels): stained histology; fluorescence and brightfield images stay well below it.
 STAIN_COLOUR_THRESHOLD = 5.0
+# The smallest haematoxylin spread (optical density) stretched to the full 0..255; an image
+# with less stain is stretched by at most 255 / this (the grey path's floor is 1 grey level).
+HAEMATOXYLIN_MIN_RANGE = 0.05
+# Images with more pixels than this take their normalisation statistics (percentiles, median,
+# colour deviation) from every 4th row and column.
+STATISTICS_MAX_PIXELS = 1 << 16
 
 
 def colour_deviation(rgb):
     """Mean absolute difference between each channel and the pixel's grey, over float
     [H, W, 3]: 0 for a grey image, about 15-35 for DSB2018's stained histology."""
     return float(np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean())
-# The smallest haematoxylin spread (optical density) stretched to the full 0..255; an image
-# with less stain is stretched by at most 255 / this (the grey path's floor is 1 grey level).
-HAEMATOXYLIN_MIN_RANGE = 0.05
 
 
 def _stretch(values, sample, min_range):
@@ -274,12 +277,13 @@ def normalize_image(image, mode):
     if mode not in IMAGE_NORMALIZATIONS:
         raise ValueError(f"unknown image normalisation {mode!r}; use one of "
                          f"{IMAGE_NORMALIZATIONS}")
+    step = 4 if image.shape[0] * image.shape[1] > STATISTICS_MAX_PIXELS else 1
+    if mode == "stretch":
+        sample = image[::step, ::step, :3] if image.ndim == 3 else image[::step, ::step]
+        return _stretch(image.astype(np.float32), sample, 1.0)
     rgb = image[..., :3].astype(np.float32) if image.ndim == 3 \
         else image.astype(np.float32)[..., None]
     gray = rgb.mean(axis=-1)
-    step = 4 if gray.size > 1 << 16 else 1
-    if mode == "stretch":
-        return _stretch(image.astype(np.float32), rgb[::step, ::step], 1.0)
     sample = gray[::step, ::step]
     bright_background = np.median(sample) > 127.5
     if mode == "nuclei_stain" and bright_background and rgb.shape[-1] == 3 and \
