@@ -126,7 +126,7 @@ def time_at_sizes(predict, image, sizes, repeats=3):
 def run_evaluate(args):
     dataset, ids = load_subset(args.dataset, args.subset, args.limit, unlabelled_policy(args))
     predict = make_predictor(args)
-    exposure = getattr(args, "exposure", 1.0)
+    exposure = args.exposure
     if exposure != 1.0:
         log.info("every image's pixel values multiplied by %g before prediction", exposure)
         predict = with_exposure(predict, exposure)
