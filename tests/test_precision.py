@@ -60,9 +60,9 @@ def test_half_precision_training_step_is_finite_and_totals(tmp_path, synthetic_d
 @pytest.mark.parametrize("half_config", [Bf16Config, Fp16Config], ids=["bfloat16", "float16"])
 def test_half_precision_detect_agrees_with_float32(trained_dir, tmp_path, half_config):
     """The same float32 weights give nearly the same detections in bfloat16 and float16 (RPN
-    probabilities within 0.05, 80 % of the top 10 float32 boxes found again with IoU > 0.7),
-    weight files are identical in every precision, and a half-precision model survives a
-    safe-mode .keras round trip."""
+    probabilities within a few machine epsilons of the half type, 80 % of the top 10 float32
+    boxes found again with IoU > 0.7), weight files are identical in every precision, and a
+    half-precision model survives a safe-mode .keras round trip."""
     image = np.random.RandomState(1).randint(0, 255, (128, 128, 3)).astype(np.uint8)
     full = modellib.MaskRCNN("inference", ZeroConfidenceConfig(), trained_dir)
     full.load_weights(full.find_last())
@@ -77,7 +77,14 @@ def test_half_precision_detect_agrees_with_float32(trained_dir, tmp_path, half_c
                for k in files[0])
     a, b = full.run_graph(image), half.run_graph(image)
     assert b["rpn_class"].dtype == np.float32 and b["detections"].dtype == np.float32
-    assert np.abs(a["rpn_class"] - b["rpn_class"]).max() < 0.05
+    # The bound scales with the half type's machine epsilon (bfloat16 2**-7, float16 2**-10).
+    # Measured on AMD EPYC over 3 retrainings of the (not bit-reproducible) 1-epoch model: the
+    # largest difference is 5-6.5 eps and the mean 0.27 eps for both types (a fixed 0.05 for
+    # bfloat16 failed once in CI at 0.0505 = 6.5 eps). float16 run at bfloat16 precision, or
+    # weights that load wrongly in half precision, still fail.
+    eps = {"bfloat16": 2.0 ** -7, "float16": 2.0 ** -10}[half_config.COMPUTE_DTYPE]
+    difference = np.abs(a["rpn_class"] - b["rpn_class"])
+    assert difference.max() < 12 * eps and difference.mean() < eps
     ra, rb = full.detect([image])[0], half.detect([image])[0]
     top = ra["rois"][:10]
     assert len(top) and len(rb["rois"])
