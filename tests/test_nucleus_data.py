@@ -274,3 +274,29 @@ def test_kind_repeat_factors(tmp_path):
     for info in ds.image_info:
         assert info["kind"] == image_kind(skimage.io.imread(info["path"]))
         assert info["repeat_factor"] == (1.0 if info["kind"] == "fluorescence" else np.sqrt(2))
+
+
+def test_with_rescale_predicts_on_the_resized_image_and_returns_masks_at_its_size():
+    from mrcnn.evaluation import with_rescale
+    seen = []
+
+    def predict(image):
+        """One square 'nucleus' at rows/cols 10-19 of whatever image it is given."""
+        seen.append(image.shape)
+        masks = np.zeros(image.shape[:2] + (1,), bool)
+        masks[10:20, 10:20, 0] = True
+        return {"masks": masks, "scores": np.ones(1)}
+    predict.num_params = 3
+    image = np.zeros((40, 60, 3), np.uint8)
+    result = with_rescale(predict, 0.5)(image)
+    assert seen == [(20, 30, 3)]
+    # rows 10-19 of the 20-row image are rows 20-39 of the original
+    assert result["masks"].shape == (40, 60, 1)
+    assert np.argwhere(result["masks"][..., 0]).min(0).tolist() == [20, 20]
+    assert np.argwhere(result["masks"][..., 0]).max(0).tolist() == [39, 39]
+    assert result["masks"].sum() == 400 and with_rescale(predict, 2.0).num_params == 3
+    empty = with_rescale(lambda im: {"masks": np.zeros(im.shape[:2] + (0,), bool),
+                                     "scores": np.zeros(0)}, 1.5)(image)
+    assert empty["masks"].shape == (40, 60, 0)
+    with pytest.raises(ValueError, match="positive"):
+        with_rescale(predict, 0)

@@ -17,7 +17,8 @@ from skimage.io import imsave
 
 from mrcnn import model as modellib
 from mrcnn.atomic import atomic_target
-from mrcnn.evaluation import evaluate_dataset, format_metrics, with_exposure, write_json
+from mrcnn.evaluation import (evaluate_dataset, format_metrics, with_exposure, with_rescale,
+                              write_json)
 from mrcnn.metrics import coco_results, mask_to_rle, remove_overlaps, write_submission
 from mrcnn.ops.image import resize_array
 from mrcnn.predict import LABEL_FORMATS, find_images, predict_images
@@ -130,6 +131,10 @@ def run_evaluate(args):
     if exposure != 1.0:
         log.info("every image's pixel values multiplied by %g before prediction", exposure)
         predict = with_exposure(predict, exposure)
+    rescale = args.rescale
+    if rescale != 1.0:
+        log.info("every image resized by %g before prediction (masks resized back)", rescale)
+        predict = with_rescale(predict, rescale)
     metrics = evaluate_dataset(dataset, predict, ids, group_fn=image_kind)
     if getattr(args, "time_sizes", None):
         sizes = [int(s) for s in args.time_sizes.split(",") if s.strip()]
@@ -137,6 +142,7 @@ def run_evaluate(args):
     metrics.update(model=getattr(args, "model", "maskrcnn"), weights=args.weights,
                    subset=args.subset, params=int(getattr(predict, "num_params", 0)),
                    tta=bool(getattr(args, "tta", False)), exposure=exposure,
+                   rescale=rescale,
                    peak_mb=peak_memory_mb())
     print(format_metrics(metrics))
     if args.out:

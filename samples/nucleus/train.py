@@ -143,6 +143,9 @@ def build_parser():
     evaluate.add_argument("--exposure", type=float, default=1.0, metavar="F",
                           help="multiply every image's pixel values by F before prediction "
                                "(robustness to exposure; default 1)")
+    evaluate.add_argument("--rescale", type=float, default=1.0, metavar="F",
+                          help="resize every image by F before prediction and the masks back "
+                               "(robustness to magnification; default 1)")
     detect = add("detect", help="submission.csv, COCO results, overlay PNGs")
     add_predictor_arguments(detect, "stage1_test")
     detect.add_argument("--out", required=True, help="output folder")
