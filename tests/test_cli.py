@@ -203,3 +203,16 @@ def test_compare_continues_a_killed_epoch_budgeted_training(tmp_path):
     assert killed_training(SimpleNamespace(epochs=None), "resnet50", str(logs)) is None
     assert killed_training(SimpleNamespace(epochs=12), "unet", str(logs)) is None
     assert killed_training(SimpleNamespace(epochs=12), "resnet50", str(tmp_path / "no")) is None
+
+
+def test_run_saved_before_run_state_is_recognised_as_from_scratch():
+    """A from-scratch run saved before run_state.json (and before the stretch, the 128-channel
+    RPN and the 256-wide box head joined the defaults) still resumes as from scratch; a run
+    with Matterport's head widths and no GroupNorm settings does not."""
+    from samples.nucleus.cli_train import (COCO_OVERRIDES, LATER_SCRATCH_FIELDS,
+                                           SCRATCH_OVERRIDES, saved_run_was_from_scratch)
+    old = {k: v for k, v in SCRATCH_OVERRIDES.items() if k not in LATER_SCRATCH_FIELDS}
+    assert saved_run_was_from_scratch(old)
+    assert saved_run_was_from_scratch(dict(SCRATCH_OVERRIDES))
+    assert not saved_run_was_from_scratch({**old, "LEARNING_RATE": 0.001})
+    assert not saved_run_was_from_scratch(dict(COCO_OVERRIDES))
