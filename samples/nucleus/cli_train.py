@@ -44,7 +44,8 @@ SCRATCH_OVERRIDES = {
     "MASK_HEAD_CHANNELS": 64,
     # A 128-channel shared RPN conv (not 256) and a 256-wide box head (not 1024: its first FC
     # layer ran on 1000 proposals per image): 40 epochs, seed 1, AMD EPYC float32, DSB 0.505
-    # vs 0.504, detect 0.205 vs 0.263 s per val image, epochs about 10 % shorter (README).
+    # vs 0.504 (seed 2: 0.498), detect 0.227 vs 0.283 s per val image evaluated back to back,
+    # a training step about 20 % shorter (README Results).
     "RPN_CONV_CHANNELS": 128,
     "FPN_CLASSIF_FC_LAYERS_SIZE": 256,
     # One percentile stretch of all channels per image (colour kept): on val as good as no
@@ -57,6 +58,7 @@ SCRATCH_OVERRIDES = {
 # resume): a run saved without run_state.json is from scratch if the rest match.
 LATER_SCRATCH_FIELDS = ("BACKBONE", "BACKBONE_NORM", "IMAGE_NORMALIZATION", "RPN_CONV_CHANNELS",
                         "FPN_CLASSIF_FC_LAYERS_SIZE")
+
 
 def saved_run_was_from_scratch(saved_overrides):
     """Whether a run saved before run_state.json existed was trained from scratch: its saved
