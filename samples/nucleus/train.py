@@ -99,7 +99,8 @@ def run_demo(args):
     metrics = evaluate_dataset(val, predict, log_every=0)
     found = total = 0
     for image_id in val.image_ids:
-        f, n, _ = mask_recall(val.load_mask(image_id)[0], predict(val.load_image(image_id))["masks"])
+        predicted = predict(val.load_image(image_id))["masks"]
+        f, n, _ = mask_recall(val.load_mask(image_id)[0], predicted)
         found, total = found + f, total + n
     write_json(os.path.join(out, "metrics.json"), {k: v for k, v in metrics.items()
                                                    if k != "per_image"})
