@@ -44,7 +44,7 @@ SCRATCH_OVERRIDES = {
     "MASK_HEAD_CHANNELS": 64,
     # A 128-channel shared RPN conv (not 256) and a 256-wide box head (not 1024: its first FC
     # layer ran on 1000 proposals per image): 40 epochs, seed 1, AMD EPYC float32, DSB 0.505
-    # vs 0.504 (seed 2: 0.498), detect 0.227 vs 0.283 s per val image evaluated back to back,
+    # vs 0.504 (seed 2: 0.498), detect 0.204 vs 0.266 s per val image evaluated back to back,
     # a training step about 20 % shorter (README Results).
     "RPN_CONV_CHANNELS": 128,
     "FPN_CLASSIF_FC_LAYERS_SIZE": 256,
