@@ -89,6 +89,13 @@ def evaluate_dataset(dataset, predict, image_ids=None, warmup=1, group_fn=None,
     return out
 
 
+def _keeping_num_params(wrapper, predict):
+    """``wrapper`` with ``predict``'s parameter count (which evaluate reports), if it has one."""
+    if hasattr(predict, "num_params"):
+        wrapper.num_params = predict.num_params
+    return wrapper
+
+
 def with_exposure(predict, factor):
     """``predict`` on every image with its pixel values multiplied by ``factor`` (rounded and
     clipped to the range of an integer dtype, which is kept): how much a model's score depends
@@ -100,9 +107,7 @@ def with_exposure(predict, factor):
             info = np.iinfo(image.dtype)
             exposed = np.clip(np.round(exposed), info.min, info.max)
         return predict(exposed.astype(image.dtype))
-    if hasattr(predict, "num_params"):
-        predict_exposed.num_params = predict.num_params
-    return predict_exposed
+    return _keeping_num_params(predict_exposed, predict)
 
 
 def with_rescale(predict, factor):
@@ -125,9 +130,7 @@ def with_rescale(predict, factor):
             back[..., start:start + 64] = resize_array(chunk, (h, w)).reshape(h, w, -1) > 0.5
         result["masks"] = back
         return result
-    if hasattr(predict, "num_params"):
-        predict_rescaled.num_params = predict.num_params
-    return predict_rescaled
+    return _keeping_num_params(predict_rescaled, predict)
 
 
 def format_metrics(metrics):
