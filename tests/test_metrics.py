@@ -52,6 +52,20 @@ def test_dsb_hand_computed_partial_overlap():
     assert metrics.dsb_image_score(stack(t), stack(p, extra)) == pytest.approx(expected)
 
 
+def test_dsb_true_positives_per_threshold():
+    t = box_mask((20, 20), 0, 0, 10, 10)
+    p = box_mask((20, 20), 0, 0, 10, 8)         # IoU 0.8 with t
+    extra = box_mask((20, 20), 15, 15, 18, 18)
+    tp = metrics.dsb_true_positives(stack(t), stack(p, extra))
+    np.testing.assert_array_equal(tp, [1, 1, 1, 1, 1, 1, 0, 0, 0, 0])
+    # the precisions are TP / (N + M - TP) from the same counts
+    np.testing.assert_allclose(metrics.dsb_precisions(stack(t), stack(p, extra)),
+                               tp / (1 + 2 - tp))
+    # one true object, two identical predictions: one TP at every threshold
+    np.testing.assert_array_equal(metrics.dsb_true_positives(stack(t), stack(t, t)), [1] * 10)
+    assert metrics.dsb_true_positives(stack(t), np.zeros((20, 20, 0), bool)).sum() == 0
+
+
 def test_dsb_iou_exactly_at_threshold_is_not_a_match():
     t = box_mask((1, 4), 0, 0, 1, 4)
     p = box_mask((1, 4), 0, 0, 1, 2)       # IoU exactly 0.5
@@ -176,3 +190,43 @@ def test_remove_overlaps_drops_fully_covered():
     b = box_mask((4, 4), 1, 1, 2, 2)
     clean, kept = metrics.remove_overlaps(stack(a, b), np.array([0.9, 0.1]))
     assert clean.shape[-1] == 1 and list(kept) == [0]
+
+
+def _load_breakdown():
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "dsb_breakdown.py"
+    spec = importlib.util.spec_from_file_location("dsb_breakdown", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dsb_breakdown_hand_computed():
+    """benchmarks/dsb_breakdown.py: per-threshold curves and the per-size table."""
+    bd = _load_breakdown()
+    shape = (30, 30)
+    t1 = box_mask(shape, 0, 0, 10, 10)                   # 100 px
+    t2 = box_mask(shape, 20, 20, 25, 25)                 # 25 px
+    p1 = box_mask(shape, 0, 0, 10, 8)                    # IoU 0.8 with t1
+    p2 = t2.copy()                                       # exact, but below the confidence
+    p3 = box_mask(shape, 12, 0, 15, 3)                   # a confident false positive
+    a = bd.image_record(stack(t1, t2), stack(p1, p2, p3), np.array([0.9, 0.3, 0.8]), 0.7)
+    np.testing.assert_array_equal(a["tp"], [1] * 6 + [0] * 4)
+    assert (a["true"], a["predicted"]) == (2, 2)
+    np.testing.assert_allclose(a["best_iou"], [0.8, 0.0])
+    np.testing.assert_allclose(a["best_iou_any"], [0.8, 1.0])
+    empty = bd.image_record(np.zeros(shape + (0,), bool), np.zeros(shape + (0,), bool),
+                            np.zeros(0), 0.7)
+    curves = bd.threshold_curves([a, empty])     # the empty image scores 1 everywhere
+    np.testing.assert_allclose(curves["score"], [(1 / 3 + 1) / 2] * 6 + [0.5] * 4)
+    np.testing.assert_allclose(curves["precision"], [0.75] * 6 + [0.5] * 4)
+    np.testing.assert_allclose(curves["recall"], [0.75] * 6 + [0.5] * 4)
+    small, medium = bd.size_table([a, empty])
+    assert small == {"area_px": "<60", "true": 1, "found": 0.0, "only_below_confidence": 1.0,
+                     "found_iou_0.75": 0.0, "median_iou_found": None}
+    assert medium["area_px"] == "60-150" and medium["true"] == 1 and medium["found"] == 1.0
+    assert medium["found_iou_0.75"] == 1.0 and medium["median_iou_found"] == pytest.approx(0.8)
+    report = bd.breakdown({"fluorescence": [a], "histology": [empty]})
+    assert report["all"]["images"] == 2
+    assert report["fluorescence"]["dsb_score"] == pytest.approx(6 / 3 / 10)

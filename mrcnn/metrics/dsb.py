@@ -29,8 +29,24 @@ def _one_to_one_matches(iou, threshold):
     return len(used_t)
 
 
+def dsb_true_positives(true_masks, pred_masks, thresholds=DSB_THRESHOLDS):
+    """TP(t) for each threshold, for one image: true/predicted pairs matched one-to-one with
+    mask IoU > t. FP(t) = M - TP(t) and FN(t) = N - TP(t).
+
+    Args:
+        true_masks: [H, W, N] bool; pred_masks: [H, W, M] bool.
+
+    Returns:
+        [len(thresholds)] int array.
+    """
+    if true_masks.shape[-1] == 0 or pred_masks.shape[-1] == 0:
+        return np.zeros(len(thresholds), dtype=int)
+    iou = mask_iou_matrix(true_masks, pred_masks)
+    return np.array([_one_to_one_matches(iou, t) for t in thresholds], dtype=int)
+
+
 def dsb_precisions(true_masks, pred_masks, thresholds=DSB_THRESHOLDS):
-    """precision(t) for each threshold, for one image.
+    """precision(t) = TP / (TP + FP + FN) for each threshold, for one image.
 
     Args:
         true_masks: [H, W, N] bool; pred_masks: [H, W, M] bool.
@@ -41,14 +57,8 @@ def dsb_precisions(true_masks, pred_masks, thresholds=DSB_THRESHOLDS):
     n, m = true_masks.shape[-1], pred_masks.shape[-1]
     if n == 0 and m == 0:
         return np.ones(len(thresholds))
-    if n == 0 or m == 0:
-        return np.zeros(len(thresholds))
-    iou = mask_iou_matrix(true_masks, pred_masks)
-    out = []
-    for t in thresholds:
-        tp = _one_to_one_matches(iou, t)
-        out.append(tp / (tp + (m - tp) + (n - tp)))
-    return np.array(out)
+    tp = dsb_true_positives(true_masks, pred_masks, thresholds)
+    return tp / (n + m - tp)
 
 
 def dsb_image_score(true_masks, pred_masks, thresholds=DSB_THRESHOLDS):

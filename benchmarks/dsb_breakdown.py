@@ -1,0 +1,157 @@
+"""Where a nucleus model's DSB score is lost: the score, precision and recall at each IoU
+threshold per image kind, and per nucleus size how many true nuclei are found, how many only
+by a detection below the confidence threshold, and how well the found ones are outlined.
+
+    python benchmarks/dsb_breakdown.py --logs runs/e40 --dataset ../shared/data/dsb2018 \
+        [--subset val] [--set COMPUTE_DTYPE=float32] [--floor 0.05] [--out breakdown.json]
+
+Detections are made once with DETECTION_MIN_CONFIDENCE lowered to ``--floor``; the scored
+set is the detections at or above the run's own minimum confidence (as ``evaluate`` scores
+them, overlaps removed by score). Sizes are true mask areas in pixels of the original image.
+"""
+
+import argparse
+import json
+
+import numpy as np
+
+from mrcnn.metrics import (DSB_THRESHOLDS, dsb_true_positives, mask_iou_matrix,
+                           remove_overlaps)
+
+SIZE_EDGES = (60, 150, 400, 1000)     # px: < 60 (about 9 px across), ..., >= 1000
+
+
+def image_record(true_masks, masks, scores, min_confidence):
+    """Per-image counts for the breakdown.
+
+    Args:
+        true_masks: [H, W, N] bool; masks: [H, W, M] bool detections at any score >= the
+        floor; scores: [M]; min_confidence: the scored set's threshold.
+
+    Returns:
+        dict: ``tp`` [T] true positives of the scored set per DSB threshold, ``true`` N,
+        ``predicted`` (scored set size), ``areas`` [N] px, ``best_iou`` [N] best mask IoU
+        of each true nucleus with the scored set, ``best_iou_any`` [N] with any detection.
+    """
+    confident = scores >= min_confidence
+    scored, _ = remove_overlaps(masks[..., confident], scores[confident])
+    n = true_masks.shape[-1]
+    best = mask_iou_matrix(true_masks, scored).max(axis=1) if scored.shape[-1] else np.zeros(n)
+    if masks.shape[-1]:
+        best_any = np.maximum(best, mask_iou_matrix(true_masks, masks).max(axis=1))
+    else:
+        best_any = best
+    return {"tp": dsb_true_positives(true_masks, scored), "true": n,
+            "predicted": int(scored.shape[-1]),
+            "areas": true_masks.sum(axis=(0, 1)), "best_iou": best,
+            "best_iou_any": best_any}
+
+
+def threshold_curves(records):
+    """Mean over images of score, precision and recall at each DSB threshold -> dict of [T]."""
+    score, precision, recall = [], [], []
+    for r in records:
+        tp, n, m = r["tp"], r["true"], r["predicted"]
+        score.append(np.ones(len(tp)) if n + m == 0 else tp / (n + m - tp))
+        precision.append(tp / m if m else np.full(len(tp), float(n == 0)))
+        recall.append(tp / n if n else np.full(len(tp), float(m == 0)))
+    return {"score": np.mean(score, axis=0), "precision": np.mean(precision, axis=0),
+            "recall": np.mean(recall, axis=0)}
+
+
+def size_table(records, edges=SIZE_EDGES):
+    """Per size bucket over all true nuclei of ``records``: count, share found (best IoU >
+    0.5 in the scored set), share found only below the confidence threshold, share found at
+    IoU > 0.75, and the median IoU of the found ones."""
+    areas = np.concatenate([r["areas"] for r in records]) if records else np.zeros(0)
+    best = np.concatenate([r["best_iou"] for r in records]) if records else np.zeros(0)
+    best_any = np.concatenate([r["best_iou_any"] for r in records]) if records else np.zeros(0)
+    bucket = np.searchsorted(np.asarray(edges), areas, side="right")
+    names = [f"<{edges[0]}"] + [f"{a}-{b}" for a, b in zip(edges, edges[1:])] + \
+        [f">={edges[-1]}"]
+    rows = []
+    for k, name in enumerate(names):
+        sel = bucket == k
+        count = int(sel.sum())
+        if not count:
+            continue
+        found = best[sel] > 0.5
+        rows.append({"area_px": name, "true": count, "found": float(found.mean()),
+                     "only_below_confidence": float(((best_any[sel] > 0.5) & ~found).mean()),
+                     "found_iou_0.75": float((best[sel] > 0.75).mean()),
+                     "median_iou_found": float(np.median(best[sel][found])) if found.any()
+                     else None})
+    return rows
+
+
+def breakdown(records_by_kind):
+    """{kind: records} -> JSON-able report with an ``all`` entry."""
+    groups = dict(records_by_kind)
+    groups["all"] = [r for records in records_by_kind.values() for r in records]
+    report = {"thresholds": DSB_THRESHOLDS.tolist()}
+    for kind, records in groups.items():
+        curves = threshold_curves(records)
+        report[kind] = {"images": len(records),
+                        "dsb_score": float(curves["score"].mean()),
+                        **{k: np.round(v, 4).tolist() for k, v in curves.items()},
+                        "by_size": size_table(records)}
+    return report
+
+
+def print_report(report):
+    header = " ".join(f"{t:5.2f}" for t in report["thresholds"])
+    for kind, entry in report.items():
+        if not isinstance(entry, dict):     # thresholds, min_confidence
+            continue
+        print(f"== {kind}: {entry['images']} images, DSB {entry['dsb_score']:.3f}")
+        print(f"   IoU >      {header}")
+        for name in ("score", "precision", "recall"):
+            print(f"   {name:10s} " + " ".join(f"{v:5.2f}" for v in entry[name]))
+        for row in entry["by_size"]:
+            iou = row["median_iou_found"]
+            print(f"   area {row['area_px']:>9} px: {row['true']:5d} nuclei, found "
+                  f"{row['found']:.2f} (only below the confidence {row['only_below_confidence']:.2f}"
+                  f"), at IoU > 0.75 {row['found_iou_0.75']:.2f}, median IoU of found "
+                  + (f"{iou:.3f}" if iou is not None else "-"))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--logs", required=True, help="nucleus run folder parent")
+    parser.add_argument("--weights", default="last")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--subset", default="val")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--floor", type=float, default=0.05,
+                        help="lowest detection score kept for the 'only below' column")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE")
+    parser.add_argument("--out", default=None, help="also write the report as JSON")
+    args = parser.parse_args()
+
+    from mrcnn.data.loader import load_full_masks
+    from samples.nucleus.cli_common import load_run_overrides, make_config, resolve_checkpoint
+    from samples.nucleus.cli_eval import load_inference_model, load_subset
+    from samples.nucleus.nucleus import image_kind
+
+    run_overrides = load_run_overrides(resolve_checkpoint(args.weights, args.logs))
+    min_confidence = make_config(run_overrides, inference=True).DETECTION_MIN_CONFIDENCE
+    args.backbone, args.min_confidence = None, args.floor
+    model = load_inference_model(args)
+    dataset, ids = load_subset(args.dataset, args.subset, args.limit)
+    records = {}
+    for image_id in ids:
+        image = dataset.load_image(image_id)
+        true_masks, _ = load_full_masks(dataset, image_id, image)
+        result = model.detect([image])[0]
+        records.setdefault(image_kind(image), []).append(image_record(
+            np.asarray(true_masks, bool), result["masks"], result["scores"], min_confidence))
+    report = breakdown(records)
+    report["min_confidence"] = float(min_confidence)
+    print_report(report)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
