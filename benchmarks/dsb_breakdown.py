@@ -63,9 +63,10 @@ def size_table(records, edges=SIZE_EDGES):
     """Per size bucket over all true nuclei of ``records``: count, share found (best IoU >
     0.5 in the scored set), share found only below the confidence threshold, share found at
     IoU > 0.75, and the median IoU of the found ones."""
-    areas = np.concatenate([r["areas"] for r in records]) if records else np.zeros(0)
-    best = np.concatenate([r["best_iou"] for r in records]) if records else np.zeros(0)
-    best_any = np.concatenate([r["best_iou_any"] for r in records]) if records else np.zeros(0)
+    def joined(key):
+        return np.concatenate([r[key] for r in records]) if records else np.zeros(0)
+
+    areas, best, best_any = joined("areas"), joined("best_iou"), joined("best_iou_any")
     bucket = np.searchsorted(np.asarray(edges), areas, side="right")
     names = [f"<{edges[0]}"] + [f"{a}-{b}" for a, b in zip(edges, edges[1:])] + \
         [f">={edges[-1]}"]
