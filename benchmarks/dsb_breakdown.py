@@ -110,9 +110,10 @@ def print_report(report):
             print(f"   {name:10s} " + " ".join(f"{v:5.2f}" for v in entry[name]))
         for row in entry["by_size"]:
             iou = row["median_iou_found"]
+            below = row["only_below_confidence"]
             print(f"   area {row['area_px']:>9} px: {row['true']:5d} nuclei, found "
-                  f"{row['found']:.2f} (only below the confidence {row['only_below_confidence']:.2f}"
-                  f"), at IoU > 0.75 {row['found_iou_0.75']:.2f}, median IoU of found "
+                  f"{row['found']:.2f} (only below the confidence {below:.2f}), "
+                  f"at IoU > 0.75 {row['found_iou_0.75']:.2f}, median IoU of found "
                   + (f"{iou:.3f}" if iou is not None else "-"))
 
 
