@@ -15,8 +15,8 @@ import json
 
 import numpy as np
 
-from mrcnn.metrics import (DSB_THRESHOLDS, dsb_true_positives, mask_iou_matrix,
-                           remove_overlaps)
+from mrcnn.metrics import DSB_THRESHOLDS, dsb_true_positives, mask_iou_matrix, remove_overlaps
+from mrcnn.metrics.dsb import precisions_from_counts
 
 SIZE_EDGES = (60, 150, 400, 1000)     # px: < 60 (about 9 px across), ..., >= 1000
 
@@ -36,12 +36,13 @@ def image_record(true_masks, masks, scores, min_confidence):
     confident = scores >= min_confidence
     scored, _ = remove_overlaps(masks[..., confident], scores[confident])
     n = true_masks.shape[-1]
-    best = mask_iou_matrix(true_masks, scored).max(axis=1) if scored.shape[-1] else np.zeros(n)
+    iou = mask_iou_matrix(true_masks, scored)
+    best = iou.max(axis=1) if scored.shape[-1] else np.zeros(n)
     if masks.shape[-1]:
         best_any = np.maximum(best, mask_iou_matrix(true_masks, masks).max(axis=1))
     else:
         best_any = best
-    return {"tp": dsb_true_positives(true_masks, scored), "true": n,
+    return {"tp": dsb_true_positives(true_masks, scored, iou=iou), "true": n,
             "predicted": int(scored.shape[-1]),
             "areas": true_masks.sum(axis=(0, 1)), "best_iou": best,
             "best_iou_any": best_any}
@@ -52,7 +53,7 @@ def threshold_curves(records):
     score, precision, recall = [], [], []
     for r in records:
         tp, n, m = r["tp"], r["true"], r["predicted"]
-        score.append(np.ones(len(tp)) if n + m == 0 else tp / (n + m - tp))
+        score.append(precisions_from_counts(tp, n, m))
         precision.append(tp / m if m else np.full(len(tp), float(n == 0)))
         recall.append(tp / n if n else np.full(len(tp), float(m == 0)))
     return {"score": np.mean(score, axis=0), "precision": np.mean(precision, axis=0),
@@ -131,13 +132,18 @@ def main():
     args = parser.parse_args()
 
     from mrcnn.data.loader import load_full_masks
-    from samples.nucleus.cli_common import load_run_overrides, make_config, resolve_checkpoint
+    from samples.nucleus.cli_common import (load_run_overrides, make_config,
+                                            parse_overrides, resolve_checkpoint)
     from samples.nucleus.cli_eval import load_inference_model, load_subset
     from samples.nucleus.nucleus import image_kind
 
-    run_overrides = load_run_overrides(resolve_checkpoint(args.weights, args.logs))
-    min_confidence = make_config(run_overrides, inference=True).DETECTION_MIN_CONFIDENCE
-    args.backbone, args.min_confidence = None, args.floor
+    # The scored threshold is the one evaluate would use with the same --set; the floor is
+    # applied last so that a --set DETECTION_MIN_CONFIDENCE cannot replace it.
+    overrides = {**load_run_overrides(resolve_checkpoint(args.weights, args.logs)),
+                 **parse_overrides(args.set)}
+    min_confidence = make_config(overrides, inference=True).DETECTION_MIN_CONFIDENCE
+    args.backbone, args.min_confidence = None, None
+    args.set = (args.set or []) + [f"DETECTION_MIN_CONFIDENCE={min(args.floor, min_confidence)}"]
     model = load_inference_model(args)
     dataset, ids = load_subset(args.dataset, args.subset, args.limit)
     records = {}

@@ -29,20 +29,31 @@ def _one_to_one_matches(iou, threshold):
     return len(used_t)
 
 
-def dsb_true_positives(true_masks, pred_masks, thresholds=DSB_THRESHOLDS):
+def dsb_true_positives(true_masks, pred_masks, thresholds=DSB_THRESHOLDS, iou=None):
     """TP(t) for each threshold, for one image: true/predicted pairs matched one-to-one with
     mask IoU > t. FP(t) = M - TP(t) and FN(t) = N - TP(t).
 
     Args:
         true_masks: [H, W, N] bool; pred_masks: [H, W, M] bool.
+        iou: their [N, M] :func:`mask_iou_matrix`, if the caller has it already.
 
     Returns:
         [len(thresholds)] int array.
     """
     if true_masks.shape[-1] == 0 or pred_masks.shape[-1] == 0:
         return np.zeros(len(thresholds), dtype=int)
-    iou = mask_iou_matrix(true_masks, pred_masks)
+    if iou is None:
+        iou = mask_iou_matrix(true_masks, pred_masks)
     return np.array([_one_to_one_matches(iou, t) for t in thresholds], dtype=int)
+
+
+def precisions_from_counts(tp, n_true, n_pred):
+    """precision(t) = TP / (TP + FP + FN) from TP(t) [T] and the object counts; an image with
+    neither true nor predicted objects scores 1."""
+    tp = np.asarray(tp)
+    if n_true == 0 and n_pred == 0:
+        return np.ones(len(tp))
+    return tp / (n_true + n_pred - tp)
 
 
 def dsb_precisions(true_masks, pred_masks, thresholds=DSB_THRESHOLDS):
@@ -54,11 +65,8 @@ def dsb_precisions(true_masks, pred_masks, thresholds=DSB_THRESHOLDS):
     Returns:
         [len(thresholds)] float array.
     """
-    n, m = true_masks.shape[-1], pred_masks.shape[-1]
-    if n == 0 and m == 0:
-        return np.ones(len(thresholds))
     tp = dsb_true_positives(true_masks, pred_masks, thresholds)
-    return tp / (n + m - tp)
+    return precisions_from_counts(tp, true_masks.shape[-1], pred_masks.shape[-1])
 
 
 def dsb_image_score(true_masks, pred_masks, thresholds=DSB_THRESHOLDS):
