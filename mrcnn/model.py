@@ -149,6 +149,19 @@ class MaskRCNN:
         self.epoch = history.epoch[-1] + 1 if history.epoch else self.epoch
         return history
 
+    def average_checkpoints(self, count, after_epoch=0):
+        """Average this run's newest ``count`` epoch checkpoints later than ``after_epoch``
+        (say the epochs of the last, lower learning-rate ``train`` call) into
+        ``mask_rcnn_<name>_NNNN_average.weights.h5`` (see
+        :func:`mrcnn.training.average_last_checkpoints`); load it with :meth:`load_weights`.
+
+        Returns:
+            the file written, or None when fewer than 2 checkpoints qualify.
+        """
+        path, _ = training_lib.average_last_checkpoints(self.log_dir, self.config.NAME, count,
+                                                        after_epoch=after_epoch)
+        return path
+
     # Inference (see mrcnn.inference.Detector) ----------------------------------------------
     def _detector(self):
         assert self.mode == "inference", "Create the model in inference mode to detect."

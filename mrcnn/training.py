@@ -17,7 +17,7 @@ from mrcnn import multi_worker
 from mrcnn.atomic import atomic_target
 from mrcnn.data.generator import DataGenerator
 from mrcnn.monitoring import DetectionMetricsCallback
-from mrcnn.weights import save_weights_by_name
+from mrcnn.weights import average_weight_files, save_weights_by_name
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +56,62 @@ def find_last(model_dir, prefix, pattern):
 
 
 def find_last_checkpoint(model_dir, name):
-    """Newest ``mask_rcnn_<name>_NNNN.weights.h5`` of the newest ``<name><timestamp>`` run.
+    """Newest ``mask_rcnn_<name>_NNNN.weights.h5`` of the newest ``<name><timestamp>`` run:
+    the epoch checkpoint a run resumes from (never an average, see :func:`find_final_weights`).
 
     Raises:
         FileNotFoundError: no run folder or no checkpoint in it.
     """
     name = name.lower()
-    found = find_last(model_dir, name, f"mask_rcnn_{name}_*.weights.h5")
+    found = find_last(model_dir, name, f"mask_rcnn_{name}_{_EPOCH_GLOB}.weights.h5")
     if found is None:
         raise FileNotFoundError(f"no checkpoint of {name!r} under {model_dir}: train first "
                                 "or pass a weights path.")
     return found
+
+
+_EPOCH_GLOB = "[0-9]" * 4
+
+
+def averaged_checkpoint_path(checkpoint_path):
+    """``mask_rcnn_<name>_NNNN.weights.h5`` -> ``mask_rcnn_<name>_NNNN_average.weights.h5``,
+    the file :func:`average_last_checkpoints` writes for the epochs up to NNNN."""
+    return re.sub(r"\.weights\.h5$", "_average.weights.h5", os.fspath(checkpoint_path))
+
+
+def find_final_weights(model_dir, name):
+    """The weights a finished run is used with: the newest epoch checkpoint's average
+    (:func:`average_last_checkpoints`) when one was written, else that checkpoint.
+
+    Raises:
+        FileNotFoundError: no run folder or no checkpoint in it.
+    """
+    checkpoint = find_last_checkpoint(model_dir, name)
+    averaged = averaged_checkpoint_path(checkpoint)
+    return averaged if os.path.exists(averaged) else checkpoint
+
+
+def average_last_checkpoints(log_dir, name, count, after_epoch=0):
+    """Average the weights of a run folder's newest ``count`` epoch checkpoints later than
+    ``after_epoch`` (the epochs of the last, low learning-rate stage) into
+    :func:`averaged_checkpoint_path` of the newest one: checkpoint averaging, stochastic
+    weight averaging (Izmailov et al., 2018) over epochs already saved, at no training cost.
+
+    Returns:
+        (path written or None when fewer than 2 checkpoints qualify, the epochs averaged).
+    """
+    name = name.lower()
+    found = glob.glob(os.path.join(log_dir, f"mask_rcnn_{name}_{_EPOCH_GLOB}.weights.h5"))
+    by_epoch = sorted((int(re.search(r"_(\d{4})\.weights\.h5$", path).group(1)), path)
+                      for path in found)
+    chosen = [(epoch, path) for epoch, path in by_epoch if epoch > after_epoch][-count:]
+    epochs = [epoch for epoch, _ in chosen]
+    if len(chosen) < 2:
+        return None, epochs
+    out = average_weight_files([path for _, path in chosen],
+                               averaged_checkpoint_path(chosen[-1][1]))
+    log.info("Averaged the checkpoints of epochs %d-%d into %s", epochs[0], epochs[-1], out)
+    return out, epochs
 
 
 def distribution_strategy(config):

@@ -13,6 +13,7 @@ import re
 
 import h5py
 import keras
+import numpy as np
 
 from backbones import weights_io
 from backbones.weights_io import flat_layers, read_weights_by_name  # noqa: F401  (re-exports)
@@ -90,3 +91,69 @@ COCO_WEIGHTS_URL = "https://github.com/matterport/Mask_RCNN/releases/download/v2
 def download_weights(url, md5_hash=None):
     """Download (or find in ~/.keras/models) a weights file; a clear error when offline."""
     return weights_io.download_file(url, md5_hash)
+
+
+def average_weight_files(paths, out_path):
+    """Write the element-wise mean of by-name weight files (our checkpoints) to ``out_path``,
+    atomically: checkpoint averaging over the last epochs of a run (stochastic weight
+    averaging without extra training steps; Izmailov et al., 2018).
+
+    Every file must hold the same layers and weight shapes. Floating-point weights (kernels,
+    GroupNorm / BatchNorm scales and moving statistics) are averaged in float64 and stored in
+    their own dtype; any other dtype must be identical in every file and is copied.
+
+    Returns:
+        out_path.
+
+    Raises:
+        ValueError: no path, or a file whose layers or shapes differ from the first file's,
+            named.
+    """
+    paths = [os.fspath(p) for p in paths]
+    if not paths:
+        raise ValueError("average_weight_files: no weight file to average")
+    with h5py.File(paths[0], "r") as first:
+        entries = _dataset_shapes(first)
+    totals = {}
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            found = _dataset_shapes(f)
+            if found != entries:
+                differ = sorted(set(found.items()) ^ set(entries.items()))[:3]
+                raise ValueError(f"{path} does not hold the same weights as {paths[0]} "
+                                 f"(first differences: {differ}); average checkpoints of one "
+                                 "run only.")
+            for name in entries:
+                value = f[name][()]
+                if np.issubdtype(value.dtype, np.floating):
+                    totals[name] = totals.get(name, 0.0) + value.astype(np.float64)
+                elif name in totals and not np.array_equal(totals[name], value):
+                    raise ValueError(f"{path}: {name} ({value.dtype}) differs from the "
+                                     "other files and cannot be averaged")
+                else:
+                    totals[name] = value
+    with h5py.File(paths[-1], "r") as last, atomic_target(out_path, ".h5.tmp") as tmp:
+        with h5py.File(tmp, "w") as out:
+            def copy(name, obj):
+                if isinstance(obj, h5py.Group):
+                    target = out.require_group(name)
+                else:
+                    total = totals[name]
+                    if np.issubdtype(obj.dtype, np.floating):
+                        total = (total / len(paths)).astype(obj.dtype)
+                    target = out.create_dataset(name, data=total)
+                target.attrs.update(obj.attrs)
+            last.visititems(copy)
+            out.attrs.update(last.attrs)
+    return out_path
+
+
+def _dataset_shapes(h5file):
+    """{dataset path: shape} of every dataset in an open HDF5 file."""
+    shapes = {}
+
+    def visit(name, obj):   # returns None: a value would stop h5py's visit
+        if isinstance(obj, h5py.Dataset):
+            shapes[name] = obj.shape
+    h5file.visititems(visit)
+    return shapes

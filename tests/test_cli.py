@@ -6,6 +6,7 @@ import glob
 import json
 import os
 
+import numpy as np
 import pytest
 
 from mrcnn.data.synthetic import write_synthetic_dsb
@@ -36,22 +37,32 @@ def test_train_resume_evaluate_detect(data_dir, tmp_path):
     saved = json.load(open(os.path.join(runs[0], "run_config.json")))["overrides"]
     assert saved["BACKBONE"] == "resnet18" and saved["BACKBONE_NORM"] == "group"
 
-    # --weights last resumes the same run at epoch 2
-    nucleus_cli.main(base + ["--weights", "last", "--heads-epochs", "1", "--all-epochs", "3"])
+    # --weights last resumes the same run at epoch 2; the last stage (epochs 2-3) then has
+    # two checkpoints, which --average-last 2 averages into the weights evaluate uses
+    nucleus_cli.main(base + ["--weights", "last", "--heads-epochs", "1", "--all-epochs", "3",
+                             "--average-last", "2"])
     assert os.path.exists(os.path.join(runs[0], "mask_rcnn_nucleus_0003.weights.h5"))
     assert len(glob.glob(os.path.join(logs, "nucleus*"))) == 1
+    averaged = os.path.join(runs[0], "mask_rcnn_nucleus_0003_average.weights.h5")
+    from mrcnn.weights import read_weights_by_name
+    epochs = [read_weights_by_name(os.path.join(runs[0], f"mask_rcnn_nucleus_000{e}.weights.h5"))
+              for e in (2, 3)]
+    kernel = read_weights_by_name(averaged)["mrcnn_mask"][0]
+    assert not np.allclose(epochs[0]["mrcnn_mask"][0], epochs[1]["mrcnn_mask"][0])
+    np.testing.assert_allclose(kernel, (epochs[0]["mrcnn_mask"][0] + epochs[1]["mrcnn_mask"][0])
+                               / 2, rtol=1e-5, atol=1e-7)
 
     out = str(tmp_path / "metrics.json")
     nucleus_cli.main(["evaluate", "--dataset", data_dir, "--subset", "val", "--logs", logs,
                       "--out", out, "--min-confidence", "0.1"])
     metrics = json.load(open(out))
-    # the command evaluated the newest checkpoint, rebuilt from run_config.json, on the val
-    # split: the library's own evaluation of that checkpoint gives the same numbers
+    # the command evaluated the averaged weights of the newest checkpoint, rebuilt from
+    # run_config.json, on the val split: the library's own evaluation of them agrees
     from mrcnn import model as modellib
     from mrcnn.evaluation import evaluate_dataset
     from samples.nucleus.nucleus import NucleusDataset
     val = NucleusDataset().load_nucleus(data_dir, "val").prepare()
-    checkpoint = os.path.join(runs[0], "mask_rcnn_nucleus_0003.weights.h5")
+    checkpoint = averaged
     config = cli_common.make_config(dict(cli_common.load_run_overrides(checkpoint),
                                          DETECTION_MIN_CONFIDENCE=0.1), inference=True)
     assert config.BACKBONE == "resnet18" and config.IMAGE_RESIZE_MODE == "pad64"

@@ -123,3 +123,35 @@ def test_unknown_layers_selection_raises(tmp_path, synthetic_dataset):
     model = modellib.MaskRCNN("training", WeightedConfig(), str(tmp_path))
     with pytest.raises(ValueError, match="selects no layer"):
         model.train(synthetic_dataset, None, 1e-3, 1, "nothing_matches_this", verbose=0)
+
+
+def test_average_last_checkpoints_of_the_last_stage(tmp_path):
+    """The newest N epoch checkpoints after ``after_epoch`` are averaged into the newest
+    one's ``_average`` file; resuming still finds the epoch checkpoint, the final weights
+    are the average."""
+    import keras
+    from mrcnn import training
+    from mrcnn.weights import read_weights_by_name, save_weights_by_name
+    run = tmp_path / "nucleus20260101T0000"
+    inp = keras.Input((3,))
+    model = keras.Model(inp, keras.layers.Dense(2, name="dense")(inp))
+    for epoch in range(1, 6):          # epoch e holds kernel = e, bias = e
+        model.get_layer("dense").set_weights([np.full((3, 2), epoch, np.float32),
+                                              np.full((2,), epoch, np.float32)])
+        save_weights_by_name(model, run / f"mask_rcnn_nucleus_{epoch:04d}.weights.h5")
+    path, epochs = training.average_last_checkpoints(str(run), "NUCLEUS", 3, after_epoch=3)
+    assert epochs == [4, 5]            # only the epochs after 3, at most 3 of them
+    assert path == str(run / "mask_rcnn_nucleus_0005_average.weights.h5")
+    kernel, bias = read_weights_by_name(path)["dense"]
+    np.testing.assert_allclose(kernel, 4.5)
+    np.testing.assert_allclose(bias, 4.5)
+    path, epochs = training.average_last_checkpoints(str(run), "nucleus", 3)
+    assert epochs == [3, 4, 5]
+    np.testing.assert_allclose(read_weights_by_name(path)["dense"][0], 4.0)
+    assert training.find_last_checkpoint(str(tmp_path), "nucleus").endswith("_0005.weights.h5")
+    assert training.find_final_weights(str(tmp_path), "nucleus") == path
+    # a single qualifying checkpoint is not averaged; a newer epoch supersedes the average
+    assert training.average_last_checkpoints(str(run), "nucleus", 3, after_epoch=4) == \
+        (None, [5])
+    save_weights_by_name(model, run / "mask_rcnn_nucleus_0006.weights.h5")
+    assert training.find_final_weights(str(tmp_path), "nucleus").endswith("_0006.weights.h5")

@@ -139,3 +139,28 @@ def test_weights_cross_backbone_norms(tmp_path):
     gn_path = weights_lib.save_weights_by_name(gn_model, tmp_path / "gn.weights.h5")
     with pytest.raises(ValueError, match="GroupNormalization.*BatchNormalization"):
         weights_lib.load_weights_by_name(bn_model, gn_path)
+
+
+def test_average_weight_files_is_the_mean_and_refuses_other_models(tmp_path):
+    """Three checkpoints of one model average element-wise (kernels, BatchNorm moving
+    statistics); a file of another architecture is named in the error and nothing is written."""
+    models = [_small_model() for _ in range(3)]
+    for i, model in enumerate(models):   # distinct moving statistics, not only kernels
+        bn = model.get_layer("bn_a")
+        bn.set_weights([w + i for w in bn.get_weights()])
+    paths = [weights_lib.save_weights_by_name(m, tmp_path / f"c{i}.weights.h5")
+             for i, m in enumerate(models)]
+    out = weights_lib.average_weight_files(paths, tmp_path / "avg.weights.h5")
+    target = _small_model()
+    report = weights_lib.load_weights_by_name(target, out)
+    assert sorted(report["loaded"]) == ["bn_a", "dense_a", "mrcnn_class_logits"]
+    for name in ("dense_a", "bn_a", "mrcnn_class_logits"):
+        for k, got in enumerate(target.get_layer(name).get_weights()):
+            expected = np.mean([m.get_layer(name).get_weights()[k] for m in models], axis=0)
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    other = weights_lib.save_weights_by_name(_small_model(units=7), tmp_path / "other.weights.h5")
+    with pytest.raises(ValueError, match="other.weights.h5 does not hold the same weights"):
+        weights_lib.average_weight_files(paths + [other], tmp_path / "bad.weights.h5")
+    assert not (tmp_path / "bad.weights.h5").exists()
+    with pytest.raises(ValueError, match="no weight file"):
+        weights_lib.average_weight_files([], tmp_path / "none.weights.h5")

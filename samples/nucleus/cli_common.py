@@ -17,7 +17,7 @@ import numpy as np
 from mrcnn.atomic import atomic_target
 from mrcnn.config import inference_config
 from mrcnn.evaluation import write_json
-from mrcnn.training import find_last_checkpoint
+from mrcnn.training import find_final_weights
 from samples.nucleus.nucleus import (INFERENCE_FIELDS, NucleusConfig, NucleusDataset,
                                      set_kind_repeat_factors)
 
@@ -106,9 +106,13 @@ def _jsonable(value):
 
 
 def resolve_checkpoint(weights, logs, name=NucleusConfig.NAME):
-    """'last' -> newest checkpoint under logs; else the path, which must exist."""
+    """'last' -> the newest run's final weights under logs (its newest checkpoint, or that
+    checkpoint's average when training wrote one: ``train --average-last``); else the path,
+    which must exist."""
     if weights == "last":
-        return find_last_checkpoint(logs, name)
+        path = find_final_weights(logs, name)
+        log.info("--weights last: %s", path)
+        return path
     if not os.path.exists(weights):
         raise FileNotFoundError(f"--weights {weights}: no such file")
     return weights
