@@ -63,14 +63,17 @@ def find_last_checkpoint(model_dir, name):
         FileNotFoundError: no run folder or no checkpoint in it.
     """
     name = name.lower()
-    found = find_last(model_dir, name, f"mask_rcnn_{name}_{_EPOCH_GLOB}.weights.h5")
+    found = find_last(model_dir, name, _epoch_checkpoint_glob(name))
     if found is None:
         raise FileNotFoundError(f"no checkpoint of {name!r} under {model_dir}: train first "
                                 "or pass a weights path.")
     return found
 
 
-_EPOCH_GLOB = "[0-9]" * 4
+def _epoch_checkpoint_glob(name):
+    """The glob of a run folder's epoch checkpoints, :func:`checkpoint_pattern` with any
+    four-digit epoch (so ``_average`` files never match)."""
+    return os.path.basename(checkpoint_pattern("", name)).replace("{epoch:04d}", "[0-9]" * 4)
 
 
 def averaged_checkpoint_path(checkpoint_path):
@@ -100,8 +103,7 @@ def average_last_checkpoints(log_dir, name, count, after_epoch=0):
     Returns:
         (path written or None when fewer than 2 checkpoints qualify, the epochs averaged).
     """
-    name = name.lower()
-    found = glob.glob(os.path.join(log_dir, f"mask_rcnn_{name}_{_EPOCH_GLOB}.weights.h5"))
+    found = glob.glob(os.path.join(log_dir, _epoch_checkpoint_glob(name)))
     by_epoch = sorted((int(re.search(r"_(\d{4})\.weights\.h5$", path).group(1)), path)
                       for path in found)
     chosen = [(epoch, path) for epoch, path in by_epoch if epoch > after_epoch][-count:]
