@@ -82,6 +82,9 @@ class Config:
 
     TRAIN_ROIS_PER_IMAGE = 200
     ROI_POSITIVE_RATIO = 0.33
+    # At most this many of an image's positive ROIs (a random subset: the detection targets
+    # shuffle them) go through the mask head in training; None = all of them (Matterport).
+    MASK_TRAIN_ROIS_PER_IMAGE = None
     POOL_SIZE = 7
     MASK_POOL_SIZE = 14
     MASK_SHAPE = [28, 28]
@@ -199,6 +202,8 @@ class Config:
             fail("ROI_POSITIVE_RATIO must be in (0, 1].")
         if self.TRAIN_ROIS_PER_IMAGE < 1 or self.POST_NMS_ROIS_TRAINING < 1:
             fail("TRAIN_ROIS_PER_IMAGE and POST_NMS_ROIS_TRAINING must be >= 1.")
+        if self.MASK_TRAIN_ROIS_PER_IMAGE is not None and self.MASK_TRAIN_ROIS_PER_IMAGE < 1:
+            fail("MASK_TRAIN_ROIS_PER_IMAGE must be None (every positive ROI) or >= 1.")
         if self.PRE_NMS_LIMIT < self.POST_NMS_ROIS_INFERENCE:
             fail("PRE_NMS_LIMIT must be >= POST_NMS_ROIS_INFERENCE.")
         if self.DETECTION_MAX_INSTANCES > self.POST_NMS_ROIS_INFERENCE:

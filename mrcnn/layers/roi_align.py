@@ -26,6 +26,9 @@ class SelectBoxes(keras.layers.Layer):
     Outputs: ``boxes [K, 4]`` (same units as input), ``batch_index [K]`` int32,
     ``flat_index [K]`` int32 (row in the flattened [B * N] list).
 
+    ``per_image_limit`` keeps at most that many rows of each image (its first columns: the
+    detection targets put the positives first, in random order), None keeps all.
+
     With ``min_one`` an empty selection returns row 0 instead, so the heads never see an empty
     batch (TensorFlow's CPU conv gradient, and grappler's folding of convs on empty tensors,
     fail on zero rows); callers ignore rows whose class id is 0 (losses, unmolding).
@@ -33,12 +36,13 @@ class SelectBoxes(keras.layers.Layer):
 
     MODES = ("all", "positive", "detections")
 
-    def __init__(self, mode="all", min_one=False, **kwargs):
+    def __init__(self, mode="all", min_one=False, per_image_limit=None, **kwargs):
         super().__init__(**kwargs)
         if mode not in self.MODES:
             raise ValueError(f"SelectBoxes mode {mode!r}; use one of {self.MODES}")
         self.mode = mode
         self.min_one = bool(min_one)
+        self.per_image_limit = None if per_image_limit is None else int(per_image_limit)
 
     def call(self, inputs):
         if self.mode == "positive":
@@ -52,7 +56,10 @@ class SelectBoxes(keras.layers.Layer):
         if selector is None:
             flat_index = tf.range(shape[0] * shape[1], dtype=tf.int32)
         else:
-            flat_index = tf.cast(tf.where(tf.reshape(selector, [-1]) > 0)[:, 0], tf.int32)
+            keep = selector > 0
+            if self.per_image_limit is not None:
+                keep = keep & (tf.range(shape[1])[None, :] < self.per_image_limit)
+            flat_index = tf.cast(tf.where(tf.reshape(keep, [-1]))[:, 0], tf.int32)
             if self.min_one:
                 flat_index = tf.cond(tf.size(flat_index) > 0, lambda: flat_index,
                                      lambda: tf.zeros([1], tf.int32))
@@ -63,7 +70,8 @@ class SelectBoxes(keras.layers.Layer):
         return ((None, 4), (None,), (None,))
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode, "min_one": self.min_one}
+        return {**super().get_config(), "mode": self.mode, "min_one": self.min_one,
+                "per_image_limit": self.per_image_limit}
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")

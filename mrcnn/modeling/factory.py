@@ -69,6 +69,8 @@ def maskrcnn_kwargs(config, mode, backbone_weights=None):
         mask_shape=tuple(int(v) for v in config.MASK_SHAPE),
         train_rois_per_image=int(config.TRAIN_ROIS_PER_IMAGE),
         roi_positive_ratio=float(config.ROI_POSITIVE_RATIO),
+        mask_train_rois=(None if config.MASK_TRAIN_ROIS_PER_IMAGE is None
+                         else int(config.MASK_TRAIN_ROIS_PER_IMAGE)),
         use_mini_mask=bool(config.USE_MINI_MASK),
         gt_mask_shape=gt_mask_shape,
         max_gt_instances=int(config.MAX_GT_INSTANCES),

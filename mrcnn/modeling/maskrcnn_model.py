@@ -143,6 +143,7 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                  rpn_nms_threshold, pre_nms_limit, post_nms_rois, rpn_bbox_std_dev,
                  bbox_std_dev, fc_layers_size, pool_size, mask_pool_size, mask_shape,
                  train_rois_per_image, roi_positive_ratio, use_mini_mask, gt_mask_shape,
+                 mask_train_rois=None,
                  max_gt_instances, proposals_include_gt, detection_max_instances,
                  detection_min_confidence, detection_nms_threshold, loss_weights,
                  weight_decay, name="mask_rcnn"):
@@ -197,6 +198,7 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
             align([boxes, batch_index, meta] + features), num_classes, fc_layers_size, pool_size)
         unflatten = UnflattenRois(name="unflatten_rois", dtype=F32)
         pos_boxes, pos_batch, pos_index = SelectBoxes("positive", min_one=True,
+                                                         per_image_limit=mask_train_rois,
                                                          name="positive_rois", dtype=F32)(
             [rois, target_class_ids])
         masks = build_mask_head(mask_align([pos_boxes, pos_batch, meta] + features), num_classes,
