@@ -139,6 +139,10 @@ class Config:
     # Linear warm-up over this many optimizer steps, then x0.1 at each listed global step.
     LEARNING_RATE_WARMUP_STEPS = 0
     LEARNING_RATE_DECAY_STEPS = ()
+    # "step" (the above) or "cosine": after the warm-up, each train() stage decays from its
+    # learning rate to 0 along half a cosine, over its epochs or its time budget, whichever
+    # ends first (mrcnn.schedules); LEARNING_RATE_DECAY_STEPS is then not used.
+    LEARNING_RATE_SCHEDULE = "step"
     # TensorBoard detection metrics: every N epochs (0 = off), detect on the first
     # EVAL_IMAGES validation images and log the DSB score, AP50, IoU, Dice and overlays.
     EVAL_EVERY_N_EPOCHS = 0
@@ -202,6 +206,9 @@ class Config:
             fail("ROI_POSITIVE_RATIO must be in (0, 1].")
         if self.TRAIN_ROIS_PER_IMAGE < 1 or self.POST_NMS_ROIS_TRAINING < 1:
             fail("TRAIN_ROIS_PER_IMAGE and POST_NMS_ROIS_TRAINING must be >= 1.")
+        if self.LEARNING_RATE_SCHEDULE not in ("step", "cosine"):
+            fail(f"LEARNING_RATE_SCHEDULE {self.LEARNING_RATE_SCHEDULE!r}; use 'step' or "
+                 "'cosine'.")
         if self.MASK_TRAIN_ROIS_PER_IMAGE is not None and self.MASK_TRAIN_ROIS_PER_IMAGE < 1:
             fail("MASK_TRAIN_ROIS_PER_IMAGE must be None (every positive ROI) or >= 1.")
         if self.PRE_NMS_LIMIT < self.POST_NMS_ROIS_INFERENCE:

@@ -17,6 +17,8 @@ from mrcnn import multi_worker
 from mrcnn.atomic import atomic_target
 from mrcnn.data.generator import DataGenerator
 from mrcnn.monitoring import DetectionMetricsCallback
+from mrcnn.schedules import (StageProgress, WarmupCosineSchedule, WarmupStepSchedule,  # noqa: F401
+                             make_schedule, remember_schedule, schedule_of)
 from mrcnn.weights import average_weight_files, save_weights_by_name
 
 log = logging.getLogger(__name__)
@@ -177,49 +179,17 @@ def set_trainable(keras_model, regex, train_bn, train_head_bn=False):
     return trainable
 
 
-@keras.saving.register_keras_serializable(package="mrcnn")
-class WarmupStepSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from ``warmup_factor * lr`` to ``lr``, then x``decay_factor`` at each
-    step listed in ``decay_steps`` (global optimizer steps)."""
-
-    def __init__(self, learning_rate, warmup_steps=0, warmup_factor=0.001, decay_steps=(),
-                 decay_factor=0.1, start_step=0):
-        self.learning_rate = float(learning_rate)
-        self.warmup_steps = int(warmup_steps)
-        self.warmup_factor = float(warmup_factor)
-        self.decay_steps = [int(s) for s in decay_steps]
-        self.decay_factor = float(decay_factor)
-        self.start_step = int(start_step)
-
-    def __call__(self, step):
-        ops = keras.ops
-        step = ops.cast(step, "float32") + float(self.start_step)
-        lr = ops.convert_to_tensor(self.learning_rate, "float32")
-        if self.warmup_steps > 0:
-            frac = ops.minimum(step / float(self.warmup_steps), 1.0)
-            lr = lr * (self.warmup_factor + (1.0 - self.warmup_factor) * frac)
-        for boundary in self.decay_steps:
-            lr = ops.where(step >= float(boundary), lr * self.decay_factor, lr)
-        return lr
-
-    def get_config(self):
-        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps,
-                "warmup_factor": self.warmup_factor, "decay_steps": self.decay_steps,
-                "decay_factor": self.decay_factor, "start_step": self.start_step}
-
-
 def make_optimizer(config, learning_rate, start_step=0):
     """SGD with momentum and per-tensor gradient clipping (Matterport's choice), with the
-    Config's warm-up (``LEARNING_RATE_WARMUP_STEPS``) and step decay
-    (``LEARNING_RATE_DECAY_STEPS``) as a schedule."""
-    schedule = WarmupStepSchedule(
-        learning_rate, warmup_steps=config.LEARNING_RATE_WARMUP_STEPS,
-        decay_steps=config.LEARNING_RATE_DECAY_STEPS, start_step=start_step)
+    Config's schedule (:func:`mrcnn.schedules.make_schedule`: warm-up, then step decay or
+    cosine)."""
+    schedule = make_schedule(config, learning_rate, start_step)
     kwargs = {}
     if config.GRADIENT_CLIP_NORM:
         kwargs["clipnorm"] = float(config.GRADIENT_CLIP_NORM)
-    return keras.optimizers.SGD(learning_rate=schedule, momentum=config.LEARNING_MOMENTUM,
-                                **kwargs)
+    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.LEARNING_MOMENTUM,
+                                     **kwargs)
+    return remember_schedule(optimizer, schedule)
 
 
 class CheckpointCallback(keras.callbacks.Callback):
@@ -264,6 +234,10 @@ def save_optimizer_state(keras_model, path):
     arrays = {f"v{i:05d}": keras.ops.convert_to_numpy(v)
               for i, v in enumerate(optimizer.variables)}
     arrays["trainable_paths"] = _trainable_paths(keras_model)
+    schedule = schedule_of(optimizer)
+    if isinstance(schedule, WarmupCosineSchedule):
+        arrays["schedule"] = np.array(
+            [schedule.learning_rate, float(keras.ops.convert_to_numpy(schedule.progress))])
     with atomic_target(path, ".npz.tmp") as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
     return os.path.abspath(path)
@@ -274,13 +248,20 @@ def restore_optimizer_state(keras_model, path):
     optimizer, if they were saved for the same trainable variables.
 
     The step counter is reset to 0 because the learning-rate schedule already starts at the
-    resumed epoch's step. Returns True when the state was restored.
+    resumed epoch's step. A cosine schedule at the same learning rate (the same stage) also
+    continues from the saved progress. Returns True when the state was restored.
     """
     with np.load(path, allow_pickle=False) as data:
         if not np.array_equal(data["trainable_paths"], _trainable_paths(keras_model)):
             log.info("%s was saved for other trainable layers; momentum starts from zero.", path)
             return False
         values = [data[k] for k in sorted(k for k in data.files if k.startswith("v"))]
+        saved_schedule = data["schedule"] if "schedule" in data.files else None
+    schedule = schedule_of(keras_model.optimizer)
+    if (saved_schedule is not None and isinstance(schedule, WarmupCosineSchedule)
+            and math.isclose(float(saved_schedule[0]), schedule.learning_rate)):
+        schedule.progress.assign(float(saved_schedule[1]))
+        log.info("Cosine schedule resumed at %.0f %% of its stage", 100 * saved_schedule[1])
     optimizer = keras_model.optimizer
     if not optimizer.built:
         optimizer.build(keras_model.trainable_variables)
@@ -447,6 +428,10 @@ def fit(keras_model, config, *, strategy, regex, train_bn, train_dataset, val_da
 
     _compile_stage(keras_model, config, strategy, regex, train_bn, learning_rate, initial_epoch,
                    optimizer_state)
+    schedule = schedule_of(keras_model.optimizer)
+    if isinstance(schedule, WarmupCosineSchedule):
+        callbacks.insert(0, StageProgress(
+            schedule, (epochs - initial_epoch) * config.STEPS_PER_EPOCH, time_budget_seconds))
     history = keras_model.fit(
         train_gen, initial_epoch=initial_epoch, epochs=epochs,
         steps_per_epoch=config.STEPS_PER_EPOCH, validation_data=val_gen,
@@ -465,9 +450,17 @@ def _fit_multi_worker(keras_model, config, *, strategy, regex, train_bn, train_d
     workers, index, chief = multi_worker.cluster()
     generator = DataGenerator(train_dataset, config, shuffle=True, augmentation=augmentation,
                               steps=config.STEPS_PER_EPOCH, seed=seed, shard=(index, workers))
+    if config.LEARNING_RATE_SCHEDULE == "cosine" and time_budget_seconds:
+        raise ValueError("LEARNING_RATE_SCHEDULE='cosine' with a time budget is not supported "
+                         "across workers (each would decay by its own clock); give epochs "
+                         "instead of a time budget, or use the 'step' schedule.")
     _compile_stage(keras_model, config, strategy, regex, train_bn, learning_rate, initial_epoch,
                    optimizer_state, build=True)
+    schedule = schedule_of(keras_model.optimizer)
     callbacks = [DivergenceGuard(log_dir)]
+    if isinstance(schedule, WarmupCosineSchedule):
+        callbacks.insert(0, StageProgress(schedule, (epochs - initial_epoch)
+                                          * config.STEPS_PER_EPOCH))
     if chief:
         os.makedirs(log_dir, exist_ok=True)
         callbacks = [LearningRateLogger()] + callbacks + [

@@ -19,7 +19,7 @@ LAYERS = [
     DetectionTargetLayer(8, 0.5, [0.1, 0.1, 0.2, 0.2], (14, 14)),
     DetectionLayer(5, 0.5, 0.3, [0.1, 0.1, 0.2, 0.2]),
     PyramidROIAlign((7, 7)),
-    SelectBoxes("positive"),
+    SelectBoxes("positive"), SelectBoxes("positive", per_image_limit=3),
     GatherRows(), ScatterToSlots(), UnflattenRois(), NormalizeBoxes(),
     WholeInputConv2D(6, 7, activation="relu"),
 ]
@@ -128,6 +128,15 @@ def test_select_gather_scatter_unflatten():
     assert SelectBoxes("detections")(detections)[2].numpy().tolist() == [0, 2, 5]
     flat_all = SelectBoxes("all")(boxes)[0]
     np.testing.assert_array_equal(UnflattenRois()([flat_all, boxes]).numpy(), boxes)
+
+
+def test_select_positive_rows_per_image_limit():
+    """MASK_TRAIN_ROIS_PER_IMAGE: at most ``limit`` of each image's first (positive) rows."""
+    boxes = np.arange(2 * 5 * 4, dtype=np.float32).reshape(2, 5, 4)
+    ids = np.array([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], np.int32)
+    flat = SelectBoxes("positive", per_image_limit=2)([boxes, ids])[2].numpy()
+    assert flat.tolist() == [0, 1, 5]
+    assert SelectBoxes("positive")([boxes, ids])[2].numpy().tolist() == [0, 1, 2, 5]
 
 
 def test_whole_input_conv_equals_valid_conv():

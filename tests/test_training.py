@@ -155,3 +155,26 @@ def test_average_last_checkpoints_of_the_last_stage(tmp_path):
         (None, [5])
     save_weights_by_name(model, run / "mask_rcnn_nucleus_0006.weights.h5")
     assert training.find_final_weights(str(tmp_path), "nucleus").endswith("_0006.weights.h5")
+
+
+def test_mask_train_rois_cap_limits_the_mask_head_batch(tmp_path, synthetic_dataset):
+    """MASK_TRAIN_ROIS_PER_IMAGE: the mask head sees at most that many positive ROIs per
+    image, and their targets are the matching rows; training still runs."""
+    from mrcnn.data.generator import DataGenerator
+
+    class CappedConfig(WeightedConfig):
+        MASK_TRAIN_ROIS_PER_IMAGE = 2
+
+    results = {}
+    for config in (WeightedConfig(), CappedConfig()):
+        model = modellib.MaskRCNN("training", config, str(tmp_path))
+        (batch,) = DataGenerator(synthetic_dataset, config, steps=1, seed=0)[0]
+        out = model.keras_model(batch, training=False)
+        positives = int(np.sum(np.asarray(out["target_class_ids"]) > 0))
+        results[type(config).__name__] = (out["mrcnn_mask"].shape[0], positives,
+                                          out["mask_targets"].shape[0])
+    full, capped = results["WeightedConfig"], results["CappedConfig"]
+    assert full[0] == full[1] > 2 * config.IMAGES_PER_GPU     # every positive ROI
+    assert capped[0] == capped[2] == 2 * config.IMAGES_PER_GPU  # two per image
+    history = model.train(synthetic_dataset, None, 1e-2, 1, "all", verbose=0)
+    assert math.isfinite(history.history["mrcnn_mask_loss"][0])

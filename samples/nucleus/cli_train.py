@@ -116,7 +116,9 @@ def plan_stages(args, config, state, from_scratch):
     """The run's stages: ``{"layers", "lr", "end_epoch", "share", "ended_at"}`` each.
 
     A new run: stage 1 trains the heads (all layers from scratch) at the learning rate to
-    --heads-epochs, stage 2 all layers at lr/10 to --all-epochs. A resumed run keeps its
+    --heads-epochs, stage 2 all layers at lr/10 to --all-epochs. From scratch with the cosine
+    schedule (``LEARNING_RATE_SCHEDULE``) there is one stage instead, all layers from the
+    learning rate down to 0 by --all-epochs or the time budget. A resumed run keeps its
     saved regime (from scratch or not, learning rates, end epochs, the epoch a stage ended
     at); --heads-epochs / --all-epochs given on the command line move the end of a stage that
     has not ended, and a larger --all-epochs trains a finished run's last stage longer.
@@ -127,8 +129,14 @@ def plan_stages(args, config, state, from_scratch):
         state = {"from_scratch": from_scratch, "stages": [
             {"layers": first, "lr": lr, "end_epoch": 20, "share": 0.75, "ended_at": None},
             {"layers": "all", "lr": lr / 10, "end_epoch": 40, "share": 1.0, "ended_at": None}]}
+        if from_scratch and config.LEARNING_RATE_SCHEDULE == "cosine":
+            del state["stages"][0]
+            state["stages"][0]["lr"] = lr
     last = state["stages"][-1]
-    for stage, given in zip(state["stages"], (args.heads_epochs, args.all_epochs)):
+    given_ends = (args.heads_epochs, args.all_epochs)
+    if len(state["stages"]) == 1:
+        given_ends = (args.all_epochs,)
+    for stage, given in zip(state["stages"], given_ends):
         if given is None:
             continue
         if stage["ended_at"] is None:
@@ -171,6 +179,8 @@ def run_train(args):
         overrides["STEPS_PER_EPOCH"] = args.steps_per_epoch
     if args.warmup_steps is not None:
         overrides["LEARNING_RATE_WARMUP_STEPS"] = args.warmup_steps
+    if args.lr_schedule:
+        overrides["LEARNING_RATE_SCHEDULE"] = args.lr_schedule
     overrides.update(parse_overrides(args.set))
     config = make_config(overrides)
 
@@ -257,8 +267,13 @@ def add_train_arguments(parser):
     parser.add_argument("--steps-per-epoch", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None, help="default: config LEARNING_RATE")
     parser.add_argument("--warmup-steps", type=int, default=None)
+    parser.add_argument("--lr-schedule", choices=("step", "cosine"), default=None,
+                        help="step: stage 1 at the learning rate, stage 2 at lr/10 (default); "
+                             "cosine: from scratch one stage, the learning rate decaying to 0 "
+                             "by --all-epochs or the time budget (mrcnn.schedules)")
     parser.add_argument("--time-budget", type=float, default=None,
-                        help="minutes; stage 1 gets 75%%, stage 2 the rest")
+                        help="minutes; with the step schedule stage 1 gets 75%%, stage 2 the "
+                             "rest")
     parser.add_argument("--train-fraction", type=float, default=1.0)
     parser.add_argument("--balance-kinds", action="store_true",
                         help="oversample the rare image kinds (histology, brightfield) by "
