@@ -1,12 +1,17 @@
 """Training-step time of the nucleus from-scratch configuration under config variants.
 
     python benchmarks/bench_nucleus_step.py [--dataset ../shared/data/dsb2018] \
-        [--variant '{}' --variant '{"TOP_DOWN_PYRAMID_SIZE": 256, "MASK_HEAD_CHANNELS": 256}']
+        [--variant '{}' --variant '{"TOP_DOWN_PYRAMID_SIZE": 256, "MASK_HEAD_CHANNELS": 256}'] \
+        [--weights runs/x/nucleus.../mask_rcnn_nucleus_0050.weights.h5] [--rounds 3]
 
 Each variant is a JSON object of Config overrides on top of the CLI's from-scratch defaults
 (``SCRATCH_OVERRIDES``). Batches are real DSB2018 training crops when ``--dataset`` exists,
 else synthetic nuclei. Prints the median ``train_on_batch`` seconds over 6 batches after 2
 warm-ups, and the parameter count. This is how the 128-channel FPN/mask-head default was chosen.
+
+``--weights`` starts every variant from a trained checkpoint (by layer name), so the RPN
+proposes real nuclei and the mask head sees as many positive ROIs as in a late epoch;
+``--rounds`` measures the variants in turn that many times (the machine's speed drifts).
 """
 
 import argparse
@@ -32,7 +37,7 @@ def load_dataset(dataset_dir):
     return dataset
 
 
-def measure(dataset, overrides, batches=8, warmups=2):
+def measure(dataset, overrides, batches=8, warmups=2, weights=None):
     from samples.nucleus.cli_common import make_config
     from samples.nucleus.cli_train import SCRATCH_OVERRIDES
     from mrcnn import model as modellib
@@ -41,6 +46,8 @@ def measure(dataset, overrides, batches=8, warmups=2):
     from mrcnn.data.generator import DataGenerator
     config = make_config(dict(SCRATCH_OVERRIDES, **overrides))
     model = modellib.MaskRCNN("training", config, tempfile.mkdtemp(prefix="bench_logs_"))
+    if weights:
+        model.load_weights(weights)
     training_lib.set_trainable(model.keras_model, ".*", backbone_norm(config) == "batch")
     model.keras_model.compile(optimizer=training_lib.make_optimizer(config, 1e-3),
                               jit_compile=False)
@@ -58,6 +65,9 @@ def measure(dataset, overrides, batches=8, warmups=2):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default=os.path.join(ROOT, "..", "shared", "data", "dsb2018"))
+    parser.add_argument("--weights", default=None,
+                        help="trained checkpoint every variant starts from (same architecture)")
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--variant", action="append", default=None,
                         help="JSON Config overrides (repeatable); default: the CLI defaults and "
                              "the 256-channel FPN/mask head")
@@ -65,10 +75,11 @@ def main(argv=None):
     variants = [json.loads(v) for v in args.variant or
                 ['{}', '{"TOP_DOWN_PYRAMID_SIZE": 256, "MASK_HEAD_CHANNELS": 256}']]
     dataset = load_dataset(args.dataset)
-    for overrides in variants:
-        seconds, params = measure(dataset, overrides)
-        print(f"{json.dumps(overrides)}: train step {seconds:.3f} s (median), "
-              f"{params / 1e6:.1f} M parameters", flush=True)
+    for round_ in range(args.rounds):
+        for overrides in variants:
+            seconds, params = measure(dataset, overrides, weights=args.weights)
+            print(f"round {round_ + 1} {json.dumps(overrides)}: train step {seconds:.3f} s "
+                  f"(median), {params / 1e6:.1f} M parameters", flush=True)
 
 
 if __name__ == "__main__":
