@@ -21,6 +21,7 @@ from backbones.normalization import NORMS
 from mrcnn.ops.anchors import pyramid_strides
 from mrcnn.ops.image import IMAGE_NORMALIZATIONS, RESIZE_MODES, image_meta_size
 from mrcnn.precision import CHOICES as COMPUTE_DTYPES
+from mrcnn.schedules import SCHEDULES
 
 
 class Config:
@@ -206,9 +207,9 @@ class Config:
             fail("ROI_POSITIVE_RATIO must be in (0, 1].")
         if self.TRAIN_ROIS_PER_IMAGE < 1 or self.POST_NMS_ROIS_TRAINING < 1:
             fail("TRAIN_ROIS_PER_IMAGE and POST_NMS_ROIS_TRAINING must be >= 1.")
-        if self.LEARNING_RATE_SCHEDULE not in ("step", "cosine"):
-            fail(f"LEARNING_RATE_SCHEDULE {self.LEARNING_RATE_SCHEDULE!r}; use 'step' or "
-                 "'cosine'.")
+        if self.LEARNING_RATE_SCHEDULE not in SCHEDULES:
+            fail(f"LEARNING_RATE_SCHEDULE {self.LEARNING_RATE_SCHEDULE!r}; use one of "
+                 f"{SCHEDULES}.")
         if self.MASK_TRAIN_ROIS_PER_IMAGE is not None and self.MASK_TRAIN_ROIS_PER_IMAGE < 1:
             fail("MASK_TRAIN_ROIS_PER_IMAGE must be None (every positive ROI) or >= 1.")
         if self.PRE_NMS_LIMIT < self.POST_NMS_ROIS_INFERENCE:

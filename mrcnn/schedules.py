@@ -31,10 +31,7 @@ def remember_schedule(optimizer, schedule):
 
 def schedule_of(optimizer):
     """The schedule :func:`remember_schedule` recorded for ``optimizer``, or None."""
-    try:
-        return _SCHEDULES.get(optimizer)
-    except TypeError:  # not weak-referenceable
-        return None
+    return _SCHEDULES.get(optimizer)
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -114,8 +111,18 @@ def stage_progress(start_progress, step_fraction, time_fraction):
     return start_progress + (1.0 - start_progress) * done
 
 
+def progress_callbacks(optimizer, steps, budget_seconds=None):
+    """``[StageProgress]`` when ``optimizer`` (from :func:`mrcnn.training.make_optimizer`)
+    runs a cosine schedule, else ``[]``: what a fit of at most ``steps`` optimizer steps
+    needs so the schedule follows its epochs and time budget."""
+    schedule = schedule_of(optimizer)
+    if isinstance(schedule, WarmupCosineSchedule):
+        return [StageProgress(schedule, steps, budget_seconds)]
+    return []
+
+
 class StageProgress(keras.callbacks.Callback):
-    """Set a :class:`WarmupCosineSchedule`'s progress after every batch (and at the start).
+    """Set a :class:`WarmupCosineSchedule`'s progress after every batch.
 
     ``steps`` is the number of optimizer steps this fit runs at most, ``budget_seconds`` its
     time budget (None: epochs only). The progress the schedule holds when training begins

@@ -17,8 +17,8 @@ from mrcnn import multi_worker
 from mrcnn.atomic import atomic_target
 from mrcnn.data.generator import DataGenerator
 from mrcnn.monitoring import DetectionMetricsCallback
-from mrcnn.schedules import (StageProgress, WarmupCosineSchedule, WarmupStepSchedule,  # noqa: F401
-                             make_schedule, remember_schedule, schedule_of)
+from mrcnn.schedules import (WarmupCosineSchedule, WarmupStepSchedule,  # noqa: F401
+                             make_schedule, progress_callbacks, remember_schedule, schedule_of)
 from mrcnn.weights import average_weight_files, save_weights_by_name
 
 log = logging.getLogger(__name__)
@@ -428,10 +428,9 @@ def fit(keras_model, config, *, strategy, regex, train_bn, train_dataset, val_da
 
     _compile_stage(keras_model, config, strategy, regex, train_bn, learning_rate, initial_epoch,
                    optimizer_state)
-    schedule = schedule_of(keras_model.optimizer)
-    if isinstance(schedule, WarmupCosineSchedule):
-        callbacks.insert(0, StageProgress(
-            schedule, (epochs - initial_epoch) * config.STEPS_PER_EPOCH, time_budget_seconds))
+    callbacks = progress_callbacks(keras_model.optimizer,
+                                   (epochs - initial_epoch) * config.STEPS_PER_EPOCH,
+                                   time_budget_seconds) + callbacks
     history = keras_model.fit(
         train_gen, initial_epoch=initial_epoch, epochs=epochs,
         steps_per_epoch=config.STEPS_PER_EPOCH, validation_data=val_gen,
@@ -456,11 +455,9 @@ def _fit_multi_worker(keras_model, config, *, strategy, regex, train_bn, train_d
                          "instead of a time budget, or use the 'step' schedule.")
     _compile_stage(keras_model, config, strategy, regex, train_bn, learning_rate, initial_epoch,
                    optimizer_state, build=True)
-    schedule = schedule_of(keras_model.optimizer)
-    callbacks = [DivergenceGuard(log_dir)]
-    if isinstance(schedule, WarmupCosineSchedule):
-        callbacks.insert(0, StageProgress(schedule, (epochs - initial_epoch)
-                                          * config.STEPS_PER_EPOCH))
+    callbacks = progress_callbacks(keras_model.optimizer,
+                                   (epochs - initial_epoch) * config.STEPS_PER_EPOCH)
+    callbacks.append(DivergenceGuard(log_dir))
     if chief:
         os.makedirs(log_dir, exist_ok=True)
         callbacks = [LearningRateLogger()] + callbacks + [

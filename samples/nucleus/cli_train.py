@@ -10,6 +10,7 @@ from mrcnn import multi_worker
 from mrcnn import weights as weights_lib
 from mrcnn.data.augment import AUGMENTATIONS, make_augmentation
 from mrcnn.modeling.factory import backbone_norm
+from mrcnn.schedules import SCHEDULES
 from mrcnn.training import find_last_checkpoint
 from samples.nucleus.cli_common import (load_run_overrides, load_run_state, load_train_val,
                                         make_config, parse_overrides, report_skipped,
@@ -267,7 +268,7 @@ def add_train_arguments(parser):
     parser.add_argument("--steps-per-epoch", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None, help="default: config LEARNING_RATE")
     parser.add_argument("--warmup-steps", type=int, default=None)
-    parser.add_argument("--lr-schedule", choices=("step", "cosine"), default=None,
+    parser.add_argument("--lr-schedule", choices=SCHEDULES, default=None,
                         help="step: stage 1 at the learning rate, stage 2 at lr/10 (default); "
                              "cosine: from scratch one stage, the learning rate decaying to 0 "
                              "by --all-epochs or the time budget (mrcnn.schedules)")
