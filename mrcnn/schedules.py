@@ -111,6 +111,27 @@ def stage_progress(start_progress, step_fraction, time_fraction):
     return start_progress + (1.0 - start_progress) * done
 
 
+def saved_progress(optimizer):
+    """``[learning_rate, progress]`` of ``optimizer``'s cosine schedule, to save with its
+    state, or None for any other schedule."""
+    schedule = schedule_of(optimizer)
+    if isinstance(schedule, WarmupCosineSchedule):
+        return [schedule.learning_rate, float(keras.ops.convert_to_numpy(schedule.progress))]
+    return None
+
+
+def resume_progress(optimizer, saved):
+    """Continue ``optimizer``'s cosine schedule from ``saved`` (:func:`saved_progress`'s
+    pair, or None) when it belongs to the same stage, i.e. the same learning rate. Returns
+    the progress restored, or None."""
+    schedule = schedule_of(optimizer)
+    if (saved is None or not isinstance(schedule, WarmupCosineSchedule)
+            or not math.isclose(float(saved[0]), schedule.learning_rate)):
+        return None
+    schedule.progress.assign(float(saved[1]))
+    return float(saved[1])
+
+
 def progress_callbacks(optimizer, steps, budget_seconds=None):
     """``[StageProgress]`` when ``optimizer`` (from :func:`mrcnn.training.make_optimizer`)
     runs a cosine schedule, else ``[]``: what a fit of at most ``steps`` optimizer steps

@@ -17,8 +17,9 @@ from mrcnn import multi_worker
 from mrcnn.atomic import atomic_target
 from mrcnn.data.generator import DataGenerator
 from mrcnn.monitoring import DetectionMetricsCallback
-from mrcnn.schedules import (WarmupCosineSchedule, WarmupStepSchedule,  # noqa: F401
-                             make_schedule, progress_callbacks, remember_schedule, schedule_of)
+from mrcnn.schedules import (WarmupStepSchedule,  # noqa: F401 (importable here as before)
+                             make_schedule, progress_callbacks, remember_schedule,
+                             resume_progress, saved_progress)
 from mrcnn.weights import average_weight_files, save_weights_by_name
 
 log = logging.getLogger(__name__)
@@ -234,10 +235,9 @@ def save_optimizer_state(keras_model, path):
     arrays = {f"v{i:05d}": keras.ops.convert_to_numpy(v)
               for i, v in enumerate(optimizer.variables)}
     arrays["trainable_paths"] = _trainable_paths(keras_model)
-    schedule = schedule_of(optimizer)
-    if isinstance(schedule, WarmupCosineSchedule):
-        arrays["schedule"] = np.array(
-            [schedule.learning_rate, float(keras.ops.convert_to_numpy(schedule.progress))])
+    progress = saved_progress(optimizer)
+    if progress is not None:
+        arrays["schedule"] = np.array(progress)
     with atomic_target(path, ".npz.tmp") as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
     return os.path.abspath(path)
@@ -257,10 +257,7 @@ def restore_optimizer_state(keras_model, path):
             return False
         values = [data[k] for k in sorted(k for k in data.files if k.startswith("v"))]
         saved_schedule = data["schedule"] if "schedule" in data.files else None
-    schedule = schedule_of(keras_model.optimizer)
-    if (saved_schedule is not None and isinstance(schedule, WarmupCosineSchedule)
-            and math.isclose(float(saved_schedule[0]), schedule.learning_rate)):
-        schedule.progress.assign(float(saved_schedule[1]))
+    if resume_progress(keras_model.optimizer, saved_schedule) is not None:
         log.info("Cosine schedule resumed at %.0f %% of its stage", 100 * saved_schedule[1])
     optimizer = keras_model.optimizer
     if not optimizer.built:
