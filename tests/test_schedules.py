@@ -130,7 +130,7 @@ def test_cli_cosine_run_decays_to_zero_by_the_time_budget(tmp_path):
     logs = str(tmp_path / "logs")
     nucleus_cli.main(["train", "--dataset", data, "--logs", logs, "--backbone", "resnet18",
                       "--lr-schedule", "cosine", "--warmup-steps", "0", "--steps-per-epoch", "4",
-                      "--all-epochs", "200", "--time-budget", "0.5", "--verbose", "0", "--val-subset", ""]
+                      "--all-epochs", "200", "--time-budget", "1", "--verbose", "0", "--val-subset", ""]
                      + small_cli_sets())
     run = glob.glob(os.path.join(logs, "nucleus*"))[0]
     with open(os.path.join(run, "history.csv")) as f:
