@@ -20,6 +20,7 @@ import backbones
 from backbones.normalization import NORMS
 from mrcnn.ops.anchors import pyramid_strides
 from mrcnn.ops.image import IMAGE_NORMALIZATIONS, RESIZE_MODES, image_meta_size
+from mrcnn.optimizers import OPTIMIZERS
 from mrcnn.precision import CHOICES as COMPUTE_DTYPES
 from mrcnn.schedules import SCHEDULES
 
@@ -102,6 +103,15 @@ class Config:
     LEARNING_RATE = 0.001
     LEARNING_MOMENTUM = 0.9
     WEIGHT_DECAY = 0.0001
+    # Extra weight of the mask loss at the pixels within one pixel of each target outline
+    # (mrcnn.losses.mrcnn_mask_loss): 0 is Matterport's plain binary cross-entropy.
+    MASK_BOUNDARY_WEIGHT = 0.0
+    # "sgd": Matterport's SGD with LEARNING_MOMENTUM, and WEIGHT_DECAY as an L2 loss term
+    # (decay * ||w||^2 / size(w) per kernel). "adamw": AdamW (Loshchilov & Hutter), with
+    # WEIGHT_DECAY decoupled (w -= lr * WEIGHT_DECAY * w each step; not on biases or norm
+    # scales/offsets) and no L2 loss term; it wants a learning rate near 1e-4 to 1e-3, not
+    # SGD's 0.001-0.02, and a WEIGHT_DECAY near 0.05. Both clip by GRADIENT_CLIP_NORM.
+    OPTIMIZER = "sgd"
     LOSS_WEIGHTS = {
         "rpn_class_loss": 1.0,
         "rpn_bbox_loss": 1.0,
@@ -207,6 +217,10 @@ class Config:
             fail("ROI_POSITIVE_RATIO must be in (0, 1].")
         if self.TRAIN_ROIS_PER_IMAGE < 1 or self.POST_NMS_ROIS_TRAINING < 1:
             fail("TRAIN_ROIS_PER_IMAGE and POST_NMS_ROIS_TRAINING must be >= 1.")
+        if self.MASK_BOUNDARY_WEIGHT < 0:
+            fail(f"MASK_BOUNDARY_WEIGHT={self.MASK_BOUNDARY_WEIGHT!r} must be >= 0.")
+        if self.OPTIMIZER not in OPTIMIZERS:
+            fail(f"OPTIMIZER={self.OPTIMIZER!r}; use one of {OPTIMIZERS}.")
         if self.LEARNING_RATE_SCHEDULE not in SCHEDULES:
             fail(f"LEARNING_RATE_SCHEDULE {self.LEARNING_RATE_SCHEDULE!r}; use one of "
                  f"{SCHEDULES}.")

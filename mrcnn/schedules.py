@@ -104,6 +104,20 @@ def make_schedule(config, learning_rate, start_step=0):
                               start_step=start_step)
 
 
+def keep_step_count(optimizer):
+    """After a resume restored ``optimizer.iterations`` (the steps it had taken, which AdamW's
+    bias correction needs), shift its schedule back by as many steps so that the learning rate
+    still starts at the stage's global step. An optimizer without a remembered schedule gets
+    its count reset to 0 instead. Call before the first training step is traced."""
+    steps_done = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    schedule = schedule_of(optimizer)
+    if schedule is None:
+        optimizer.iterations.assign(0)
+    else:
+        schedule.start_step -= steps_done
+    return steps_done
+
+
 def stage_progress(start_progress, step_fraction, time_fraction):
     """Progress through a stage resumed at ``start_progress``: what remained of it is done in
     the larger of the shares of the remaining steps and of the time budget (each in [0, 1])."""
@@ -133,7 +147,7 @@ def resume_progress(optimizer, saved):
 
 
 def progress_callbacks(optimizer, steps, budget_seconds=None):
-    """``[StageProgress]`` when ``optimizer`` (from :func:`mrcnn.training.make_optimizer`)
+    """``[StageProgress]`` when ``optimizer`` (from :func:`mrcnn.optimizers.make_optimizer`)
     runs a cosine schedule, else ``[]``: what a fit of at most ``steps`` optimizer steps
     needs so the schedule follows its epochs and time budget."""
     schedule = schedule_of(optimizer)

@@ -17,9 +17,10 @@ from mrcnn import multi_worker
 from mrcnn.atomic import atomic_target
 from mrcnn.data.generator import DataGenerator
 from mrcnn.monitoring import DetectionMetricsCallback
+from mrcnn.optimizers import make_optimizer  # noqa: F401 (importable here as before)
 from mrcnn.schedules import (WarmupStepSchedule,  # noqa: F401 (importable here as before)
-                             make_schedule, progress_callbacks, remember_schedule,
-                             resume_progress, saved_progress)
+                             keep_step_count, progress_callbacks, resume_progress,
+                             saved_progress)
 from mrcnn.weights import average_weight_files, save_weights_by_name
 
 log = logging.getLogger(__name__)
@@ -180,19 +181,6 @@ def set_trainable(keras_model, regex, train_bn, train_head_bn=False):
     return trainable
 
 
-def make_optimizer(config, learning_rate, start_step=0):
-    """SGD with momentum and per-tensor gradient clipping (Matterport's choice), with the
-    Config's schedule (:func:`mrcnn.schedules.make_schedule`: warm-up, then step decay or
-    cosine)."""
-    schedule = make_schedule(config, learning_rate, start_step)
-    kwargs = {}
-    if config.GRADIENT_CLIP_NORM:
-        kwargs["clipnorm"] = float(config.GRADIENT_CLIP_NORM)
-    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.LEARNING_MOMENTUM,
-                                     **kwargs)
-    return remember_schedule(optimizer, schedule)
-
-
 class CheckpointCallback(keras.callbacks.Callback):
     """Write ``path_pattern.format(epoch=N)`` by layer name after every epoch, atomically.
 
@@ -227,8 +215,9 @@ def _trainable_paths(keras_model):
 
 
 def save_optimizer_state(keras_model, path):
-    """Write the optimizer's variables (momentum slots) and the trainable variables they
-    belong to, atomically, as a plain ``.npz`` (no pickle)."""
+    """Write the optimizer's variables (its step count and SGD's momentum or AdamW's moment
+    slots) and the trainable variables they belong to, atomically, as a plain ``.npz`` (no
+    pickle)."""
     optimizer = keras_model.optimizer
     if optimizer is None or not optimizer.built:
         return None
@@ -244,12 +233,14 @@ def save_optimizer_state(keras_model, path):
 
 
 def restore_optimizer_state(keras_model, path):
-    """Load momentum slots written by :func:`save_optimizer_state` into the compiled model's
+    """Load the slots written by :func:`save_optimizer_state` into the compiled model's
     optimizer, if they were saved for the same trainable variables.
 
-    The step counter is reset to 0 because the learning-rate schedule already starts at the
-    resumed epoch's step. A cosine schedule at the same learning rate (the same stage) also
-    continues from the saved progress. Returns True when the state was restored.
+    The step counter keeps its saved value (AdamW's bias correction counts it) and the
+    learning-rate schedule, which already starts at the resumed epoch's step, is shifted back
+    by as many steps (:func:`mrcnn.schedules.keep_step_count`). A cosine schedule at the
+    same learning rate (the same stage) also continues from the saved progress. Returns True
+    when the state was restored.
     """
     with np.load(path, allow_pickle=False) as data:
         if not np.array_equal(data["trainable_paths"], _trainable_paths(keras_model)):
@@ -269,7 +260,7 @@ def restore_optimizer_state(keras_model, path):
         return False
     for variable, value in zip(variables, values):
         variable.assign(value)
-    optimizer.iterations.assign(0)
+    keep_step_count(optimizer)
     log.info("Optimizer state restored from %s", path)
     return True
 
@@ -361,10 +352,10 @@ def checkpoint_pattern(log_dir, name):
 
 def _compile_stage(keras_model, config, strategy, regex, train_bn, learning_rate,
                    initial_epoch, optimizer_state, build=False):
-    """Select the stage's trainable layers and compile a fresh SGD whose schedule starts at
-    the stage's global step, with the momentum of ``optimizer_state`` when resuming. ``build``
-    creates the optimizer's variables now (a custom loop must not create them inside
-    ``strategy.run``)."""
+    """Select the stage's trainable layers and compile a fresh optimizer (OPTIMIZER) whose
+    schedule starts at the stage's global step, with the slots of ``optimizer_state`` when
+    resuming. ``build`` creates the optimizer's variables now (a custom loop must not create
+    them inside ``strategy.run``)."""
     with strategy.scope():
         if not set_trainable(keras_model, regex, train_bn, config.TRAIN_HEAD_BN):
             raise ValueError(f"the layers regex {regex!r} selects no layer with weights.")
@@ -384,10 +375,10 @@ def fit(keras_model, config, *, strategy, regex, train_bn, train_dataset, val_da
         verbose=1):
     """One training stage: the layers matching ``regex`` from ``initial_epoch`` to ``epochs``.
 
-    Compiles a fresh SGD whose schedule starts at the stage's global step, restores the
-    momentum of ``optimizer_state`` (a checkpoint's ``.optimizer.npz``) when given, and writes
-    a checkpoint after every epoch, TensorBoard logs and, every EVAL_EVERY_N_EPOCHS,
-    detection metrics.
+    Compiles a fresh optimizer (OPTIMIZER) whose schedule starts at the stage's global step,
+    restores the slots of ``optimizer_state`` (a checkpoint's ``.optimizer.npz``) when given,
+    and writes a checkpoint after every epoch, TensorBoard logs and, every
+    EVAL_EVERY_N_EPOCHS, detection metrics.
 
     Returns:
         the keras History of this stage, with ``skipped_images``: the paths of the training

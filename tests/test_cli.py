@@ -227,3 +227,40 @@ def test_run_saved_before_run_state_is_recognised_as_from_scratch():
     assert saved_run_was_from_scratch(dict(SCRATCH_OVERRIDES))
     assert not saved_run_was_from_scratch({**old, "LEARNING_RATE": 0.001})
     assert not saved_run_was_from_scratch(dict(COCO_OVERRIDES))
+
+
+def test_optimizer_option_sets_adamw_rates_and_a_resume_keeps_its_optimizer(tmp_path):
+    """--optimizer adamw brings AdamW's learning rate and decoupled decay (--set still wins);
+    a resumed run keeps its saved optimizer and refuses a different one."""
+    from types import SimpleNamespace
+    from samples.nucleus.cli_common import make_config, save_run_overrides
+    from samples.nucleus.cli_train import ADAMW_FINE_TUNE_LR, ADAMW_OVERRIDES, train_overrides
+
+    def args(**kw):
+        base = dict(weights="none", logs=str(tmp_path), backbone=None, steps_per_epoch=None,
+                    warmup_steps=None, lr_schedule=None, optimizer=None, set=[])
+        return SimpleNamespace(**{**base, **kw})
+
+    sgd = train_overrides(args())[0]
+    assert "OPTIMIZER" not in sgd and sgd["LEARNING_RATE"] == 0.01
+    adamw = make_config(train_overrides(args(optimizer="adamw"))[0])
+    assert adamw.OPTIMIZER == "adamw"
+    assert adamw.LEARNING_RATE == ADAMW_OVERRIDES["LEARNING_RATE"]
+    assert adamw.WEIGHT_DECAY == ADAMW_OVERRIDES["WEIGHT_DECAY"]
+    given = train_overrides(args(optimizer="adamw", set=["LEARNING_RATE=0.001"]))[0]
+    assert given["LEARNING_RATE"] == 0.001
+    tuned = train_overrides(args(optimizer="adamw", weights="coco"))[0]
+    assert tuned["LEARNING_RATE"] == ADAMW_FINE_TUNE_LR
+
+    run = tmp_path / "nucleus20260101T0000"
+    run.mkdir()
+    checkpoint = run / "mask_rcnn_nucleus_0003.weights.h5"
+    checkpoint.write_bytes(b"")
+    save_run_overrides(str(run), {"OPTIMIZER": "adamw", "LEARNING_RATE": 2e-4})
+    resumed, path = train_overrides(args(weights=str(checkpoint)))[:2]
+    assert path == str(checkpoint)
+    assert resumed["OPTIMIZER"] == "adamw" and resumed["LEARNING_RATE"] == 2e-4
+    kept = train_overrides(args(weights=str(checkpoint), optimizer="adamw"))[0]
+    assert kept["LEARNING_RATE"] == 2e-4            # not reset to the new-run default
+    with pytest.raises(ValueError, match="--optimizer sgd: the run resumed from .* adamw"):
+        train_overrides(args(weights=str(checkpoint), optimizer="sgd"))

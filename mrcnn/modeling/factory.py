@@ -5,6 +5,7 @@ import numpy as np
 import backbones
 from mrcnn.config import anchor_settings
 from mrcnn.modeling.maskrcnn_model import build_maskrcnn_graph
+from mrcnn.optimizers import l2_loss_decay
 from mrcnn.precision import resolve_compute_dtype
 
 
@@ -79,7 +80,8 @@ def maskrcnn_kwargs(config, mode, backbone_weights=None):
         detection_min_confidence=float(config.DETECTION_MIN_CONFIDENCE),
         detection_nms_threshold=float(config.DETECTION_NMS_THRESHOLD),
         loss_weights={k: float(v) for k, v in config.LOSS_WEIGHTS.items()},
-        weight_decay=float(config.WEIGHT_DECAY),
+        weight_decay=l2_loss_decay(config),
+        mask_boundary_weight=float(config.MASK_BOUNDARY_WEIGHT),
         compute_dtype=resolve_compute_dtype(config.COMPUTE_DTYPE),
     )
 

@@ -53,10 +53,12 @@ class MaskRCNNModel(keras.Model):
     ``sum(LOSS_WEIGHTS[k] * k) + weight_decay`` on every call.
     """
 
-    def __init__(self, *args, loss_weights=None, weight_decay=0.0, **kwargs):
+    def __init__(self, *args, loss_weights=None, weight_decay=0.0, mask_boundary_weight=0.0,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_weights = {k: float(v) for k, v in (loss_weights or {}).items()}
         self.weight_decay = float(weight_decay)
+        self.mask_boundary_weight = float(mask_boundary_weight)
         self.loss_trackers = {name: keras.metrics.Mean(name=name)
                               for name in losses.LOSS_NAMES + ("weight_decay_loss",)}
 
@@ -80,7 +82,8 @@ class MaskRCNNModel(keras.Model):
             "mrcnn_bbox_loss": losses.mrcnn_bbox_loss(
                 y_pred["target_bbox"], y_pred["target_class_ids"], y_pred["mrcnn_bbox"]),
             "mrcnn_mask_loss": losses.mrcnn_mask_loss(
-                y_pred["mask_targets"], y_pred["mask_class_ids"], y_pred["mrcnn_mask"]),
+                y_pred["mask_targets"], y_pred["mask_class_ids"], y_pred["mrcnn_mask"],
+                self.mask_boundary_weight),
         }
         decay = losses.l2_weight_decay(
             [w for w in self.trainable_weights if len(w.shape) > 1], self.weight_decay)
@@ -94,7 +97,8 @@ class MaskRCNNModel(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update(loss_weights=self.loss_weights, weight_decay=self.weight_decay)
+        config.update(loss_weights=self.loss_weights, weight_decay=self.weight_decay,
+                      mask_boundary_weight=self.mask_boundary_weight)
         return config
 
 
@@ -146,7 +150,7 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                  mask_train_rois=None,
                  max_gt_instances, proposals_include_gt, detection_max_instances,
                  detection_min_confidence, detection_nms_threshold, loss_weights,
-                 weight_decay, name="mask_rcnn"):
+                 weight_decay, mask_boundary_weight=0.0, name="mask_rcnn"):
     """Build the training or inference Mask R-CNN (under the current dtype policy).
 
     See :mod:`mrcnn.modeling.factory` for how each argument comes from the Config.
@@ -236,4 +240,5 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
             "rpn_class": rpn_probs, "rpn_bbox": rpn_bbox,
         }
     return MaskRCNNModel(inputs=inputs, outputs=outputs, loss_weights=loss_weights,
-                         weight_decay=weight_decay, name=name)
+                         weight_decay=weight_decay,
+                         mask_boundary_weight=mask_boundary_weight, name=name)

@@ -10,6 +10,7 @@ from mrcnn import multi_worker
 from mrcnn import weights as weights_lib
 from mrcnn.data.augment import AUGMENTATIONS, make_augmentation
 from mrcnn.modeling.factory import backbone_norm
+from mrcnn.optimizers import OPTIMIZERS
 from mrcnn.schedules import SCHEDULES
 from mrcnn.training import find_last_checkpoint
 from samples.nucleus.cli_common import (load_run_overrides, load_run_state, load_train_val,
@@ -54,6 +55,12 @@ SCRATCH_OVERRIDES = {
     # halving every image's exposure cost it 0.002 DSB instead of 0.012-0.017 (README).
     "IMAGE_NORMALIZATION": "stretch",
 }
+
+# --optimizer adamw: AdamW's learning rate (SGD's 0.01 from scratch, 0.001 fine-tuning, would
+# be far too high for it) and a decoupled weight decay (mrcnn.optimizers). 3e-4 from scratch:
+# after 3 epochs (seed 2, float32) the loss was 2.00, against 2.21 at 1e-3 and SGD's 2.27.
+ADAMW_OVERRIDES = {"LEARNING_RATE": 3e-4, "WEIGHT_DECAY": 0.05}
+ADAMW_FINE_TUNE_LR = 1e-4  # the usual AdamW fine-tuning rate; not measured here
 
 # --average-last: checkpoints of the lr/10 stage averaged into the weights evaluated. Off:
 # on DSB2018 val it changed the score by -0.001 +- 0.002 per image over 4 runs (README).
@@ -156,12 +163,13 @@ def average_final_stage(model, state, count):
     return model.average_checkpoints(count, after_epoch=before or 0)
 
 
-def run_train(args):
-    started = time.time()
-    if getattr(args, "model", "maskrcnn") == "unet":
-        out_dir, epochs = run_train_unet(args)
-        write_train_summary(args.logs, started, epochs)
-        return out_dir
+def train_overrides(args):
+    """The config overrides of a ``train`` command: the regime's (from scratch, COCO), a
+    resumed run's saved ones, then the options and ``--set`` on top.
+
+    Returns:
+        ``(overrides, resumed checkpoint or None, saved run state or None, from_scratch)``.
+    """
     overrides = {}
     if args.weights == "none":
         overrides.update(SCRATCH_OVERRIDES)
@@ -182,7 +190,27 @@ def run_train(args):
         overrides["LEARNING_RATE_WARMUP_STEPS"] = args.warmup_steps
     if args.lr_schedule:
         overrides["LEARNING_RATE_SCHEDULE"] = args.lr_schedule
+    if args.optimizer:
+        if resumed and args.optimizer != overrides.get("OPTIMIZER", "sgd"):
+            raise ValueError(f"--optimizer {args.optimizer}: the run resumed from {resumed} "
+                             f"trains with {overrides.get('OPTIMIZER', 'sgd')}; resume it "
+                             "without --optimizer, or start a new run.")
+        overrides["OPTIMIZER"] = args.optimizer
+        if args.optimizer == "adamw" and not resumed:
+            overrides.update(ADAMW_OVERRIDES)
+            if not from_scratch:
+                overrides["LEARNING_RATE"] = ADAMW_FINE_TUNE_LR
     overrides.update(parse_overrides(args.set))
+    return overrides, resumed, state, from_scratch
+
+
+def run_train(args):
+    started = time.time()
+    if getattr(args, "model", "maskrcnn") == "unet":
+        out_dir, epochs = run_train_unet(args)
+        write_train_summary(args.logs, started, epochs)
+        return out_dir
+    overrides, resumed, state, from_scratch = train_overrides(args)
     config = make_config(overrides)
 
     train, val = load_train_val(args)
@@ -272,6 +300,10 @@ def add_train_arguments(parser):
                         help="step: stage 1 at the learning rate, stage 2 at lr/10 (default); "
                              "cosine: from scratch one stage, the learning rate decaying to 0 "
                              "by --all-epochs or the time budget (mrcnn.schedules)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                        help="sgd (default): SGD with momentum, lr 0.01 from scratch; adamw: "
+                             "AdamW, lr 3e-4 from scratch (1e-4 fine-tuning), decoupled "
+                             "weight decay 0.05 (--lr and --set still override them)")
     parser.add_argument("--time-budget", type=float, default=None,
                         help="minutes; with the step schedule stage 1 gets 75%%, stage 2 the "
                              "rest")
