@@ -1,10 +1,9 @@
 """Optimizers: AdamW's decoupled weight decay (kernels only), the L2 loss term only under SGD,
 and an AdamW run resumed with its moments and step count."""
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 from mrcnn import model as modellib
 from mrcnn.modeling.factory import maskrcnn_kwargs
