@@ -218,39 +218,41 @@ def test_compare_continues_a_killed_epoch_budgeted_training(tmp_path):
 
 def test_run_saved_before_run_state_is_recognised_as_from_scratch():
     """A from-scratch run saved before run_state.json (and before the stretch, the 128-channel
-    RPN and the 256-wide box head joined the defaults) still resumes as from scratch; a run
-    with Matterport's head widths and no GroupNorm settings does not."""
+    RPN, the 256-wide box head and AdamW joined the defaults) still resumes as from scratch; a
+    run without the from-scratch warm-up, or with Matterport's head widths, does not."""
     from samples.nucleus.cli_train import (COCO_OVERRIDES, LATER_SCRATCH_FIELDS,
                                            SCRATCH_OVERRIDES, saved_run_was_from_scratch)
     old = {k: v for k, v in SCRATCH_OVERRIDES.items() if k not in LATER_SCRATCH_FIELDS}
     assert saved_run_was_from_scratch(old)
     assert saved_run_was_from_scratch(dict(SCRATCH_OVERRIDES))
-    assert not saved_run_was_from_scratch({**old, "LEARNING_RATE": 0.001})
+    assert saved_run_was_from_scratch({**old, "LEARNING_RATE": 0.01})   # SGD's, before AdamW
+    assert not saved_run_was_from_scratch({**old, "LEARNING_RATE_WARMUP_STEPS": 0})
     assert not saved_run_was_from_scratch(dict(COCO_OVERRIDES))
 
 
-def test_optimizer_option_sets_adamw_rates_and_a_resume_keeps_its_optimizer(tmp_path):
-    """--optimizer adamw brings AdamW's learning rate and decoupled decay (--set still wins);
-    a resumed run keeps its saved optimizer and refuses a different one."""
+def test_optimizer_from_scratch_is_adamw_and_the_option_sets_each_optimizers_rates(tmp_path):
+    """From scratch the CLI trains with AdamW at its rates; --optimizer sgd brings back SGD's
+    0.01 and L2 1e-4, --optimizer adamw when fine-tuning AdamW's 1e-4 (--set still wins); a
+    resumed run keeps its saved optimizer and refuses a different one."""
     from types import SimpleNamespace
     from samples.nucleus.cli_common import make_config, save_run_overrides
-    from samples.nucleus.cli_train import ADAMW_FINE_TUNE_LR, ADAMW_OVERRIDES, train_overrides
+    from samples.nucleus.cli_train import OPTIMIZER_RATES, train_overrides
 
     def args(**kw):
         base = dict(weights="none", logs=str(tmp_path), backbone=None, steps_per_epoch=None,
                     warmup_steps=None, lr_schedule=None, optimizer=None, set=[])
         return SimpleNamespace(**{**base, **kw})
 
-    sgd = train_overrides(args())[0]
-    assert "OPTIMIZER" not in sgd and sgd["LEARNING_RATE"] == 0.01
-    adamw = make_config(train_overrides(args(optimizer="adamw"))[0])
-    assert adamw.OPTIMIZER == "adamw"
-    assert adamw.LEARNING_RATE == ADAMW_OVERRIDES["LEARNING_RATE"]
-    assert adamw.WEIGHT_DECAY == ADAMW_OVERRIDES["WEIGHT_DECAY"]
+    scratch = make_config(train_overrides(args())[0])
+    assert (scratch.OPTIMIZER, scratch.LEARNING_RATE, scratch.WEIGHT_DECAY) == ("adamw", 3e-4, 0.05)
+    sgd = make_config(train_overrides(args(optimizer="sgd"))[0])
+    assert (sgd.OPTIMIZER, sgd.LEARNING_RATE, sgd.WEIGHT_DECAY) == ("sgd", 0.01, 1e-4)
+    coco = make_config(train_overrides(args(weights="coco"))[0])
+    assert (coco.OPTIMIZER, coco.LEARNING_RATE) == ("sgd", 0.001)    # Matterport's fine-tuning
+    tuned = train_overrides(args(optimizer="adamw", weights="coco"))[0]
+    assert tuned == {**tuned, "OPTIMIZER": "adamw", **OPTIMIZER_RATES["adamw"]["fine_tune"]}
     given = train_overrides(args(optimizer="adamw", set=["LEARNING_RATE=0.001"]))[0]
     assert given["LEARNING_RATE"] == 0.001
-    tuned = train_overrides(args(optimizer="adamw", weights="coco"))[0]
-    assert tuned["LEARNING_RATE"] == ADAMW_FINE_TUNE_LR
 
     run = tmp_path / "nucleus20260101T0000"
     run.mkdir()
