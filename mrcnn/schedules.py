@@ -109,13 +109,11 @@ def keep_step_count(optimizer):
     bias correction needs), shift its schedule back by as many steps so that the learning rate
     still starts at the stage's global step. An optimizer without a remembered schedule gets
     its count reset to 0 instead. Call before the first training step is traced."""
-    steps_done = int(keras.ops.convert_to_numpy(optimizer.iterations))
     schedule = schedule_of(optimizer)
     if schedule is None:
         optimizer.iterations.assign(0)
     else:
-        schedule.start_step -= steps_done
-    return steps_done
+        schedule.start_step -= int(keras.ops.convert_to_numpy(optimizer.iterations))
 
 
 def stage_progress(start_progress, step_fraction, time_fraction):

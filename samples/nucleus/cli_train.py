@@ -76,8 +76,9 @@ SCRATCH_OVERRIDES = {
 # on DSB2018 val it changed the score by -0.001 +- 0.002 per image over 4 runs (README).
 AVERAGE_LAST = 0
 
-# Fields added to SCRATCH_OVERRIDES after run_state.json existed (or free to change on
-# resume): a run saved without run_state.json is from scratch if the rest match.
+# Fields added to SCRATCH_OVERRIDES, or whose value changed (the optimizer's: SGD at lr 0.01
+# before AdamW), after run_state.json existed, or free to change on resume: a run saved
+# without run_state.json is from scratch if the rest match.
 LATER_SCRATCH_FIELDS = ("BACKBONE", "BACKBONE_NORM", "IMAGE_NORMALIZATION", "RPN_CONV_CHANNELS",
                         "FPN_CLASSIF_FC_LAYERS_SIZE", "OPTIMIZER", "LEARNING_RATE",
                         "WEIGHT_DECAY")
@@ -202,10 +203,11 @@ def train_overrides(args):
     if args.lr_schedule:
         overrides["LEARNING_RATE_SCHEDULE"] = args.lr_schedule
     if args.optimizer:
-        if resumed and args.optimizer != overrides.get("OPTIMIZER", "sgd"):
+        saved_optimizer = overrides.get("OPTIMIZER", NucleusConfig.OPTIMIZER)
+        if resumed and args.optimizer != saved_optimizer:
             raise ValueError(f"--optimizer {args.optimizer}: the run resumed from {resumed} "
-                             f"trains with {overrides.get('OPTIMIZER', 'sgd')}; resume it "
-                             "without --optimizer, or start a new run.")
+                             f"trains with {saved_optimizer}; resume it without --optimizer, "
+                             "or start a new run.")
         overrides["OPTIMIZER"] = args.optimizer
         if not resumed:
             regime = "scratch" if from_scratch else "fine_tune"
