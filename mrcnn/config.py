@@ -18,7 +18,7 @@ import numpy as np
 
 import backbones
 from backbones.normalization import NORMS
-from mrcnn.ops.anchors import pyramid_strides
+from mrcnn.ops.anchors import octave_scales, pyramid_strides
 from mrcnn.ops.image import IMAGE_NORMALIZATIONS, RESIZE_MODES, image_meta_size
 from mrcnn.optimizers import OPTIMIZERS
 from mrcnn.precision import CHOICES as COMPUTE_DTYPES
@@ -48,6 +48,10 @@ class Config:
     # strides come from the backbone's registry entry (4, 8, 16, 32, and 64 for P6).
     RPN_ANCHOR_SCALES = (32, 64, 128, 256, 512)
     RPN_ANCHOR_RATIOS = [0.5, 1, 2]
+    # Anchor sides per octave at every cell: 1 is Matterport's (the level's side only); 2 adds
+    # the side x sqrt(2), so a box between two levels' sides still has an anchor of about its
+    # size (RetinaNet uses 3). Multiplies the anchors, and the RPN head's outputs, by it.
+    RPN_ANCHOR_SCALES_PER_OCTAVE = 1
     RPN_ANCHOR_STRIDE = 1
     # Channels of the shared RPN 3x3 conv. 256 is the detectron2/torchvision width; Matterport
     # used 512, which costs twice as much (0.12 s more per 512x512 detect with ResNet-50 on
@@ -213,6 +217,10 @@ class Config:
         if len(self.RPN_ANCHOR_SCALES) != 5:
             fail(f"RPN_ANCHOR_SCALES has {len(self.RPN_ANCHOR_SCALES)} entries; give one scale "
                  "per level, P2..P6 (5 anchor sides in pixels).")
+        if int(self.RPN_ANCHOR_SCALES_PER_OCTAVE) != self.RPN_ANCHOR_SCALES_PER_OCTAVE or \
+                self.RPN_ANCHOR_SCALES_PER_OCTAVE < 1:
+            fail(f"RPN_ANCHOR_SCALES_PER_OCTAVE={self.RPN_ANCHOR_SCALES_PER_OCTAVE!r}; use a "
+                 "whole number >= 1.")
         if not 0 < self.ROI_POSITIVE_RATIO <= 1:
             fail("ROI_POSITIVE_RATIO must be in (0, 1].")
         if self.TRAIN_ROIS_PER_IMAGE < 1 or self.POST_NMS_ROIS_TRAINING < 1:
@@ -264,12 +272,13 @@ class Config:
 
 def anchor_settings(config):
     """The anchors' keyword arguments for :func:`mrcnn.ops.anchors.pyramid_anchors` (and the
-    model's AnchorGenerator): scales, ratios, the P2..P6 strides of the config's backbone, and
-    the anchor stride. The one place anchors are derived from a Config."""
+    model's AnchorGenerator): scales, ratios, the P2..P6 strides of the config's backbone, the
+    anchor stride and the octave multipliers. The one place anchors are derived from a Config."""
     return {"scales": [float(s) for s in config.RPN_ANCHOR_SCALES],
             "ratios": [float(r) for r in config.RPN_ANCHOR_RATIOS],
             "strides": pyramid_strides(backbones.get_backbone_spec(config.BACKBONE).strides),
-            "anchor_stride": int(config.RPN_ANCHOR_STRIDE)}
+            "anchor_stride": int(config.RPN_ANCHOR_STRIDE),
+            "octave": octave_scales(config.RPN_ANCHOR_SCALES_PER_OCTAVE)}
 
 
 def inference_resize_mode(mode):

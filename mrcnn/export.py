@@ -170,7 +170,8 @@ class _ServingGraph:
         hw = tf.stack([mh, mw])
         anchors = tf_generate_pyramid_anchors(hw, self.anchors["scales"], self.anchors["ratios"],
                                               self.anchors["strides"],
-                                              self.anchors["anchor_stride"])
+                                              self.anchors["anchor_stride"],
+                                              self.anchors["octave"])
         extent = tf.cast(tf.stack([mh - 1, mw - 1, mh - 1, mw - 1]), tf.float32)
         anchors = (anchors - tf.constant([0.0, 0.0, 1.0, 1.0])) / extent
         out = self.keras_model({"input_image": molded[None], "input_image_meta": meta[None],

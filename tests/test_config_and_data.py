@@ -34,6 +34,8 @@ def test_computed_fields_and_display(capsys):
     ("IMAGE_RESIZE_MODE", "stretch", "IMAGE_RESIZE_MODE"),
     ("IMAGE_MAX_DIM", 100, "multiple of 64"),
     ("RPN_ANCHOR_SCALES", (8, 16), "one scale per level"),
+    ("RPN_ANCHOR_SCALES_PER_OCTAVE", 0, "whole number >= 1"),
+    ("RPN_ANCHOR_SCALES_PER_OCTAVE", 1.5, "whole number >= 1"),
     ("MASK_SHAPE", [56, 56], "twice MASK_POOL_SIZE"),
     ("LOSS_WEIGHTS", {"mask": 1.0}, "unknown keys"),
     ("DETECTION_MAX_INSTANCES", 1000, "POST_NMS_ROIS_INFERENCE"),

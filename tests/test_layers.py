@@ -15,6 +15,7 @@ from mrcnn.ops.image import compose_image_meta
 
 LAYERS = [
     AnchorGenerator([8, 16, 32, 64, 128], [0.5, 1, 2], [4, 8, 16, 32, 64], 1),
+    AnchorGenerator([8, 16, 32, 64, 128], [1], [4, 8, 16, 32, 64], 1, octave=[1, 2 ** 0.5]),
     ProposalLayer(10, 0.7, 100, [0.1, 0.1, 0.2, 0.2]),
     DetectionTargetLayer(8, 0.5, [0.1, 0.1, 0.2, 0.2], (14, 14)),
     DetectionLayer(5, 0.5, 0.3, [0.1, 0.1, 0.2, 0.2]),

@@ -69,6 +69,28 @@ def test_anchors_numpy_tf_parity_and_layout():
     np.testing.assert_allclose(a[1], [-4, -4, 4, 4])
 
 
+def test_two_anchor_scales_per_octave_layout_and_parity():
+    """Octave scales (1, sqrt 2): each cell has side x1 then side x sqrt(2), ratios inner, so
+    the first three anchors are Matterport's; NumPy and TF agree."""
+    strides = [4, 8, 16, 32, 64]
+    octave = anchor_ops.octave_scales(2)
+    np.testing.assert_allclose(octave, [1.0, 2 ** 0.5])
+    shapes = anchor_ops.backbone_shapes((128, 192), strides)
+    one = anchor_ops.generate_pyramid_anchors((8, 16, 32, 64, 128), [0.5, 1, 2], shapes,
+                                              strides, 1)
+    two = anchor_ops.generate_pyramid_anchors((8, 16, 32, 64, 128), [0.5, 1, 2], shapes,
+                                              strides, 1, octave)
+    assert two.shape == (2 * len(one), 4)
+    np.testing.assert_allclose(two[:3], one[:3])
+    half = 4 * 2 ** 0.5
+    np.testing.assert_allclose(two[4], [-half, -half, half, half], atol=1e-5)
+    # The second cell of P2 (x = 4) starts at anchor 6.
+    np.testing.assert_allclose(two[7], [-4, 0, 4, 8])
+    t = anchor_ops.tf_generate_pyramid_anchors(tf.constant([128, 192]), (8, 16, 32, 64, 128),
+                                               [0.5, 1, 2], strides, 1, octave).numpy()
+    np.testing.assert_allclose(t, two, atol=1e-4)
+
+
 def test_resize_square_pad64_crop():
     image = np.full((50, 100, 3), 7, np.uint8)
     out, window, scale, padding, _ = resize_image(image, 64, 128, 0, "square")

@@ -178,3 +178,39 @@ def test_mask_train_rois_cap_limits_the_mask_head_batch(tmp_path, synthetic_data
     assert capped[0] == capped[2] == 2 * config.IMAGES_PER_GPU  # two per image
     history = model.train(synthetic_dataset, None, 1e-2, 1, "all", verbose=0)
     assert math.isfinite(history.history["mrcnn_mask_loss"][0])
+
+
+def test_two_anchor_scales_per_octave_train_and_detect(tmp_path, synthetic_dataset):
+    """RPN_ANCHOR_SCALES_PER_OCTAVE=2: twice the anchors, one RPN output per anchor (the
+    generator's targets line up with the head), and the model trains and detects."""
+    from mrcnn.data.generator import DataGenerator
+
+    class OctaveConfig(WeightedConfig):
+        RPN_ANCHOR_SCALES_PER_OCTAVE = 2
+
+    counts = {}
+    for config in (WeightedConfig(), OctaveConfig()):
+        model = modellib.MaskRCNN("training", config, str(tmp_path / type(config).__name__))
+        (batch,) = DataGenerator(synthetic_dataset, config, steps=1, seed=0)[0]
+        out = model.keras_model(batch, training=False)
+        counts[type(config).__name__] = (batch["input_rpn_match"].shape[1],
+                                         out["rpn_class_logits"].shape[1],
+                                         out["rpn_bbox"].shape[1])
+    one, two = counts["WeightedConfig"], counts["OctaveConfig"]
+    assert one[0] == one[1] == one[2]
+    assert two == (2 * one[0],) * 3
+    history = model.train(synthetic_dataset, None, 1e-3, 1, "all", seed=0, verbose=0)
+    assert math.isfinite(history.history["rpn_class_loss"][0])
+
+    class OctaveInference(OctaveConfig):
+        IMAGES_PER_GPU = 1
+        DETECTION_MIN_CONFIDENCE = 0.0
+
+    inference = modellib.MaskRCNN("inference", OctaveInference(), str(tmp_path / "OctaveConfig"))
+    inference.load_weights(inference.find_last())
+    image = synthetic_dataset.load_image(synthetic_dataset.image_ids[0])
+    graph = inference.run_graph(image)
+    assert graph["anchors"].shape[0] == graph["rpn_class"].shape[0] == graph["rpn_bbox"].shape[0]
+    assert graph["image"].shape[:2] == (128, 128) and graph["anchors"].shape[0] == two[0]
+    result = inference.detect([image])[0]
+    assert result["masks"].shape[:2] == image.shape[:2] and len(result["scores"]) > 0

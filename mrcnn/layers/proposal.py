@@ -16,17 +16,18 @@ class AnchorGenerator(keras.layers.Layer):
     the order of :func:`mrcnn.ops.anchors.generate_pyramid_anchors` (the RPN targets' order).
     """
 
-    def __init__(self, scales, ratios, strides, anchor_stride=1, **kwargs):
+    def __init__(self, scales, ratios, strides, anchor_stride=1, octave=(1.0,), **kwargs):
         super().__init__(**kwargs)
         self.scales = [float(s) for s in scales]
         self.ratios = [float(r) for r in ratios]
         self.strides = [int(s) for s in strides]
         self.anchor_stride = int(anchor_stride)
+        self.octave = [float(m) for m in octave]
 
     def call(self, image):
         shape = tf.shape(image)
         anchors = tf_generate_pyramid_anchors(shape[1:3], self.scales, self.ratios,
-                                              self.strides, self.anchor_stride)
+                                              self.strides, self.anchor_stride, self.octave)
         anchors = tf_norm_boxes(anchors, shape[1:3])
         return tf.broadcast_to(anchors[None], tf.concat([shape[:1], tf.shape(anchors)], 0))
 
@@ -35,7 +36,8 @@ class AnchorGenerator(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "scales": self.scales, "ratios": self.ratios,
-                "strides": self.strides, "anchor_stride": self.anchor_stride}
+                "strides": self.strides, "anchor_stride": self.anchor_stride,
+                "octave": self.octave}
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")

@@ -58,6 +58,7 @@ def maskrcnn_kwargs(config, mode, backbone_weights=None):
         anchor_ratios=anchors["ratios"],
         anchor_strides=anchors["strides"],
         anchor_stride=anchors["anchor_stride"],
+        anchor_octave=anchors["octave"],
         rpn_nms_threshold=float(config.RPN_NMS_THRESHOLD),
         pre_nms_limit=int(config.PRE_NMS_LIMIT),
         post_nms_rois=int(config.POST_NMS_ROIS_TRAINING if training

@@ -144,6 +144,7 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                  backbone_zero_init_residual=None, image_channels, image_meta_size,
                  num_classes, top_down_pyramid_size, mask_head_channels,
                  rpn_conv_channels, anchor_scales, anchor_ratios, anchor_strides, anchor_stride,
+                 anchor_octave,
                  rpn_nms_threshold, pre_nms_limit, post_nms_rois, rpn_bbox_std_dev,
                  bbox_std_dev, fc_layers_size, pool_size, mask_pool_size, mask_shape,
                  train_rois_per_image, roi_positive_ratio, use_mini_mask, gt_mask_shape,
@@ -174,11 +175,11 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
     c = trunk.output
     pyramid = build_fpn(c["C2"], c["C3"], c["C4"], c["C5"], top_down_pyramid_size)
     rpn_class_logits, rpn_probs, rpn_bbox = RPNHead(
-        len(anchor_ratios), anchor_stride, rpn_conv_channels)(pyramid)
+        len(anchor_ratios) * len(anchor_octave), anchor_stride, rpn_conv_channels)(pyramid)
 
     if training:
         anchors = AnchorGenerator(anchor_scales, anchor_ratios, anchor_strides,
-                                  anchor_stride, name="anchors", dtype=F32)(image)
+                                  anchor_stride, anchor_octave, name="anchors", dtype=F32)(image)
     else:
         anchors = inputs["input_anchors"]
     rpn_rois = ProposalLayer(post_nms_rois, rpn_nms_threshold, pre_nms_limit, rpn_bbox_std_dev,

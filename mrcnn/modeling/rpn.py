@@ -7,7 +7,7 @@ class RPNHead:
     """One set of RPN layers applied to every pyramid level.
 
     Args:
-        anchors_per_location: len(RPN_ANCHOR_RATIOS).
+        anchors_per_location: len(RPN_ANCHOR_RATIOS) * RPN_ANCHOR_SCALES_PER_OCTAVE.
         anchor_stride: RPN_ANCHOR_STRIDE.
         conv_channels: RPN_CONV_CHANNELS of the shared 3x3 conv.
     """
@@ -22,7 +22,8 @@ class RPNHead:
     def __call__(self, feature_maps):
         """[P2..P6] -> (rpn_class_logits [B, A, 2], rpn_probs [B, A, 2], rpn_bbox [B, A, 4]).
 
-        Anchor order is level by level, row-major, ratios innermost (as the anchors).
+        Anchor order is level by level, row-major, then each cell's anchor shapes (octave
+        scale outer, ratio inner), as :mod:`mrcnn.ops.anchors` generates them.
         """
         logits, deltas = [], []
         for i, p in enumerate(feature_maps):

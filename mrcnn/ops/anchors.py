@@ -2,8 +2,14 @@
 
 Anchors are ``[A, (y1, x1, y2, x2)]`` in pixels of the molded image (or normalised, via
 :func:`mrcnn.ops.boxes.norm_boxes`). Order: level by level (P2..P6); inside a level, row-major
-over feature cells, and for each cell scale x ratio in ``np.meshgrid`` order (all ratios of a
-cell together). The RPN head emits its outputs in the same order.
+over feature cells, and for each cell its anchor shapes: octave scale outer, ratio inner (with
+one octave scale, Matterport's layout: the cell's ratios together). The RPN head emits its
+outputs in the same order.
+
+``octave_scales`` are multipliers of a level's anchor side, ``(1.0,)`` in Matterport's design
+(one side per level). A level's sides double from one level to the next, so a nucleus whose
+side falls between two of them has no anchor much like it; ``(1, 2 ** 0.5)`` (two scales per
+octave, as RetinaNet uses three) fills the gap.
 """
 
 import math
@@ -18,11 +24,22 @@ def backbone_shapes(image_shape, strides):
                      for s in strides])
 
 
-def generate_anchors(scale, ratios, shape, feature_stride, anchor_stride):
-    """Anchors of one level, pixels. -> [rows * cols * len(ratios), 4] float32."""
-    ratios = np.asarray(ratios, dtype=np.float64)
-    heights = scale / np.sqrt(ratios)
-    widths = scale * np.sqrt(ratios)
+def octave_scales(per_octave):
+    """Side multipliers of ``per_octave`` anchor scales per octave: 2 ** (k / per_octave)."""
+    return [float(2 ** (k / per_octave)) for k in range(int(per_octave))]
+
+
+def anchor_shapes(scale, ratios, octave=(1.0,)):
+    """(heights, widths) [K] of one cell's anchors, K = len(octave) * len(ratios), octave
+    scale outer, ratio inner."""
+    sides = scale * np.asarray(octave, dtype=np.float64)[:, None]
+    ratios = np.sqrt(np.asarray(ratios, dtype=np.float64))[None, :]
+    return (sides / ratios).ravel(), (sides * ratios).ravel()
+
+
+def generate_anchors(scale, ratios, shape, feature_stride, anchor_stride, octave=(1.0,)):
+    """Anchors of one level, pixels. -> [rows * cols * len(octave) * len(ratios), 4] float32."""
+    heights, widths = anchor_shapes(scale, ratios, octave)
     shifts_y = np.arange(0, shape[0], anchor_stride) * feature_stride
     shifts_x = np.arange(0, shape[1], anchor_stride) * feature_stride
     shifts_x, shifts_y = np.meshgrid(shifts_x, shifts_y)
@@ -33,10 +50,11 @@ def generate_anchors(scale, ratios, shape, feature_stride, anchor_stride):
     return np.concatenate([centers - 0.5 * sizes, centers + 0.5 * sizes], axis=1).astype(np.float32)
 
 
-def generate_pyramid_anchors(scales, ratios, feature_shapes, feature_strides, anchor_stride):
+def generate_pyramid_anchors(scales, ratios, feature_shapes, feature_strides, anchor_stride,
+                             octave=(1.0,)):
     """Anchors of every level concatenated, pixels -> [A, 4] float32."""
     return np.concatenate([
-        generate_anchors(s, ratios, shape, stride, anchor_stride)
+        generate_anchors(s, ratios, shape, stride, anchor_stride, octave)
         for s, shape, stride in zip(scales, feature_shapes, feature_strides)], axis=0)
 
 
@@ -46,24 +64,26 @@ def pyramid_strides(backbone_strides):
     return strides + [2 * strides[-1]]
 
 
-def pyramid_anchors(image_shape, scales, ratios, strides, anchor_stride):
+def pyramid_anchors(image_shape, scales, ratios, strides, anchor_stride, octave=(1.0,)):
     """Pixel anchors [A, 4] for a molded image of ``image_shape`` (H, W, ...), one scale per
-    pyramid level of ``strides`` (P2..P6), in the order the model generates them."""
+    pyramid level of ``strides`` (P2..P6) times the ``octave`` multipliers, in the order the
+    model generates them."""
     return generate_pyramid_anchors(scales, ratios, backbone_shapes(image_shape, strides),
-                                    strides, anchor_stride)
+                                    strides, anchor_stride, octave)
 
 
-def tf_generate_pyramid_anchors(image_hw, scales, ratios, feature_strides, anchor_stride):
+def tf_generate_pyramid_anchors(image_hw, scales, ratios, feature_strides, anchor_stride,
+                                octave=(1.0,)):
     """TF twin of :func:`generate_pyramid_anchors`, sized from a dynamic image shape.
 
     Args:
         image_hw: int tensor [2], the molded image (H, W).
-        scales, ratios, feature_strides, anchor_stride: as the NumPy version (Python values).
+        scales, ratios, feature_strides, anchor_stride, octave: as the NumPy version (Python
+            values).
 
     Returns:
         Pixel anchors [A, 4] float32 in the same order as the NumPy twin.
     """
-    ratios = tf.constant(np.asarray(ratios, dtype=np.float32))
     hw = tf.cast(image_hw, tf.float32)
     levels = []
     for scale, stride in zip(scales, feature_strides):
@@ -72,8 +92,8 @@ def tf_generate_pyramid_anchors(image_hw, scales, ratios, feature_strides, ancho
         ys = tf.cast(tf.range(0, rows, anchor_stride), tf.float32) * stride
         xs = tf.cast(tf.range(0, cols, anchor_stride), tf.float32) * stride
         cy, cx = tf.meshgrid(ys, xs, indexing="ij")              # [r, c]
-        heights = scale / tf.sqrt(ratios)                         # [k]
-        widths = scale * tf.sqrt(ratios)
+        heights, widths = (tf.constant(v, tf.float32) for v in anchor_shapes(scale, ratios,
+                                                                             octave))  # [k]
         cy = tf.reshape(cy, [-1, 1]) + tf.zeros_like(heights)[None]  # [r*c, k]
         cx = tf.reshape(cx, [-1, 1]) + tf.zeros_like(widths)[None]
         h = tf.zeros_like(cy) + heights[None]
