@@ -1,6 +1,8 @@
 """Where a nucleus model's DSB score is lost: the score, precision and recall at each IoU
 threshold per image kind, and per nucleus size how many true nuclei are found, how many only
-by a detection below the confidence threshold, and how well the found ones are outlined.
+by a detection below the confidence threshold, how well the found ones are outlined, and at
+which stage the missed ones are lost (no RPN proposal near them, or no confident detection
+box: box IoU > 0.5 and > 0.7 with the proposals and with the scored detections' boxes).
 
     python benchmarks/dsb_breakdown.py --logs runs/e40 --dataset ../shared/data/dsb2018 \
         [--subset val] [--set COMPUTE_DTYPE=float32] [--floor 0.05] [--out breakdown.json]
@@ -17,23 +19,33 @@ import numpy as np
 
 from mrcnn.metrics import DSB_THRESHOLDS, dsb_true_positives, mask_iou_matrix, remove_overlaps
 from mrcnn.metrics.dsb import precisions_from_counts
+from mrcnn.ops.boxes import compute_overlaps, denorm_boxes, extract_bboxes, norm_boxes
 
 SIZE_EDGES = (60, 150, 400, 1000)     # px: < 60 (about 9 px across), ..., >= 1000
 
 
-def image_record(true_masks, masks, scores, min_confidence):
+def image_record(true_masks, masks, scores, min_confidence, proposals=None, boxes=None):
     """Per-image counts for the breakdown.
 
     Args:
         true_masks: [H, W, N] bool; masks: [H, W, M] bool detections at any score >= the
         floor; scores: [M]; min_confidence: the scored set's threshold.
+        proposals: optional [P, 4] RPN proposals, pixels of the original image; boxes:
+        optional [M, 4] the detections' boxes, pixels (given together).
 
     Returns:
         dict: ``tp`` [T] true positives of the scored set per DSB threshold, ``true`` N,
         ``predicted`` (scored set size), ``areas`` [N] px, ``best_iou`` [N] best mask IoU
-        of each true nucleus with the scored set, ``best_iou_any`` [N] with any detection.
+        of each true nucleus with the scored set, ``best_iou_any`` [N] with any detection;
+        with proposals, ``proposal_iou`` and ``box_iou`` [N]: each true nucleus's best box IoU
+        with a proposal and with a scored detection's box.
     """
     confident = scores >= min_confidence
+    stages = {}
+    if proposals is not None:
+        true_boxes = extract_bboxes(true_masks)
+        stages = {"proposal_iou": best_box_iou(true_boxes, proposals),
+                  "box_iou": best_box_iou(true_boxes, np.asarray(boxes)[confident])}
     scored, _ = remove_overlaps(masks[..., confident], scores[confident])
     n = true_masks.shape[-1]
     iou = mask_iou_matrix(true_masks, scored)
@@ -45,7 +57,27 @@ def image_record(true_masks, masks, scores, min_confidence):
     return {"tp": dsb_true_positives(true_masks, scored, iou=iou), "true": n,
             "predicted": int(scored.shape[-1]),
             "areas": true_masks.sum(axis=(0, 1)), "best_iou": best,
-            "best_iou_any": best_any}
+            "best_iou_any": best_any, **stages}
+
+
+def best_box_iou(true_boxes, boxes):
+    """[N] best IoU of each true box [N, 4] with ``boxes`` [M, 4] (pixels; 0 if M = 0)."""
+    if not len(boxes) or not len(true_boxes):
+        return np.zeros(len(true_boxes))
+    return compute_overlaps(np.asarray(true_boxes, np.float32),
+                            np.asarray(boxes, np.float32)).max(axis=1)
+
+
+def proposals_in_image(rpn_rois, molded_shape, window, image_shape):
+    """RPN proposals [P, 4] normalised in the molded image -> pixels of the original image
+    (the mapping ``unmold_detections`` applies to detection boxes); all-zero padding rows
+    dropped."""
+    rois = np.asarray(rpn_rois)
+    rois = rois[np.any(rois != 0, axis=1)]
+    wy1, wx1, wy2, wx2 = norm_boxes(np.array([window]), molded_shape[:2])[0]
+    rois = (rois - np.array([wy1, wx1, wy1, wx1])) / \
+        np.array([wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
+    return denorm_boxes(rois, image_shape[:2])
 
 
 def threshold_curves(records):
@@ -68,6 +100,8 @@ def size_table(records, edges=SIZE_EDGES):
         return np.concatenate([r[key] for r in records]) if records else np.zeros(0)
 
     areas, best, best_any = joined("areas"), joined("best_iou"), joined("best_iou_any")
+    staged = bool(records) and all("proposal_iou" in r for r in records)
+    proposal, box = (joined("proposal_iou"), joined("box_iou")) if staged else (None, None)
     bucket = np.searchsorted(np.asarray(edges), areas, side="right")
     names = [f"<{edges[0]}"] + [f"{a}-{b}" for a, b in zip(edges, edges[1:])] + \
         [f">={edges[-1]}"]
@@ -83,6 +117,10 @@ def size_table(records, edges=SIZE_EDGES):
                      "found_iou_0.75": float((best[sel] > 0.75).mean()),
                      "median_iou_found": float(np.median(best[sel][found])) if found.any()
                      else None})
+        if staged:
+            rows[-1].update({f"{name}_box_{t}": float((values[sel] > t).mean())
+                             for name, values in (("proposal", proposal), ("detection", box))
+                             for t in (0.5, 0.7)})
     return rows
 
 
@@ -116,6 +154,11 @@ def print_report(report):
                   f"{row['found']:.2f} (only below the confidence {below:.2f}), "
                   f"at IoU > 0.75 {row['found_iou_0.75']:.2f}, median IoU of found "
                   + (f"{iou:.3f}" if iou is not None else "-"))
+            if "proposal_box_0.5" in row:
+                print(f"   {'':>19}  box IoU > 0.5 / 0.7 with a proposal "
+                      f"{row['proposal_box_0.5']:.2f} / {row['proposal_box_0.7']:.2f}, with a "
+                      f"scored detection {row['detection_box_0.5']:.2f} / "
+                      f"{row['detection_box_0.7']:.2f}")
 
 
 def main():
@@ -150,9 +193,14 @@ def main():
     for image_id in ids:
         image = dataset.load_image(image_id)
         true_masks, _ = load_full_masks(dataset, image_id, image)
-        result = model.detect([image])[0]
+        graph = model.run_graph(image)
+        boxes, _, scores, masks = model.unmold_detections(
+            graph["detections"], graph["mrcnn_mask"], image.shape, graph["image"].shape,
+            graph["window"])
+        proposals = proposals_in_image(graph["rpn_rois"], graph["image"].shape, graph["window"],
+                                       image.shape)
         records.setdefault(image_kind(image), []).append(image_record(
-            np.asarray(true_masks, bool), result["masks"], result["scores"], min_confidence))
+            np.asarray(true_masks, bool), masks, scores, min_confidence, proposals, boxes))
     report = breakdown(records)
     report["min_confidence"] = float(min_confidence)
     print_report(report)

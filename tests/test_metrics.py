@@ -230,3 +230,29 @@ def test_dsb_breakdown_hand_computed():
     report = bd.breakdown({"fluorescence": [a], "histology": [empty]})
     assert report["all"]["images"] == 2
     assert report["fluorescence"]["dsb_score"] == pytest.approx(6 / 3 / 10)
+
+
+def test_dsb_breakdown_stage_recall_hand_computed():
+    """With proposals and detection boxes, each true nucleus's best box IoU at the RPN and
+    at the scored detections, and the per-size shares above 0.5 / 0.7."""
+    bd = _load_breakdown()
+    shape = (30, 30)
+    t1 = box_mask(shape, 0, 0, 10, 10)                   # box [0, 0, 10, 10], 100 px
+    t2 = box_mask(shape, 20, 20, 25, 25)                 # box [20, 20, 25, 25], 25 px
+    proposals = np.array([[0, 0, 10, 6], [20, 20, 25, 25]])   # IoU 0.6 with t1; exact on t2
+    boxes = np.array([[0, 0, 10, 8], [20, 20, 25, 25]])       # IoU 0.8; exact but unconfident
+    masks = stack(box_mask(shape, 0, 0, 10, 8), t2)
+    r = bd.image_record(stack(t1, t2), masks, np.array([0.9, 0.3]), 0.7, proposals, boxes)
+    np.testing.assert_allclose(r["proposal_iou"], [0.6, 1.0])
+    np.testing.assert_allclose(r["box_iou"], [0.8, 0.0])
+    small, medium = bd.size_table([r])
+    assert (small["proposal_box_0.5"], small["proposal_box_0.7"]) == (1.0, 1.0)
+    assert (small["detection_box_0.5"], small["detection_box_0.7"]) == (0.0, 0.0)
+    assert (medium["proposal_box_0.5"], medium["proposal_box_0.7"]) == (1.0, 0.0)
+    assert (medium["detection_box_0.5"], medium["detection_box_0.7"]) == (1.0, 1.0)
+    # Proposals come back from the molded image: a x2 image padded by 4 px on top.
+    window = (4, 0, 24, 20)                              # a 10 x 10 image molded to 28 x 20
+    normalised = bd.norm_boxes(np.array([[4, 0, 14, 10], [0, 0, 0, 0]]), (28, 20))
+    normalised[1] = 0                                    # a padding row
+    np.testing.assert_array_equal(bd.proposals_in_image(normalised, (28, 20), window, (10, 10)),
+                                  [[0, 0, 5, 5]])

@@ -1,6 +1,7 @@
 """RPN targets: labels, balance, deltas; empty and crowd ground truth."""
 
 import numpy as np
+import pytest
 
 from mrcnn.data.targets import build_rpn_targets
 from mrcnn.ops.anchors import backbone_shapes, generate_pyramid_anchors
@@ -44,3 +45,23 @@ def test_rpn_targets_crowd_box_is_not_negative():
         (anchors[:, 3] <= 64)
     assert (match[inside] == 0).all()
     assert (match == 1).sum() == 0
+
+
+def test_anchor_coverage_hand_computed():
+    """benchmarks/anchor_coverage.py: best anchor IoU and anchor counts per size bucket."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "anchor_coverage.py"
+    spec = importlib.util.spec_from_file_location("anchor_coverage", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    anchors = np.array([[0, 0, 10, 10], [0, 0, 10, 5], [40, 40, 44, 44]], np.float32)
+    crops = [np.array([[0, 0, 10, 10]]), np.zeros((0, 4)), np.array([[40, 40, 46, 46]])]
+    # At x2 the 100 px box is 25 px of the original image, the 36 px box 9 px: both < 60.
+    (small,) = module.coverage(crops, anchors, scale=2.0)
+    assert small["area_px"] == "<60" and small["boxes"] == 2
+    assert small["median_best_iou"] == pytest.approx((1.0 + 16 / 36) / 2)
+    assert small["anchors_iou_0.5"] == pytest.approx(1.0)     # 2 anchors, then 0
+    assert small["anchors_iou_0.7"] == pytest.approx(0.5)     # 1, then 0
+    rows = module.coverage(crops, anchors)                    # scale 1: 100 px and 36 px
+    assert [(r["area_px"], r["boxes"]) for r in rows] == [("<60", 1), ("60-150", 1)]
