@@ -92,8 +92,9 @@ def tf_generate_pyramid_anchors(image_hw, scales, ratios, feature_strides, ancho
         ys = tf.cast(tf.range(0, rows, anchor_stride), tf.float32) * stride
         xs = tf.cast(tf.range(0, cols, anchor_stride), tf.float32) * stride
         cy, cx = tf.meshgrid(ys, xs, indexing="ij")              # [r, c]
-        heights, widths = (tf.constant(v, tf.float32) for v in anchor_shapes(scale, ratios,
-                                                                             octave))  # [k]
+        heights, widths = anchor_shapes(scale, ratios, octave)
+        heights = tf.constant(heights, tf.float32)                # [k]
+        widths = tf.constant(widths, tf.float32)
         cy = tf.reshape(cy, [-1, 1]) + tf.zeros_like(heights)[None]  # [r*c, k]
         cx = tf.reshape(cx, [-1, 1]) + tf.zeros_like(widths)[None]
         h = tf.zeros_like(cy) + heights[None]
