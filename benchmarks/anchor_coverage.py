@@ -16,7 +16,7 @@ import argparse
 
 import numpy as np
 
-SIZE_EDGES = (60, 150, 400, 1000)     # box area in px of the original image
+from mrcnn.metrics.dsb import SIZE_EDGES, size_buckets
 
 
 def coverage(boxes_per_crop, anchors, scale=1.0, edges=SIZE_EDGES):
@@ -45,9 +45,7 @@ def coverage(boxes_per_crop, anchors, scale=1.0, edges=SIZE_EDGES):
     if not areas:
         return []
     best, n5, n7, areas = (np.concatenate(v) for v in (best, n5, n7, areas))
-    bucket = np.searchsorted(np.asarray(edges), areas, side="right")
-    names = [f"<{edges[0]}"] + [f"{a}-{b}" for a, b in zip(edges, edges[1:])] + \
-        [f">={edges[-1]}"]
+    bucket, names = size_buckets(areas, edges)
     rows = []
     for k, name in enumerate(names):
         sel = bucket == k

@@ -18,10 +18,8 @@ import json
 import numpy as np
 
 from mrcnn.metrics import DSB_THRESHOLDS, dsb_true_positives, mask_iou_matrix, remove_overlaps
-from mrcnn.metrics.dsb import precisions_from_counts
+from mrcnn.metrics.dsb import SIZE_EDGES, precisions_from_counts, size_buckets
 from mrcnn.ops.boxes import compute_overlaps, denorm_boxes, extract_bboxes, norm_boxes
-
-SIZE_EDGES = (60, 150, 400, 1000)     # px: < 60 (about 9 px across), ..., >= 1000
 
 
 def image_record(true_masks, masks, scores, min_confidence, proposals=None, boxes=None):
@@ -102,9 +100,7 @@ def size_table(records, edges=SIZE_EDGES):
     areas, best, best_any = joined("areas"), joined("best_iou"), joined("best_iou_any")
     staged = bool(records) and all("proposal_iou" in r for r in records)
     proposal, box = (joined("proposal_iou"), joined("box_iou")) if staged else (None, None)
-    bucket = np.searchsorted(np.asarray(edges), areas, side="right")
-    names = [f"<{edges[0]}"] + [f"{a}-{b}" for a, b in zip(edges, edges[1:])] + \
-        [f">={edges[-1]}"]
+    bucket, names = size_buckets(areas, edges)
     rows = []
     for k, name in enumerate(names):
         sel = bucket == k

@@ -82,3 +82,17 @@ def dsb_score(true_mask_list, pred_mask_list, thresholds=DSB_THRESHOLDS):
         raise ValueError("no images to score")
     return float(np.mean([dsb_image_score(t, p, thresholds)
                           for t, p in zip(true_mask_list, pred_mask_list)]))
+
+
+# Nucleus areas (px of the original image) splitting the score's breakdowns by size: < 60
+# (about 9 px across), 60-150, 150-400, 400-1000, >= 1000.
+SIZE_EDGES = (60, 150, 400, 1000)
+
+
+def size_buckets(areas, edges=SIZE_EDGES):
+    """Bucket of each area [N] -> (indices [N] in 0..len(edges), bucket names such as
+    '<60', '60-150', '>=1000')."""
+    bucket = np.searchsorted(np.asarray(edges), np.asarray(areas), side="right")
+    names = [f"<{edges[0]}"] + [f"{a}-{b}" for a, b in zip(edges, edges[1:])] + \
+        [f">={edges[-1]}"]
+    return bucket, names
