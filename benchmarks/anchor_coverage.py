@@ -75,7 +75,8 @@ def main():
     from samples.nucleus.cli_train import SCRATCH_OVERRIDES
     from samples.nucleus.nucleus import NucleusDataset
 
-    config = make_config({**SCRATCH_OVERRIDES, **parse_overrides(args.set)})
+    overrides = {**SCRATCH_OVERRIDES, **parse_overrides(args.set)}
+    config = make_config(overrides)
     dataset = NucleusDataset().load_nucleus(args.dataset, args.subset)
     dataset.prepare()
     rng = np.random.RandomState(args.seed)
@@ -91,8 +92,7 @@ def main():
     for per_octave in (int(v) for v in args.scales_per_octave.split(",")):
         for multiplier in (float(v) for v in args.scale_multipliers.split(",")):
             settings = anchor_settings(make_config({
-                **SCRATCH_OVERRIDES, **parse_overrides(args.set),
-                "RPN_ANCHOR_SCALES_PER_OCTAVE": per_octave,
+                **overrides, "RPN_ANCHOR_SCALES_PER_OCTAVE": per_octave,
                 "RPN_ANCHOR_SCALES": [s * multiplier for s in config.RPN_ANCHOR_SCALES]}))
             anchors = pyramid_anchors(shape, **settings)
             print(f"== {per_octave} per octave, sides x{multiplier:g} "

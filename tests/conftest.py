@@ -86,6 +86,16 @@ def small_cli_sets(**changes):
     return out
 
 
+def load_benchmark(name):
+    """The module of ``benchmarks/<name>.py`` (the benchmarks are scripts, not a package)."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", name + ".py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 class TinyInferenceConfig(TinyConfig):
     IMAGES_PER_GPU = 1
 

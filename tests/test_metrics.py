@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from mrcnn import metrics
+from tests.conftest import load_benchmark
 
 
 def stack(*masks):
@@ -192,19 +193,9 @@ def test_remove_overlaps_drops_fully_covered():
     assert clean.shape[-1] == 1 and list(kept) == [0]
 
 
-def _load_breakdown():
-    import importlib.util
-    import pathlib
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "dsb_breakdown.py"
-    spec = importlib.util.spec_from_file_location("dsb_breakdown", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_dsb_breakdown_hand_computed():
     """benchmarks/dsb_breakdown.py: per-threshold curves and the per-size table."""
-    bd = _load_breakdown()
+    bd = load_benchmark("dsb_breakdown")
     shape = (30, 30)
     t1 = box_mask(shape, 0, 0, 10, 10)                   # 100 px
     t2 = box_mask(shape, 20, 20, 25, 25)                 # 25 px
@@ -235,7 +226,7 @@ def test_dsb_breakdown_hand_computed():
 def test_dsb_breakdown_stage_recall_hand_computed():
     """With proposals and detection boxes, each true nucleus's best box IoU at the RPN and
     at the scored detections, and the per-size shares above 0.5 / 0.7."""
-    bd = _load_breakdown()
+    bd = load_benchmark("dsb_breakdown")
     shape = (30, 30)
     t1 = box_mask(shape, 0, 0, 10, 10)                   # box [0, 0, 10, 10], 100 px
     t2 = box_mask(shape, 20, 20, 25, 25)                 # box [20, 20, 25, 25], 25 px

@@ -6,6 +6,7 @@ import pytest
 from mrcnn.data.targets import build_rpn_targets
 from mrcnn.ops.anchors import backbone_shapes, generate_pyramid_anchors
 from mrcnn.ops.boxes import apply_box_deltas
+from tests.conftest import load_benchmark
 
 STD = np.array([0.1, 0.1, 0.2, 0.2])
 
@@ -49,12 +50,7 @@ def test_rpn_targets_crowd_box_is_not_negative():
 
 def test_anchor_coverage_hand_computed():
     """benchmarks/anchor_coverage.py: best anchor IoU and anchor counts per size bucket."""
-    import importlib.util
-    import pathlib
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "anchor_coverage.py"
-    spec = importlib.util.spec_from_file_location("anchor_coverage", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("anchor_coverage")
     anchors = np.array([[0, 0, 10, 10], [0, 0, 10, 5], [40, 40, 44, 44]], np.float32)
     crops = [np.array([[0, 0, 10, 10]]), np.zeros((0, 4)), np.array([[40, 40, 46, 46]])]
     # At x2 the 100 px box is 25 px of the original image, the 36 px box 9 px: both < 60.
