@@ -218,8 +218,9 @@ def test_compare_continues_a_killed_epoch_budgeted_training(tmp_path):
 
 def test_run_saved_before_run_state_is_recognised_as_from_scratch():
     """A from-scratch run saved before run_state.json (and before the stretch, the 128-channel
-    RPN, the 256-wide box head and AdamW joined the defaults) still resumes as from scratch; a
-    run without the from-scratch warm-up, or with Matterport's head widths, does not."""
+    RPN, the 256-wide box head, AdamW and two anchor sides joined the defaults) still resumes
+    as from scratch; a run without the from-scratch warm-up, or with Matterport's head widths,
+    does not."""
     from samples.nucleus.cli_train import (COCO_OVERRIDES, LATER_SCRATCH_FIELDS,
                                            SCRATCH_OVERRIDES, saved_run_was_from_scratch)
     old = {k: v for k, v in SCRATCH_OVERRIDES.items() if k not in LATER_SCRATCH_FIELDS}
@@ -264,5 +265,9 @@ def test_optimizer_from_scratch_is_adamw_and_the_option_sets_each_optimizers_rat
     assert resumed["OPTIMIZER"] == "adamw" and resumed["LEARNING_RATE"] == 2e-4
     kept = train_overrides(args(weights=str(checkpoint), optimizer="adamw"))[0]
     assert kept["LEARNING_RATE"] == 2e-4            # not reset to the new-run default
+    # Two anchor sides per level from scratch now; a run saved before that default (no key in
+    # its run_config.json) has an RPN head of 3 anchors per cell and must keep one side.
+    assert scratch.RPN_ANCHOR_SCALES_PER_OCTAVE == 2 and coco.RPN_ANCHOR_SCALES_PER_OCTAVE == 1
+    assert make_config(resumed).RPN_ANCHOR_SCALES_PER_OCTAVE == 1
     with pytest.raises(ValueError, match="--optimizer sgd: the run resumed from .* adamw"):
         train_overrides(args(weights=str(checkpoint), optimizer="sgd"))
