@@ -69,7 +69,7 @@ SCRATCH_OVERRIDES = {
     # one side per level, and their outlines gain. Seeded pairs at the same epochs (AMD EPYC,
     # float32): seed 0 +0.013 +- 0.006 DSB per image (histology +0.032), seed 1 0.538 vs 0.502,
     # the 60-minute command 0.543 vs 0.524 (+0.019 +- 0.006, histology +0.042); same epoch
-    # cost, detect 9-34 % longer (README Results, docs/results.md).
+    # cost, detect within 0-9 % (README Results, docs/results.md).
     "RPN_ANCHOR_SCALES_PER_OCTAVE": 2,
     # AdamW: at the same epochs it beat SGD in each of three seeded pairs (38, 39 and 41 epochs,
     # one the 60-minute command: +0.012, +0.014, +0.009 DSB per image; README Results) at the
