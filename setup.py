@@ -28,8 +28,9 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout", "nbclient", "nbformat", "ipykernel", "tf2onnx",
-                "onnxruntime"],
+        # pytest-xdist: the README's test command runs the suite in two worker processes.
+        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "nbclient", "nbformat", "ipykernel",
+                "tf2onnx", "onnxruntime"],
         # ONNX export of the network (mrcnn.export): tf2onnx converts, onnxruntime runs it.
         "onnx": ["tf2onnx", "onnxruntime"],
         # imgaug augmenters (Matterport code): the maintained fork imaug. Its OpenCV < 4.13

@@ -4,6 +4,22 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import tensorflow as tf  # noqa: E402
+
+
+def _share_the_cores_between_workers():
+    """Under pytest-xdist (``-n N``) give each worker's TensorFlow its share of the cores for
+    its kernels, so N workers do not each start one thread per core. Much of a test's time is
+    single-threaded Python (building and tracing graphs, subprocesses, pip), which the
+    workers then overlap. Must run before TensorFlow executes its first op."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        tf.config.threading.set_intra_op_parallelism_threads(
+            max(1, (os.cpu_count() or 1) // workers))
+
+
+_share_the_cores_between_workers()
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -15,8 +15,8 @@ from mrcnn.evaluation import evaluate_dataset
 
 from samples.nucleus.cli_common import make_config, parse_overrides, select_fraction
 from samples.nucleus.cli_eval import otsu_predictor
-from samples.nucleus.nucleus import (NucleusDataset, image_kind, set_kind_repeat_factors,
-                                     split_ids)
+from samples.nucleus.nucleus import (NucleusDataset, image_kind, kind_of_file,
+                                     set_kind_repeat_factors, split_ids)
 
 SHARED_DSB = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "dsb2018")
 
@@ -224,6 +224,16 @@ def test_config_overrides_and_fraction(dsb_dir):
     assert len(half.image_ids) == 6
     assert [i["id"] for i in half.image_info] == \
         [i["id"] for i in select_fraction(ds, 0.5, seed=3).image_info]
+
+
+def test_kind_of_file_is_remembered_until_the_file_changes(tmp_path):
+    path = str(tmp_path / "image.png")
+    skimage.io.imsave(path, np.full((32, 32, 3), 10, np.uint8), check_contrast=False)
+    assert kind_of_file(path) == "fluorescence"
+    skimage.io.imsave(path, np.full((40, 40, 3), 220, np.uint8), check_contrast=False)
+    assert kind_of_file(path) == "brightfield"        # rewritten: read again, not remembered
+    with pytest.raises(ValueError, match="missing.png"):
+        kind_of_file(str(tmp_path / "missing.png"))
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DSB, "stage1_train")),

@@ -81,6 +81,26 @@ def image_kind(image):
     return "brightfield" if np.median(rgb) > 127 else "fluorescence"
 
 
+_KIND_OF_FILE = {}
+
+
+def kind_of_file(path):
+    """:func:`image_kind` of the image file at ``path``, remembered per process while the file
+    is unchanged (a train and a val split of the same folder read each image once).
+
+    Raises:
+        ValueError: the file cannot be read as an image (the message names it).
+    """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return image_kind(read_image_file(path))     # raises read_image_file's clear error
+    key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _KIND_OF_FILE:
+        _KIND_OF_FILE[key] = image_kind(read_image_file(path))
+    return _KIND_OF_FILE[key]
+
+
 def split_ids(dataset_dir, ids, val_fraction=0.1):
     """Deterministic train/val split stratified by image kind (every k-th id of each kind,
     in sorted order, goes to val; a kind too small for that gives its middle image)."""
@@ -88,7 +108,7 @@ def split_ids(dataset_dir, ids, val_fraction=0.1):
     for image_id in sorted(ids):
         path = os.path.join(dataset_dir, image_id, "images", image_id + ".png")
         try:
-            by_kind.setdefault(image_kind(read_image_file(path)), []).append(image_id)
+            by_kind.setdefault(kind_of_file(path), []).append(image_id)
         except ValueError as err:  # kept in train, where loading skips it with this message
             log.warning("cannot classify %s for the train/val split: %s", path, err)
     step = max(2, int(round(1 / val_fraction)))
