@@ -226,10 +226,15 @@ def test_config_overrides_and_fraction(dsb_dir):
         [i["id"] for i in select_fraction(ds, 0.5, seed=3).image_info]
 
 
-def test_kind_of_file_is_remembered_until_the_file_changes(tmp_path):
+def test_kind_of_file_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    from samples.nucleus import nucleus
+    reads = []
+    real_read = nucleus.read_image_file
+    monkeypatch.setattr(nucleus, "read_image_file", lambda p: reads.append(p) or real_read(p))
     path = str(tmp_path / "image.png")
     skimage.io.imsave(path, np.full((32, 32, 3), 10, np.uint8), check_contrast=False)
-    assert kind_of_file(path) == "fluorescence"
+    assert kind_of_file(path) == kind_of_file(path) == "fluorescence"
+    assert reads == [path]                              # the second call did not read it
     skimage.io.imsave(path, np.full((40, 40, 3), 220, np.uint8), check_contrast=False)
     assert kind_of_file(path) == "brightfield"        # rewritten: read again, not remembered
     with pytest.raises(ValueError, match="missing.png"):
