@@ -91,11 +91,8 @@ def kind_of_file(path):
     Raises:
         ValueError: the file cannot be read as an image (the message names it).
     """
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return image_kind(read_image_file(path))     # raises read_image_file's clear error
-    key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+    stat = os.stat(path) if os.path.exists(path) else None   # missing: read_image_file says so
+    key = (os.path.abspath(path), stat and stat.st_mtime_ns, stat and stat.st_size)
     if key not in _KIND_OF_FILE:
         _KIND_OF_FILE[key] = image_kind(read_image_file(path))
     return _KIND_OF_FILE[key]
