@@ -59,6 +59,10 @@ class Config:
     RPN_CONV_CHANNELS = 256
     RPN_NMS_THRESHOLD = 0.7
     RPN_TRAIN_ANCHORS_PER_IMAGE = 256
+    # RPN training labels: an anchor is positive at IoU >= RPN_POSITIVE_IOU with a box (and
+    # every box's best anchor is), negative below RPN_NEGATIVE_IOU; Faster R-CNN's 0.7 / 0.3.
+    RPN_POSITIVE_IOU = 0.7
+    RPN_NEGATIVE_IOU = 0.3
     PRE_NMS_LIMIT = 6000
     POST_NMS_ROIS_TRAINING = 2000
     POST_NMS_ROIS_INFERENCE = 1000
@@ -223,6 +227,9 @@ class Config:
                  "whole number >= 1.")
         if not 0 < self.ROI_POSITIVE_RATIO <= 1:
             fail("ROI_POSITIVE_RATIO must be in (0, 1].")
+        if not 0 < self.RPN_NEGATIVE_IOU <= self.RPN_POSITIVE_IOU <= 1:
+            fail(f"RPN_NEGATIVE_IOU={self.RPN_NEGATIVE_IOU!r} and RPN_POSITIVE_IOU="
+                 f"{self.RPN_POSITIVE_IOU!r} must satisfy 0 < negative <= positive <= 1.")
         if self.TRAIN_ROIS_PER_IMAGE < 1 or self.POST_NMS_ROIS_TRAINING < 1:
             fail("TRAIN_ROIS_PER_IMAGE and POST_NMS_ROIS_TRAINING must be >= 1.")
         if self.MASK_BOUNDARY_WEIGHT < 0:

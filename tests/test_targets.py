@@ -48,6 +48,37 @@ def test_rpn_targets_crowd_box_is_not_negative():
     assert (match == 1).sum() == 0
 
 
+def test_rpn_targets_thresholds_from_arguments():
+    """An anchor at IoU 0.6 with a box: neutral at 0.7 / 0.3, positive at 0.5; one at IoU 0.25
+    is negative at 0.3 and neutral at negative_iou 0.2. The box's best anchor is positive."""
+    gt = np.array([[0, 0, 10, 10]], np.float32)
+    anchors = np.array([[0, 0, 10, 10],        # IoU 1: the best anchor
+                        [0, 0, 10, 6],         # IoU 0.6
+                        [0, 0, 10, 2.5],       # IoU 0.25
+                        [50, 50, 60, 60]],     # IoU 0
+                       np.float32)
+    default, _ = build_rpn_targets(anchors, np.array([1]), gt, 100, STD)
+    assert default.tolist() == [1, 0, -1, -1]
+    lower, deltas = build_rpn_targets(anchors, np.array([1]), gt, 100, STD,
+                                      positive_iou=0.5, negative_iou=0.2)
+    assert lower.tolist() == [1, 1, 0, -1]
+    # The second positive's deltas stretch its 6 px width to the box's 10.
+    assert deltas[1, 3] == pytest.approx(np.log(10 / 6) / STD[3])
+
+
+def test_config_rejects_crossed_rpn_thresholds():
+    from mrcnn.config import Config
+
+    class Crossed(Config):
+        NAME = "crossed"
+        NUM_CLASSES = 2
+        RPN_POSITIVE_IOU = 0.3
+        RPN_NEGATIVE_IOU = 0.5
+
+    with pytest.raises(ValueError, match="RPN_NEGATIVE_IOU"):
+        Crossed().validate()
+
+
 def test_anchor_coverage_hand_computed():
     """benchmarks/anchor_coverage.py: best anchor IoU and anchor counts per size bucket."""
     module = load_benchmark("anchor_coverage")

@@ -131,7 +131,9 @@ class DataGenerator(keras.utils.PyDataset):
                 class_ids, boxes, masks = class_ids[keep], boxes[keep], masks[:, :, keep]
             match, deltas = build_rpn_targets(anchors, class_ids, boxes,
                                               config.RPN_TRAIN_ANCHORS_PER_IMAGE,
-                                              config.RPN_BBOX_STD_DEV, rng=rng)
+                                              config.RPN_BBOX_STD_DEV, rng=rng,
+                                              positive_iou=config.RPN_POSITIVE_IOU,
+                                              negative_iou=config.RPN_NEGATIVE_IOU)
             h, w = image.shape[:2]
             batch["input_image"][b, :h, :w] = mold_image(image, config.MEAN_PIXEL)
             batch["input_image_meta"][b, META_IMAGE_HW] = (height, width)  # padded batch shape

@@ -6,17 +6,19 @@ from mrcnn.ops.boxes import box_refinement, compute_overlaps
 
 
 def build_rpn_targets(anchors, gt_class_ids, gt_boxes, anchors_per_image, rpn_bbox_std_dev,
-                      rng=None):
+                      rng=None, positive_iou=0.7, negative_iou=0.3):
     """Label anchors and compute the deltas of positive ones.
 
-    An anchor is positive with IoU >= 0.7 to some box, or when it is the best anchor of a box;
-    negative with IoU < 0.3 (and not touching a crowd box, class id < 0); otherwise neutral.
+    An anchor is positive with IoU >= ``positive_iou`` to some box, or when it is the best
+    anchor of a box; negative with IoU < ``negative_iou`` (and not touching a crowd box, class
+    id < 0); otherwise neutral.
     Positives are subsampled to half of ``anchors_per_image``, negatives fill the rest.
 
     Args:
         anchors: [A, 4] pixels. gt_class_ids: [G]. gt_boxes: [G, 4] pixels.
         anchors_per_image: RPN_TRAIN_ANCHORS_PER_IMAGE.
         rpn_bbox_std_dev: [4].
+        positive_iou, negative_iou: RPN_POSITIVE_IOU, RPN_NEGATIVE_IOU.
 
     Returns:
         rpn_match [A] int32 (1, -1, 0); rpn_bbox [anchors_per_image, 4] float32: deltas of the
@@ -38,12 +40,12 @@ def build_rpn_targets(anchors, gt_class_ids, gt_boxes, anchors_per_image, rpn_bb
         overlaps = compute_overlaps(anchors, gt_boxes)
         best_gt = overlaps.argmax(axis=1)
         best_iou = overlaps[np.arange(len(anchors)), best_gt]
-        rpn_match[(best_iou < 0.3) & no_crowd] = -1
-        # Every box gets its best anchors, even below 0.7 (ties all count).
+        rpn_match[(best_iou < negative_iou) & no_crowd] = -1
+        # Every box gets its best anchors, even below positive_iou (ties all count).
         best_per_gt = overlaps.max(axis=0)
         best_anchor_rows = np.argwhere((overlaps == best_per_gt[None]) & (best_per_gt[None] > 0))
         rpn_match[best_anchor_rows[:, 0]] = 1
-        rpn_match[best_iou >= 0.7] = 1
+        rpn_match[best_iou >= positive_iou] = 1
     else:
         best_gt = np.zeros([anchors.shape[0]], dtype=np.int64)
         rpn_match[no_crowd] = -1
