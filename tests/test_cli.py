@@ -218,9 +218,9 @@ def test_compare_continues_a_killed_epoch_budgeted_training(tmp_path):
 
 def test_run_saved_before_run_state_is_recognised_as_from_scratch():
     """A from-scratch run saved before run_state.json (and before the stretch, the 128-channel
-    RPN, the 256-wide box head, AdamW and two anchor sides joined the defaults) still resumes
-    as from scratch; a run without the from-scratch warm-up, or with Matterport's head widths,
-    does not."""
+    RPN, the 256-wide box head, AdamW, two anchor sides and RPN_POSITIVE_IOU joined the
+    defaults) still resumes as from scratch; a run without the from-scratch warm-up, or with
+    Matterport's head widths, does not."""
     from samples.nucleus.cli_train import (COCO_OVERRIDES, LATER_SCRATCH_FIELDS,
                                            SCRATCH_OVERRIDES, saved_run_was_from_scratch)
     old = {k: v for k, v in SCRATCH_OVERRIDES.items() if k not in LATER_SCRATCH_FIELDS}
