@@ -36,6 +36,8 @@ def test_computed_fields_and_display(capsys):
     ("RPN_ANCHOR_SCALES", (8, 16), "one scale per level"),
     ("RPN_ANCHOR_SCALES_PER_OCTAVE", 0, "whole number >= 1"),
     ("RPN_ANCHOR_SCALES_PER_OCTAVE", 1.5, "whole number >= 1"),
+    ("RPN_NEGATIVE_IOU", 0.8, "RPN_NEGATIVE_IOU=0.8 and RPN_POSITIVE_IOU=0.7"),   # crossed
+    ("RPN_POSITIVE_IOU", 1.5, "0 < negative <= positive <= 1"),
     ("MASK_SHAPE", [56, 56], "twice MASK_POOL_SIZE"),
     ("LOSS_WEIGHTS", {"mask": 1.0}, "unknown keys"),
     ("DETECTION_MAX_INSTANCES", 1000, "POST_NMS_ROIS_INFERENCE"),

@@ -66,19 +66,6 @@ def test_rpn_targets_thresholds_from_arguments():
     assert deltas[1, 3] == pytest.approx(np.log(10 / 6) / STD[3])
 
 
-def test_config_rejects_crossed_rpn_thresholds():
-    from mrcnn.config import Config
-
-    class Crossed(Config):
-        NAME = "crossed"
-        NUM_CLASSES = 2
-        RPN_POSITIVE_IOU = 0.3
-        RPN_NEGATIVE_IOU = 0.5
-
-    with pytest.raises(ValueError, match="RPN_NEGATIVE_IOU"):
-        Crossed().validate()
-
-
 def test_anchor_coverage_hand_computed():
     """benchmarks/anchor_coverage.py: best anchor IoU and anchor counts per size bucket."""
     module = load_benchmark("anchor_coverage")
