@@ -1,6 +1,7 @@
 """How well the RPN anchors fit the nuclei of a dataset: per nucleus size, the median best
-anchor IoU and the mean number of anchors at IoU >= 0.5 and >= 0.7 (the RPN's default positive
-threshold, RPN_POSITIVE_IOU), over random training crops exactly as training cuts them.
+anchor IoU and the mean number of anchors at IoU >= 0.5 and >= 0.7 (the RPN's positive threshold
+RPN_POSITIVE_IOU: 0.5 in the nucleus from-scratch config, 0.7 in Config), over random training
+crops exactly as training cuts them.
 
     python benchmarks/anchor_coverage.py --dataset ../shared/data/dsb2018 [--crops 150] \\
         [--scales-per-octave 1,2] [--scale-multipliers 1,1.5] [--set KEY=VALUE ...]
@@ -8,8 +9,8 @@ threshold, RPN_POSITIVE_IOU), over random training crops exactly as training cut
 The config is the from-scratch nucleus config (``SCRATCH_OVERRIDES``) with ``--set`` on top;
 each variant changes RPN_ANCHOR_SCALES_PER_OCTAVE and multiplies RPN_ANCHOR_SCALES. Sizes are
 the boxes' areas in pixels of the original image (the crop's boxes divided by the scale).
-At the default 0.7, a box whose best anchor is below 0.7 trains the RPN only through that one
-anchor (it is made positive as the box's best), so low medians mean few, poorly placed positives.
+A box with no anchor at the positive threshold trains the RPN only through its best anchor
+(made positive as the box's best), so low counts mean few, poorly placed positives.
 """
 
 import argparse
