@@ -2,14 +2,17 @@
 threshold per image kind, and per nucleus size how many true nuclei are found, how many only
 by a detection below the confidence threshold, how well the found ones are outlined, and at
 which stage the missed ones are lost (no RPN proposal near them, or no confident detection
-box: box IoU > 0.5 and > 0.7 with the proposals and with the scored detections' boxes).
+box: box IoU > 0.5 and > 0.7 with the proposals and with the scored detections' boxes; and
+how many have a proposal at box IoU > 0.5 that the box head classified, every one of them,
+as background, which no DETECTION_MIN_CONFIDENCE can bring back).
 
     python benchmarks/dsb_breakdown.py --logs runs/e40 --dataset ../shared/data/dsb2018 \
         [--subset val] [--set COMPUTE_DTYPE=float32] [--floor 0.05] [--out breakdown.json]
 
 Detections are made once with DETECTION_MIN_CONFIDENCE lowered to ``--floor``; the scored
 set is the detections at or above the run's own minimum confidence (as ``evaluate`` scores
-them, overlaps removed by score). Sizes are true mask areas in pixels of the original image.
+them, overlaps removed by score). The detection layer keeps a ROI only when its most probable
+class is not background, so with two classes a floor below 0.5 acts as 0.5. Sizes are true mask areas in pixels of the original image.
 """
 
 import argparse
@@ -22,7 +25,8 @@ from mrcnn.metrics.dsb import SIZE_EDGES, precisions_from_counts, size_buckets
 from mrcnn.ops.boxes import compute_overlaps, denorm_boxes, extract_bboxes, norm_boxes
 
 
-def image_record(true_masks, masks, scores, min_confidence, proposals=None, boxes=None):
+def image_record(true_masks, masks, scores, min_confidence, proposals=None, boxes=None,
+                 proposal_kept=None):
     """Per-image counts for the breakdown.
 
     Args:
@@ -30,13 +34,17 @@ def image_record(true_masks, masks, scores, min_confidence, proposals=None, boxe
         floor; scores: [M]; min_confidence: the scored set's threshold.
         proposals: optional [P, 4] RPN proposals, pixels of the original image; boxes:
         optional [M, 4] the detections' boxes, pixels (given together).
+        proposal_kept: optional [P] bool with proposals, whether the box head's most probable
+        class for each proposal is not background.
 
     Returns:
         dict: ``tp`` [T] true positives of the scored set per DSB threshold, ``true`` N,
         ``predicted`` (scored set size), ``areas`` [N] px, ``best_iou`` [N] best mask IoU
         of each true nucleus with the scored set, ``best_iou_any`` [N] with any detection;
         with proposals, ``proposal_iou`` and ``box_iou`` [N]: each true nucleus's best box IoU
-        with a proposal and with a scored detection's box.
+        with a proposal and with a scored detection's box; with proposal_kept,
+        ``classified_background`` [N] bool: the nucleus has a proposal at box IoU > 0.5 and
+        the box head classified every such proposal as background.
     """
     confident = scores >= min_confidence
     stages = {}
@@ -44,6 +52,13 @@ def image_record(true_masks, masks, scores, min_confidence, proposals=None, boxe
         true_boxes = extract_bboxes(true_masks)
         stages = {"proposal_iou": best_box_iou(true_boxes, proposals),
                   "box_iou": best_box_iou(true_boxes, np.asarray(boxes)[confident])}
+        if proposal_kept is not None:
+            near = (compute_overlaps(np.asarray(true_boxes, np.float32),
+                                     np.asarray(proposals, np.float32)) > 0.5
+                    if len(proposals) and len(true_boxes)
+                    else np.zeros((len(true_boxes), len(proposals)), bool))
+            stages["classified_background"] = (
+                near.any(axis=1) & ~(near & np.asarray(proposal_kept, bool)).any(axis=1))
     scored, _ = remove_overlaps(masks[..., confident], scores[confident])
     n = true_masks.shape[-1]
     iou = mask_iou_matrix(true_masks, scored)
@@ -100,6 +115,8 @@ def size_table(records, edges=SIZE_EDGES):
     areas, best, best_any = joined("areas"), joined("best_iou"), joined("best_iou_any")
     staged = bool(records) and all("proposal_iou" in r for r in records)
     proposal, box = (joined("proposal_iou"), joined("box_iou")) if staged else (None, None)
+    classified = (joined("classified_background") if staged and
+                  all("classified_background" in r for r in records) else None)
     bucket, names = size_buckets(areas, edges)
     rows = []
     for k, name in enumerate(names):
@@ -117,6 +134,8 @@ def size_table(records, edges=SIZE_EDGES):
             rows[-1].update({f"{name}_box_{t}": float((values[sel] > t).mean())
                              for name, values in (("proposal", proposal), ("detection", box))
                              for t in (0.5, 0.7)})
+        if classified is not None:
+            rows[-1]["classified_background"] = float(classified[sel].mean())
     return rows
 
 
@@ -155,6 +174,9 @@ def print_report(report):
                       f"{row['proposal_box_0.5']:.2f} / {row['proposal_box_0.7']:.2f}, with a "
                       f"scored detection {row['detection_box_0.5']:.2f} / "
                       f"{row['detection_box_0.7']:.2f}")
+            if "classified_background" in row:
+                print(f"   {'':>19}  a proposal at box IoU > 0.5, each one classified "
+                      f"background {row['classified_background']:.2f}")
 
 
 def main():
@@ -195,8 +217,11 @@ def main():
             graph["window"])
         proposals = proposals_in_image(graph["rpn_rois"], graph["image"].shape, graph["window"],
                                        image.shape)
+        real = np.any(np.asarray(graph["rpn_rois"]) != 0, axis=1)
+        kept = np.argmax(np.asarray(graph["mrcnn_class"])[real], axis=1) > 0
         records.setdefault(image_kind(image), []).append(image_record(
-            np.asarray(true_masks, bool), masks, scores, min_confidence, proposals, boxes))
+            np.asarray(true_masks, bool), masks, scores, min_confidence, proposals, boxes,
+            kept))
     report = breakdown(records)
     report["min_confidence"] = float(min_confidence)
     print_report(report)

@@ -241,9 +241,44 @@ def test_dsb_breakdown_stage_recall_hand_computed():
     assert (small["detection_box_0.5"], small["detection_box_0.7"]) == (0.0, 0.0)
     assert (medium["proposal_box_0.5"], medium["proposal_box_0.7"]) == (1.0, 0.0)
     assert (medium["detection_box_0.5"], medium["detection_box_0.7"]) == (1.0, 1.0)
+    assert "classified_background" not in medium
+    # The box head's verdicts: t1's only proposal at IoU > 0.5 (0.6) is called background,
+    # a proposal it keeps has IoU 0.4 with t1 (too far to count); t2's exact one is kept.
+    with_far = np.concatenate([proposals, [[0, 0, 10, 4]]])
+    r = bd.image_record(stack(t1, t2), masks, np.array([0.9, 0.3]), 0.7, with_far, boxes,
+                        proposal_kept=[False, True, True])
+    assert r["classified_background"].tolist() == [True, False]
+    small, medium = bd.size_table([r])
+    assert (small["classified_background"], medium["classified_background"]) == (0.0, 1.0)
     # Proposals come back from the molded image: a x2 image padded by 4 px on top.
     window = (4, 0, 24, 20)                              # a 10 x 10 image molded to 28 x 20
     normalised = bd.norm_boxes(np.array([[4, 0, 14, 10], [0, 0, 0, 0]]), (28, 20))
     normalised[1] = 0                                    # a padding row
     np.testing.assert_array_equal(bd.proposals_in_image(normalised, (28, 20), window, (10, 10)),
                                   [[0, 0, 5, 5]])
+
+
+def test_threshold_sweep_hand_computed():
+    """benchmarks/threshold_sweep.py: the DSB score at each (confidence, mask threshold) pair
+    from one set of detections, and the best pair over images of two kinds."""
+    sweep = load_benchmark("threshold_sweep")
+    shape = (30, 30)
+    t1, t2 = box_mask(shape, 0, 0, 10, 10), box_mask(shape, 20, 20, 25, 25)
+    # At mask threshold 0.5 the first detection covers 80 of t1's 100 px (IoU 0.8); at 0.3
+    # its mask grows to t1 exactly. The second is exact at both, scored 0.6.
+    masks = {0.5: stack(box_mask(shape, 0, 0, 10, 8), t2), 0.3: stack(t1, t2)}
+    one = sweep.grid_scores(stack(t1, t2), [0.9, 0.6], masks, [0.5, 0.7])
+    # Both kept: 2 TP up to IoU 0.75; at 0.8-0.95 1 TP, 1 FP, 1 FN -> 1/3.
+    assert one[(0.5, 0.5)] == pytest.approx((6 + 4 / 3) / 10)
+    assert one[(0.7, 0.5)] == pytest.approx(6 * 0.5 / 10)   # 1 TP, 1 FN up to 0.75, then 0
+    assert one[(0.5, 0.3)] == pytest.approx(1.0)
+    assert one[(0.7, 0.3)] == pytest.approx(0.5)
+    # An image without nuclei and one false positive scored 0.6: 0 if kept, 1 if not.
+    fp = {t: stack(box_mask(shape, 0, 0, 3, 3)) for t in (0.5, 0.3)}
+    empty = sweep.grid_scores(np.zeros(shape + (0,), bool), [0.6], fp, [0.5, 0.7])
+    assert empty == {(0.5, 0.5): 0.0, (0.7, 0.5): 1.0, (0.5, 0.3): 0.0, (0.7, 0.3): 1.0}
+    table = sweep.summarise([("fluorescence", one), ("histology", empty)])
+    assert table["all"][(0.7, 0.3)] == pytest.approx(0.75)
+    assert table["all"][(0.5, 0.5)] == pytest.approx(((6 + 4 / 3) / 10) / 2)
+    assert table["best"] == (0.7, 0.3)
+    assert table["fluorescence"][(0.5, 0.3)] == 1.0 and table["histology"][(0.5, 0.3)] == 0.0
