@@ -107,6 +107,11 @@ class Config:
     DETECTION_MIN_CONFIDENCE = 0.7
     DETECTION_NMS_THRESHOLD = 0.3
     DETECTION_MASK_THRESHOLD = 0.5
+    # Inference only: after the box head has classified and refined the proposals, run it
+    # this many more times, each on the boxes the previous pass refined (same weights); a
+    # detection's class probabilities are the mean over the passes (Cascade R-CNN's test-time
+    # ensemble), its box the last pass's refinement. 0 = one pass (Matterport).
+    DETECTION_BOX_REFINEMENTS = 0
 
     LEARNING_RATE = 0.001
     LEARNING_MOMENTUM = 0.9
@@ -245,6 +250,9 @@ class Config:
             fail("PRE_NMS_LIMIT must be >= POST_NMS_ROIS_INFERENCE.")
         if self.DETECTION_MAX_INSTANCES > self.POST_NMS_ROIS_INFERENCE:
             fail("DETECTION_MAX_INSTANCES cannot exceed POST_NMS_ROIS_INFERENCE.")
+        if int(self.DETECTION_BOX_REFINEMENTS) != self.DETECTION_BOX_REFINEMENTS or \
+                self.DETECTION_BOX_REFINEMENTS < 0:
+            fail("DETECTION_BOX_REFINEMENTS must be a whole number >= 0 (extra box-head passes).")
         if self.MASK_SHAPE[0] != 2 * self.MASK_POOL_SIZE or \
                 self.MASK_SHAPE[1] != 2 * self.MASK_POOL_SIZE:
             fail(f"MASK_SHAPE {list(self.MASK_SHAPE)} must be twice MASK_POOL_SIZE "

@@ -41,6 +41,8 @@ def test_computed_fields_and_display(capsys):
     ("MASK_SHAPE", [56, 56], "twice MASK_POOL_SIZE"),
     ("LOSS_WEIGHTS", {"mask": 1.0}, "unknown keys"),
     ("DETECTION_MAX_INSTANCES", 1000, "POST_NMS_ROIS_INFERENCE"),
+    ("DETECTION_BOX_REFINEMENTS", -1, "whole number >= 0"),
+    ("DETECTION_BOX_REFINEMENTS", 0.5, "whole number >= 0"),
     ("BACKBONE_ZERO_INIT_RESIDUAL", "False", "null/true/false"),
 ])
 def test_validate_rejects(field, value, message):

@@ -50,3 +50,39 @@ def test_weights_and_keras_file_round_trip(trained_dir, tmp_path):
     keras_path = first.save(str(tmp_path / "model.keras"))
     third = modellib.MaskRCNN.from_keras_file(keras_path, config)
     _same(third.detect([image]), expected)
+
+
+def test_box_refinement_pass_reuses_the_head(trained_dir, tmp_path):
+    """DETECTION_BOX_REFINEMENTS=1: no new weights; the head's second pass runs on the boxes
+    its first pass refined, and the class probabilities are the two passes' mean; the model
+    saves and loads in safe mode."""
+    from mrcnn.layers import RefineBoxes
+
+    class RefinedConfig(ZeroConfidenceConfig):
+        DETECTION_BOX_REFINEMENTS = 1
+
+    one = modellib.MaskRCNN("inference", ZeroConfidenceConfig(), trained_dir)
+    one.load_weights(one.find_last())
+    two = modellib.MaskRCNN("inference", RefinedConfig(), trained_dir)
+    two.load_weights(two.find_last())
+    assert len(two.keras_model.weights) == len(one.keras_model.weights)
+    image = np.random.RandomState(2).randint(0, 255, (128, 128, 3)).astype(np.uint8)
+    first, refined = one.run_graph(image), two.run_graph(image)
+    np.testing.assert_allclose(refined["rpn_rois"], first["rpn_rois"], atol=1e-6)
+    np.testing.assert_array_equal(first["rois"], first["rpn_rois"])
+    meta = one.mold_inputs([image])[1]
+    expected = RefineBoxes(one.config.BBOX_STD_DEV)(
+        [first["rpn_rois"][None], first["mrcnn_class"][None], first["mrcnn_bbox"][None],
+         meta]).numpy()[0]
+    np.testing.assert_allclose(refined["rois"], expected, atol=1e-5)
+    assert not np.allclose(refined["rois"], first["rois"])
+    # mean of two distributions: the second pass's probabilities, 2 * mean - first, are one too
+    second_pass = 2 * refined["mrcnn_class"] - first["mrcnn_class"]
+    assert second_pass.min() > -1e-5 and second_pass.max() < 1 + 1e-5
+    np.testing.assert_allclose(second_pass.sum(axis=-1), 1.0, atol=1e-5)
+    assert not np.allclose(second_pass, first["mrcnn_class"], atol=1e-3)
+
+    expected_detections = two.detect([image])
+    keras_path = two.save(str(tmp_path / "refined.keras"))
+    _same(modellib.MaskRCNN.from_keras_file(keras_path, RefinedConfig()).detect([image]),
+          expected_detections)

@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from mrcnn.layers import (AnchorGenerator, DetectionLayer, DetectionTargetLayer, GatherRows,
-                          ProposalLayer, PyramidROIAlign, ScatterToSlots, SelectBoxes,
-                          UnflattenRois, WholeInputConv2D)
+                          ProposalLayer, PyramidROIAlign, RefineBoxes, ScatterToSlots,
+                          SelectBoxes, UnflattenRois, WholeInputConv2D)
 from mrcnn.modeling.maskrcnn_model import NormalizeBoxes
 from mrcnn.ops.anchors import backbone_shapes, generate_pyramid_anchors
 from mrcnn.ops.boxes import norm_boxes
@@ -19,6 +19,7 @@ LAYERS = [
     ProposalLayer(10, 0.7, 100, [0.1, 0.1, 0.2, 0.2]),
     DetectionTargetLayer(8, 0.5, [0.1, 0.1, 0.2, 0.2], (14, 14)),
     DetectionLayer(5, 0.5, 0.3, [0.1, 0.1, 0.2, 0.2]),
+    RefineBoxes([0.1, 0.1, 0.2, 0.2]),
     PyramidROIAlign((7, 7)),
     SelectBoxes("positive"), SelectBoxes("positive", per_image_limit=3),
     GatherRows(), ScatterToSlots(), UnflattenRois(), NormalizeBoxes(),
@@ -103,6 +104,25 @@ def test_detection_layer_per_class_nms_and_window():
     window_right = (40 - 1) / 63.0
     assert out[1, 3] == pytest.approx(window_right, abs=1e-5)   # clipped to the window
     assert not out[2:].any()
+
+
+def test_refine_boxes_uses_best_foreground_class_and_window():
+    rois = np.array([[[0.1, 0.1, 0.3, 0.3], [0.5, 0.5, 0.7, 0.7], [0, 0, 0, 0],
+                      [0.9, 0.9, 1.0, 1.0]]], np.float32)
+    # Classes: background, a, b. ROI 1 is background to the head but still refined by its
+    # best foreground class (b); ROI 2 is padding; ROI 3's box moves off the image.
+    probs = np.array([[[0.2, 0.7, 0.1], [0.6, 0.1, 0.3], [1, 0, 0], [0.1, 0.9, 0.0]]],
+                     np.float32)
+    deltas = np.full((1, 4, 3, 4), 3.0, np.float32)        # the classes not chosen: far off
+    deltas[0, 0, 1] = [1.0, 0, 0, 0]                          # dy 0.1 of h 0.2: down 0.02
+    deltas[0, 1, 2] = [0, 0, np.log(2) / 0.2, 0]              # twice as tall
+    deltas[0, 3, 1] = [0, 20.0, 0, 0]                         # right by twice w: off the image
+    meta = compose_image_meta(0, (64, 64, 3), (64, 64, 3), (0, 0, 64, 64), 1, [1, 1, 1])[None]
+    out = RefineBoxes([0.1, 0.1, 0.2, 0.2])([rois, probs, deltas, meta]).numpy()[0]
+    np.testing.assert_allclose(out[0], [0.12, 0.1, 0.32, 0.3], atol=1e-6)
+    np.testing.assert_allclose(out[1], [0.4, 0.5, 0.8, 0.7], atol=1e-6)
+    assert not out[2].any()                                   # padding stays padding
+    np.testing.assert_allclose(out[3], rois[0, 3])            # empty after clipping: kept
 
 
 def test_pyramid_roi_align_picks_level_and_keeps_order():

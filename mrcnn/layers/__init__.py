@@ -1,6 +1,6 @@
 """Mask R-CNN's custom Keras layers (all serializable, no Lambda layers)."""
 
-from mrcnn.layers.detection import DetectionLayer
+from mrcnn.layers.detection import DetectionLayer, RefineBoxes
 from mrcnn.layers.detection_target import DetectionTargetLayer
 from mrcnn.layers.full_conv import WholeInputConv2D
 from mrcnn.layers.proposal import AnchorGenerator, ProposalLayer
@@ -8,5 +8,5 @@ from mrcnn.layers.roi_align import (GatherRows, PyramidROIAlign, ScatterToSlots,
                                     UnflattenRois)
 
 __all__ = ["AnchorGenerator", "DetectionLayer", "DetectionTargetLayer", "GatherRows",
-           "ProposalLayer", "PyramidROIAlign", "ScatterToSlots", "SelectBoxes", "UnflattenRois",
+           "ProposalLayer", "PyramidROIAlign", "RefineBoxes", "ScatterToSlots", "SelectBoxes", "UnflattenRois",
            "WholeInputConv2D"]

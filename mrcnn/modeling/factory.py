@@ -80,6 +80,7 @@ def maskrcnn_kwargs(config, mode, backbone_weights=None):
         detection_max_instances=int(config.DETECTION_MAX_INSTANCES),
         detection_min_confidence=float(config.DETECTION_MIN_CONFIDENCE),
         detection_nms_threshold=float(config.DETECTION_NMS_THRESHOLD),
+        detection_box_refinements=int(config.DETECTION_BOX_REFINEMENTS),
         loss_weights={k: float(v) for k, v in config.LOSS_WEIGHTS.items()},
         weight_decay=l2_loss_decay(config),
         mask_boundary_weight=float(config.MASK_BOUNDARY_WEIGHT),

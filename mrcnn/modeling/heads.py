@@ -10,6 +10,30 @@ from keras import layers
 from mrcnn.layers.full_conv import WholeInputConv2D
 
 
+def classifier_head(num_classes, fc_size=1024, pool_size=7):
+    """The box head's layers, created once: returns ``apply(pooled)`` -> (logits [K,
+    num_classes], probs [K, num_classes], deltas [K, num_classes, 4]) for pooled ROI features
+    [K, pool_size, pool_size, C]. Applying it again (to refined boxes) reuses the same weights.
+    """
+    conv1 = WholeInputConv2D(fc_size, pool_size, name="mrcnn_class_conv1")
+    bn1 = layers.BatchNormalization(name="mrcnn_class_bn1")
+    conv2 = WholeInputConv2D(fc_size, 1, name="mrcnn_class_conv2")
+    bn2 = layers.BatchNormalization(name="mrcnn_class_bn2")
+    relu = layers.Activation("relu")
+    squeeze = layers.Flatten(name="pool_squeeze")
+    # The outputs are float32 under any policy (they feed box decoding and the losses).
+    class_logits = layers.Dense(num_classes, name="mrcnn_class_logits", dtype="float32")
+    softmax = layers.Softmax(name="mrcnn_class", dtype="float32")
+    bbox_fc = layers.Dense(num_classes * 4, name="mrcnn_bbox_fc", dtype="float32")
+    bbox = layers.Reshape((num_classes, 4), name="mrcnn_bbox", dtype="float32")
+
+    def apply(pooled):
+        shared = squeeze(relu(bn2(conv2(relu(bn1(conv1(pooled)))))))
+        logits = class_logits(shared)
+        return logits, softmax(logits), bbox(bbox_fc(shared))
+    return apply
+
+
 def build_classifier_head(pooled, num_classes, fc_size=1024, pool_size=7):
     """ROI features -> class logits, probabilities and per-class box deltas.
 
@@ -19,19 +43,7 @@ def build_classifier_head(pooled, num_classes, fc_size=1024, pool_size=7):
     Returns:
         logits [K, num_classes], probs [K, num_classes], deltas [K, num_classes, 4].
     """
-    x = WholeInputConv2D(fc_size, pool_size, name="mrcnn_class_conv1")(pooled)
-    x = layers.BatchNormalization(name="mrcnn_class_bn1")(x)
-    x = layers.Activation("relu")(x)
-    x = WholeInputConv2D(fc_size, 1, name="mrcnn_class_conv2")(x)
-    x = layers.BatchNormalization(name="mrcnn_class_bn2")(x)
-    x = layers.Activation("relu")(x)
-    shared = layers.Flatten(name="pool_squeeze")(x)
-    # The outputs are float32 under any policy (they feed box decoding and the losses).
-    logits = layers.Dense(num_classes, name="mrcnn_class_logits", dtype="float32")(shared)
-    probs = layers.Softmax(name="mrcnn_class", dtype="float32")(logits)
-    deltas = layers.Dense(num_classes * 4, name="mrcnn_bbox_fc", dtype="float32")(shared)
-    deltas = layers.Reshape((num_classes, 4), name="mrcnn_bbox", dtype="float32")(deltas)
-    return logits, probs, deltas
+    return classifier_head(num_classes, fc_size, pool_size)(pooled)
 
 
 def build_mask_head(pooled, num_classes, channels=256):

@@ -11,10 +11,11 @@ from keras import layers
 import backbones
 from mrcnn import losses
 from mrcnn.layers import (AnchorGenerator, DetectionLayer, DetectionTargetLayer, GatherRows,
+                          RefineBoxes,
                           ProposalLayer, PyramidROIAlign, ScatterToSlots, SelectBoxes,
                           UnflattenRois)
 from mrcnn.modeling.fpn import build_fpn
-from mrcnn.modeling.heads import build_classifier_head, build_mask_head
+from mrcnn.modeling.heads import build_classifier_head, build_mask_head, classifier_head
 from mrcnn.modeling.rpn import RPNHead
 from mrcnn.ops.image import parse_image_meta_graph
 from mrcnn.precision import POLICIES
@@ -151,6 +152,7 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                  mask_train_rois=None,
                  max_gt_instances, proposals_include_gt, detection_max_instances,
                  detection_min_confidence, detection_nms_threshold, loss_weights,
+                 detection_box_refinements=0,
                  weight_decay, mask_boundary_weight=0.0, name="mask_rcnn"):
     """Build the training or inference Mask R-CNN (under the current dtype policy).
 
@@ -220,15 +222,25 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                 [target_class_ids, pos_index]),
         }
     else:
-        boxes, batch_index, _ = SelectBoxes("all", name="all_rois", dtype=F32)(rpn_rois)
-        _, probs, deltas = build_classifier_head(
-            align([boxes, batch_index, meta] + features), num_classes, fc_layers_size, pool_size)
+        head = classifier_head(num_classes, fc_layers_size, pool_size)
         unflatten = UnflattenRois(name="unflatten_rois", dtype=F32)
-        probs, deltas = unflatten([probs, rpn_rois]), unflatten([deltas, rpn_rois])
+        rois, passes = rpn_rois, []
+        for refinement in range(detection_box_refinements + 1):
+            if refinement:
+                rois = RefineBoxes(bbox_std_dev, name=f"refined_rois_{refinement}",
+                                   dtype=F32)([rois, probs, deltas, meta])
+            boxes, batch_index, _ = SelectBoxes(
+                "all", name="all_rois" + (f"_{refinement}" if refinement else ""),
+                dtype=F32)(rois)
+            _, probs, deltas = head(align([boxes, batch_index, meta] + features))
+            probs, deltas = unflatten([probs, rois]), unflatten([deltas, rois])
+            passes.append(probs)
+        if len(passes) > 1:
+            probs = keras.layers.Average(name="mrcnn_class_mean", dtype=F32)(passes)
         detections = DetectionLayer(detection_max_instances, detection_min_confidence,
                                     detection_nms_threshold, bbox_std_dev,
                                     name="mrcnn_detection", dtype=F32)(
-            [rpn_rois, probs, deltas, meta])
+            [rois, probs, deltas, meta])
         det_boxes, det_batch, det_index = SelectBoxes(
             "detections", min_one=True, name="detected_boxes", dtype=F32)(detections)
         masks = build_mask_head(mask_align([det_boxes, det_batch, meta] + features), num_classes,
@@ -237,7 +249,7 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
             "detections": detections,
             "mrcnn_mask": ScatterToSlots(name="mrcnn_mask_slots", dtype=F32)(
                 [masks, det_index, detections]),
-            "mrcnn_class": probs, "mrcnn_bbox": deltas, "rpn_rois": rpn_rois,
+            "mrcnn_class": probs, "mrcnn_bbox": deltas, "rpn_rois": rpn_rois, "rois": rois,
             "rpn_class": rpn_probs, "rpn_bbox": rpn_bbox,
         }
     return MaskRCNNModel(inputs=inputs, outputs=outputs, loss_weights=loss_weights,
