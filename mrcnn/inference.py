@@ -97,8 +97,11 @@ class Detector:
         Returns:
             dict: the molded ``image``, ``window`` (pixels of the molded image), ``anchors``
             [A, 4] normalised, and the network outputs for this image: ``rpn_class`` [A, 2],
-            ``rpn_bbox`` [A, 4], ``rpn_rois`` [N, 4] normalised, ``mrcnn_class`` [N, C],
-            ``mrcnn_bbox`` [N, C, 4], ``detections`` [D, 6] (normalised y1, x1, y2, x2,
+            ``rpn_bbox`` [A, 4], ``rpn_rois`` [N, 4] normalised, ``rois`` [N, 4] normalised
+            (the boxes the box head's last pass classified: ``rpn_rois`` unless
+            DETECTION_BOX_REFINEMENTS > 0), ``mrcnn_class`` [N, C] (with refinements, the mean
+            over the passes), ``mrcnn_bbox`` [N, C, 4] (the last pass's, relative to ``rois``),
+            ``detections`` [D, 6] (normalised y1, x1, y2, x2,
             class, score), ``mrcnn_mask`` [D, 28, 28, C].
         """
         molded, metas, windows = self.mold_inputs([image])

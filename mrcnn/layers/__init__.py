@@ -8,5 +8,5 @@ from mrcnn.layers.roi_align import (GatherRows, PyramidROIAlign, ScatterToSlots,
                                     UnflattenRois)
 
 __all__ = ["AnchorGenerator", "DetectionLayer", "DetectionTargetLayer", "GatherRows",
-           "ProposalLayer", "PyramidROIAlign", "RefineBoxes", "ScatterToSlots", "SelectBoxes", "UnflattenRois",
-           "WholeInputConv2D"]
+           "ProposalLayer", "PyramidROIAlign", "RefineBoxes", "ScatterToSlots", "SelectBoxes",
+           "UnflattenRois", "WholeInputConv2D"]

@@ -165,7 +165,9 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
 
     Returns:
         MaskRCNNModel. Inference outputs: detections [B, D, 6], mrcnn_mask [B, D, 28, 28, C],
-        mrcnn_class [B, N, C], mrcnn_bbox [B, N, C, 4], rpn_rois [B, N, 4],
+        mrcnn_class [B, N, C], mrcnn_bbox [B, N, C, 4], rpn_rois [B, N, 4], rois [B, N, 4]
+        (what the box head's last pass saw: rpn_rois refined detection_box_refinements
+        times; mrcnn_class is the mean over the passes, mrcnn_bbox the last pass's),
         rpn_class [B, A, 2], rpn_bbox [B, A, 4].
     """
     training = mode == "training"
