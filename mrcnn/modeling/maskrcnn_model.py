@@ -11,9 +11,8 @@ from keras import layers
 import backbones
 from mrcnn import losses
 from mrcnn.layers import (AnchorGenerator, DetectionLayer, DetectionTargetLayer, GatherRows,
-                          RefineBoxes,
-                          ProposalLayer, PyramidROIAlign, ScatterToSlots, SelectBoxes,
-                          UnflattenRois)
+                          ProposalLayer, PyramidROIAlign, RefineBoxes, ScatterToSlots,
+                          SelectBoxes, UnflattenRois)
 from mrcnn.modeling.fpn import build_fpn
 from mrcnn.modeling.heads import build_classifier_head, build_mask_head, classifier_head
 from mrcnn.modeling.rpn import RPNHead
