@@ -208,6 +208,11 @@ class Config:
         def fail(msg):
             raise ValueError(f"{type(self).__name__}: {msg}")
 
+        def require_whole(field, minimum, meaning=""):
+            value = getattr(self, field)
+            if int(value) != value or value < minimum:
+                fail(f"{field}={value!r}; use a whole number >= {minimum}{meaning}.")
+
         if not self.NAME:
             fail("NAME is not set; give the config a short name such as 'nucleus'.")
         if self.NUM_CLASSES < 2:
@@ -226,10 +231,7 @@ class Config:
         if len(self.RPN_ANCHOR_SCALES) != 5:
             fail(f"RPN_ANCHOR_SCALES has {len(self.RPN_ANCHOR_SCALES)} entries; give one scale "
                  "per level, P2..P6 (5 anchor sides in pixels).")
-        if int(self.RPN_ANCHOR_SCALES_PER_OCTAVE) != self.RPN_ANCHOR_SCALES_PER_OCTAVE or \
-                self.RPN_ANCHOR_SCALES_PER_OCTAVE < 1:
-            fail(f"RPN_ANCHOR_SCALES_PER_OCTAVE={self.RPN_ANCHOR_SCALES_PER_OCTAVE!r}; use a "
-                 "whole number >= 1.")
+        require_whole("RPN_ANCHOR_SCALES_PER_OCTAVE", 1)
         if not 0 < self.ROI_POSITIVE_RATIO <= 1:
             fail("ROI_POSITIVE_RATIO must be in (0, 1].")
         if not 0 < self.RPN_NEGATIVE_IOU <= self.RPN_POSITIVE_IOU <= 1:
@@ -250,9 +252,7 @@ class Config:
             fail("PRE_NMS_LIMIT must be >= POST_NMS_ROIS_INFERENCE.")
         if self.DETECTION_MAX_INSTANCES > self.POST_NMS_ROIS_INFERENCE:
             fail("DETECTION_MAX_INSTANCES cannot exceed POST_NMS_ROIS_INFERENCE.")
-        if int(self.DETECTION_BOX_REFINEMENTS) != self.DETECTION_BOX_REFINEMENTS or \
-                self.DETECTION_BOX_REFINEMENTS < 0:
-            fail("DETECTION_BOX_REFINEMENTS must be a whole number >= 0 (extra box-head passes).")
+        require_whole("DETECTION_BOX_REFINEMENTS", 0, " (extra box-head passes)")
         if self.MASK_SHAPE[0] != 2 * self.MASK_POOL_SIZE or \
                 self.MASK_SHAPE[1] != 2 * self.MASK_POOL_SIZE:
             fail(f"MASK_SHAPE {list(self.MASK_SHAPE)} must be twice MASK_POOL_SIZE "
