@@ -12,7 +12,8 @@ as background, which no DETECTION_MIN_CONFIDENCE can bring back).
 Detections are made once with DETECTION_MIN_CONFIDENCE lowered to ``--floor``; the scored
 set is the detections at or above the run's own minimum confidence (as ``evaluate`` scores
 them, overlaps removed by score). The detection layer keeps a ROI only when its most probable
-class is not background, so with two classes a floor below 0.5 acts as 0.5. Sizes are true mask areas in pixels of the original image.
+class is not background, so with two classes a floor below 0.5 acts as 0.5. Sizes are true
+mask areas in pixels of the original image.
 """
 
 import argparse
@@ -50,13 +51,11 @@ def image_record(true_masks, masks, scores, min_confidence, proposals=None, boxe
     stages = {}
     if proposals is not None:
         true_boxes = extract_bboxes(true_masks)
-        stages = {"proposal_iou": best_box_iou(true_boxes, proposals),
-                  "box_iou": best_box_iou(true_boxes, np.asarray(boxes)[confident])}
+        proposal_ious = box_ious(true_boxes, proposals)
+        stages = {"proposal_iou": best_iou(proposal_ious),
+                  "box_iou": best_iou(box_ious(true_boxes, np.asarray(boxes)[confident]))}
         if proposal_kept is not None:
-            near = (compute_overlaps(np.asarray(true_boxes, np.float32),
-                                     np.asarray(proposals, np.float32)) > 0.5
-                    if len(proposals) and len(true_boxes)
-                    else np.zeros((len(true_boxes), len(proposals)), bool))
+            near = proposal_ious > 0.5
             stages["classified_background"] = (
                 near.any(axis=1) & ~(near & np.asarray(proposal_kept, bool)).any(axis=1))
     scored, _ = remove_overlaps(masks[..., confident], scores[confident])
@@ -73,12 +72,16 @@ def image_record(true_masks, masks, scores, min_confidence, proposals=None, boxe
             "best_iou_any": best_any, **stages}
 
 
-def best_box_iou(true_boxes, boxes):
-    """[N] best IoU of each true box [N, 4] with ``boxes`` [M, 4] (pixels; 0 if M = 0)."""
+def box_ious(true_boxes, boxes):
+    """[N, M] IoU of each true box [N, 4] with each of ``boxes`` [M, 4] (pixels)."""
     if not len(boxes) or not len(true_boxes):
-        return np.zeros(len(true_boxes))
-    return compute_overlaps(np.asarray(true_boxes, np.float32),
-                            np.asarray(boxes, np.float32)).max(axis=1)
+        return np.zeros((len(true_boxes), len(boxes)))
+    return compute_overlaps(np.asarray(true_boxes, np.float32), np.asarray(boxes, np.float32))
+
+
+def best_iou(ious):
+    """[N] each row's best IoU of an [N, M] matrix (0 if M = 0)."""
+    return ious.max(axis=1) if ious.shape[1] else np.zeros(len(ious))
 
 
 def proposals_in_image(rpn_rois, molded_shape, window, image_shape):
