@@ -109,10 +109,9 @@ def main():
         graph = model.run_graph(image)
         masks_by_threshold = {}
         for threshold in thresholds:
-            model.config.DETECTION_MASK_THRESHOLD = threshold
             _, _, scores, masks = model.unmold_detections(
                 graph["detections"], graph["mrcnn_mask"], image.shape, graph["image"].shape,
-                graph["window"])
+                graph["window"], mask_threshold=threshold)
             masks_by_threshold[threshold] = masks
         rows.append((image_kind(image), grid_scores(np.asarray(true_masks, bool), scores,
                                                     masks_by_threshold, confidences)))

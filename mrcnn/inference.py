@@ -113,9 +113,12 @@ class Detector:
         return result
 
     def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape,
-                          window):
+                          window, mask_threshold=None):
         """One image's network output -> rois (pixels of the original image), class_ids,
-        scores, masks [H, W, N] bool."""
+        scores, masks [H, W, N] bool (mask probabilities > ``mask_threshold``, by default the
+        config's DETECTION_MASK_THRESHOLD)."""
+        if mask_threshold is None:
+            mask_threshold = self.config.DETECTION_MASK_THRESHOLD
         n = int(np.sum(detections[:, 4] > 0))
         boxes = detections[:n, :4]
         class_ids = detections[:n, 4].astype(np.int32)
@@ -128,8 +131,7 @@ class Detector:
         keep = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
         boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
         return boxes, class_ids, scores, expand_mask(boxes, np.moveaxis(masks, 0, -1),
-                                                     original_image_shape,
-                                                     self.config.DETECTION_MASK_THRESHOLD)
+                                                     original_image_shape, mask_threshold)
 
     def detect(self, images, verbose=0):
         """Detect instances in any number of images of any sizes.

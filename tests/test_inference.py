@@ -86,3 +86,23 @@ def test_box_refinement_pass_reuses_the_head(trained_dir, tmp_path):
     keras_path = two.save(str(tmp_path / "refined.keras"))
     _same(modellib.MaskRCNN.from_keras_file(keras_path, RefinedConfig()).detect([image]),
           expected_detections)
+
+
+def test_unmold_mask_threshold_argument(trained_dir):
+    """unmold_detections(mask_threshold=t) pastes the same detections at threshold t; without
+    it, at the config's DETECTION_MASK_THRESHOLD."""
+    model = modellib.MaskRCNN("inference", ZeroConfidenceConfig(), trained_dir)
+    model.load_weights(model.find_last())
+    image = np.random.RandomState(3).randint(0, 255, (128, 128, 3)).astype(np.uint8)
+    g = model.run_graph(image)
+    args = (g["detections"], g["mrcnn_mask"], image.shape, g["image"].shape, g["window"])
+    default = model.unmold_detections(*args)
+    same = model.unmold_detections(*args, mask_threshold=model.config.DETECTION_MASK_THRESHOLD)
+    loose = model.unmold_detections(*args, mask_threshold=0.05)
+    strict = model.unmold_detections(*args, mask_threshold=0.95)
+    np.testing.assert_array_equal(default[3], same[3])
+    for other in (loose, strict):
+        np.testing.assert_array_equal(other[0], default[0])     # same boxes and scores
+        np.testing.assert_array_equal(other[2], default[2])
+    assert (strict[3] <= default[3]).all() and (default[3] <= loose[3]).all()
+    assert strict[3].sum() < default[3].sum() < loose[3].sum()
