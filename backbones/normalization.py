@@ -9,13 +9,13 @@ agree: the convolutions of a BatchNorm checkpoint load into a GroupNorm backbone
 * ``"batch"``  — trainable BatchNormalization (batch statistics in training).
 * ``"frozen"`` — BatchNormalization in inference mode, not trained: right for pretrained
   weights and small batches (Matterport's ``TRAIN_BN = False``).
-
-Both BatchNorm kinds run as :class:`InferenceFusedBatchNormalization` (Keras's layer with a
-one-kernel inference path) wherever the graph can be rebuilt.
 * ``"group"``  — GroupNormalization: each image is normalised by itself, so training and
   inference agree at batch size 1-2 and across image kinds; what trains from scratch
   (Wu & He, "Group Normalization", 2018; He, Girshick, Dollár, "Rethinking ImageNet
   Pre-training", 2019; detectron2's ``NORM: "GN"``).
+
+Both BatchNorm kinds run as :class:`InferenceFusedBatchNormalization` (Keras's layer with a
+one-kernel inference path) wherever the graph can be rebuilt.
 """
 
 import logging
@@ -96,8 +96,8 @@ class InferenceFusedBatchNormalization(keras.layers.BatchNormalization):
     tensor. On [1, 256, 256, 256] (ResNet-50's C2 at 1024²) conv + BatchNorm + ReLU took 0.227
     instead of 0.250 s (the conv alone 0.217 s; quiet 2-core AMD EPYC, float32): the
     normalisation 10 instead of 34 ms. Channels-last 4-D inputs only; anything else, and
-    training with batch statistics, is Keras's own code. Statistics and output in float32
-    under mixed precision, as Keras's BatchNormalization.
+    training with batch statistics, is Keras's own code. Computed in float32 under mixed
+    precision and returned in the layer's compute dtype, as Keras's BatchNormalization.
     """
 
     def call(self, inputs, training=None, mask=None):
