@@ -13,16 +13,12 @@ agree: the convolutions of a BatchNorm checkpoint load into a GroupNorm backbone
   inference agree at batch size 1-2 and across image kinds; what trains from scratch
   (Wu & He, "Group Normalization", 2018; He, Girshick, Dollár, "Rethinking ImageNet
   Pre-training", 2019; detectron2's ``NORM: "GN"``).
-
-Both BatchNorm kinds run as :class:`InferenceFusedBatchNormalization` (Keras's layer with a
-one-kernel inference path) wherever the graph can be rebuilt.
 """
 
 import logging
 import math
 
 import keras
-import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -88,37 +84,12 @@ class FastGroupNormalization(keras.layers.GroupNormalization):
         return keras.ops.cast(outputs, self.compute_dtype)
 
 
-@keras.saving.register_keras_serializable(package="backbones")
-class InferenceFusedBatchNormalization(keras.layers.BatchNormalization):
-    """keras.layers.BatchNormalization (same weights, config and results) whose inference
-    path, the moving statistics (``training`` false, or the layer frozen), runs as one
-    ``FusedBatchNormV3`` kernel instead of Keras's separate multiply and add over the whole
-    tensor. On [1, 256, 256, 256] (ResNet-50's C2 at 1024²) conv + BatchNorm + ReLU took 0.227
-    instead of 0.250 s (the conv alone 0.217 s; quiet 2-core AMD EPYC, float32): the
-    normalisation 10 instead of 34 ms. Channels-last 4-D inputs only; anything else, and
-    training with batch statistics, is Keras's own code. Computed in float32 under mixed
-    precision and returned in the layer's compute dtype, as Keras's BatchNormalization.
-    """
-
-    def call(self, inputs, training=None, mask=None):
-        if (training and self.trainable) or len(inputs.shape) != 4 or \
-                self.axis not in (-1, 3) or not (self.scale and self.center):
-            return super().call(inputs, training=training, mask=mask)
-        x = tf.cast(inputs, "float32")
-        y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-            x, tf.cast(self.gamma, "float32"), tf.cast(self.beta, "float32"),
-            mean=tf.cast(self.moving_mean, "float32"),
-            variance=tf.cast(self.moving_variance, "float32"),
-            epsilon=self.epsilon, is_training=False)
-        return tf.cast(y, self.compute_dtype)
-
-
 def _is_norm(layer):
     return isinstance(layer, (keras.layers.BatchNormalization, keras.layers.GroupNormalization))
 
 
 def _target_class(norm):
-    return keras.layers.GroupNormalization if norm == "group" else InferenceFusedBatchNormalization
+    return keras.layers.GroupNormalization if norm == "group" else keras.layers.BatchNormalization
 
 
 def _replacement(layer, channels, norm):
@@ -127,9 +98,7 @@ def _replacement(layer, channels, norm):
     if norm == "group":
         return FastGroupNormalization(groups=group_count(channels), epsilon=epsilon,
                                       name=layer.name)
-    if isinstance(layer, keras.layers.BatchNormalization):  # keep momentum, axis, ...
-        return InferenceFusedBatchNormalization.from_config(layer.get_config())
-    return InferenceFusedBatchNormalization(epsilon=epsilon, name=layer.name)
+    return keras.layers.BatchNormalization(epsilon=epsilon, name=layer.name)
 
 
 def apply_norm(model, norm, backbone_name="backbone"):
@@ -156,15 +125,7 @@ def apply_norm(model, norm, backbone_name="backbone"):
     target = _target_class(norm)
     layers = list(model.layers)
     to_swap = [layer for layer in layers if _is_norm(layer) and not isinstance(layer, target)]
-    if to_swap and norm != "group" and all(
-            isinstance(layer, keras.layers.BatchNormalization) for layer in to_swap):
-        # BatchNorm to the same BatchNorm with a fused inference kernel: only a speed-up, so
-        # a graph that cannot be rebuilt (a subclassed model) keeps its own layers.
-        try:
-            model = _swap(model, norm, backbone_name, type(to_swap[0]).__name__)
-        except ValueError as err:
-            log.info("backbone %s keeps Keras's BatchNormalization: %s", backbone_name, err)
-    elif to_swap:
+    if to_swap:
         model = _swap(model, norm, backbone_name, type(to_swap[0]).__name__)
     elif not any(_is_norm(layer) for layer in layers):
         log.info("backbone %s has no normalisation layers; BACKBONE_NORM=%r changes nothing",

@@ -8,7 +8,6 @@ COCO/nucleus ``.h5`` files and the classic ImageNet ``resnet50..._notop.h5`` loa
 import keras
 from keras import layers
 
-from backbones.normalization import InferenceFusedBatchNormalization as BatchNorm
 from backbones.registry import register_backbone
 from backbones.weights_io import download_file, load_weights_by_name
 
@@ -23,16 +22,16 @@ def _block(x, filters, stage, block, strides=1, shortcut_conv=False):
     conv = f"res{stage}{block}_branch"
     bn = f"bn{stage}{block}_branch"
     y = layers.Conv2D(f1, 1, strides=strides, name=conv + "2a")(x)
-    y = BatchNorm(name=bn + "2a")(y)
+    y = layers.BatchNormalization(name=bn + "2a")(y)
     y = layers.Activation("relu")(y)
     y = layers.Conv2D(f2, 3, padding="same", name=conv + "2b")(y)
-    y = BatchNorm(name=bn + "2b")(y)
+    y = layers.BatchNormalization(name=bn + "2b")(y)
     y = layers.Activation("relu")(y)
     y = layers.Conv2D(f3, 1, name=conv + "2c")(y)
-    y = BatchNorm(name=bn + "2c")(y)
+    y = layers.BatchNormalization(name=bn + "2c")(y)
     if shortcut_conv:
         x = layers.Conv2D(f3, 1, strides=strides, name=conv + "1")(x)
-        x = BatchNorm(name=bn + "1")(x)
+        x = layers.BatchNormalization(name=bn + "1")(x)
     y = layers.Add()([y, x])
     return layers.Activation("relu", name=f"res{stage}{block}_out")(y)
 
@@ -41,13 +40,13 @@ def _basic_block(x, filters, stage, block, strides=1, shortcut_conv=False):
     conv = f"res{stage}{block}_branch"
     bn = f"bn{stage}{block}_branch"
     y = layers.Conv2D(filters, 3, strides=strides, padding="same", name=conv + "2a")(x)
-    y = BatchNorm(name=bn + "2a")(y)
+    y = layers.BatchNormalization(name=bn + "2a")(y)
     y = layers.Activation("relu")(y)
     y = layers.Conv2D(filters, 3, padding="same", name=conv + "2b")(y)
-    y = BatchNorm(name=bn + "2b")(y)
+    y = layers.BatchNormalization(name=bn + "2b")(y)
     if shortcut_conv:
         x = layers.Conv2D(filters, 1, strides=strides, name=conv + "1")(x)
-        x = BatchNorm(name=bn + "1")(x)
+        x = layers.BatchNormalization(name=bn + "1")(x)
     y = layers.Add()([y, x])
     return layers.Activation("relu", name=f"res{stage}{block}_out")(y)
 
@@ -61,7 +60,7 @@ def resnet_graph(input_tensor, depth):
     kind, counts = _LAYOUT[depth]
     x = layers.ZeroPadding2D(3)(input_tensor)
     x = layers.Conv2D(64, 7, strides=2, name="conv1")(x)
-    x = BatchNorm(name="bn_conv1")(x)
+    x = layers.BatchNormalization(name="bn_conv1")(x)
     x = layers.Activation("relu")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
     outputs = {}

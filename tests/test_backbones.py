@@ -230,22 +230,19 @@ def test_unknown_norm_is_refused():
         backbones.build_backbone("resnet18", keras.Input((64, 64, 3)), norm="layer")
 
 
-class _SubclassedNet(keras.Model):
-    """A backbone written as a subclassed model: its BatchNorm cannot be swapped."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = keras.layers.Conv2D(8, 3, strides=4, padding="same")
-        self.bn = keras.layers.BatchNormalization()
-
-    def call(self, x):
-        c2 = self.bn(self.conv(x))
-        return {"C2": c2, "C3": c2, "C4": c2, "C5": c2}
-
-
 def test_subclassed_backbone_cannot_swap_its_batchnorm():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = keras.layers.Conv2D(8, 3, strides=4, padding="same")
+            self.bn = keras.layers.BatchNormalization()
+
+        def call(self, x):
+            c2 = self.bn(self.conv(x))
+            return {"C2": c2, "C3": c2, "C4": c2, "C5": c2}
+
     def subclassed(input_tensor, *, train_bn, weights):
-        net = _SubclassedNet()
+        net = Net()
         net(input_tensor)
         return net
 
@@ -288,53 +285,3 @@ def test_imagenet_offline_error_is_clear(monkeypatch):
         backbones.build_backbone("resnet50", keras.Input((64, 64, 3)), weights="imagenet")
     with pytest.raises(RuntimeError, match="offline"):
         backbones.build_backbone("mobilenet_v2", keras.Input((64, 64, 3)), weights="imagenet")
-
-
-@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
-def test_inference_fused_batch_norm_equals_keras_batch_norm(dtype):
-    """The fused inference path gives Keras's result with the same weights (moving
-    statistics far from 0 / 1), and training with batch statistics is Keras's own code."""
-    import numpy as np
-    rng = np.random.default_rng(1)
-    x = (rng.normal(size=(2, 5, 7, 12)) * 3 + 4).astype("float32")
-    reference = keras.layers.BatchNormalization(epsilon=1e-5, dtype=dtype)
-    fused = backbones.normalization.InferenceFusedBatchNormalization.from_config(
-        reference.get_config())
-    for layer in (reference, fused):
-        layer.build(x.shape)
-    reference.set_weights([rng.normal(size=12), rng.normal(size=12), rng.normal(size=12) * 4,
-                           rng.uniform(0.2, 9.0, size=12)])
-    fused.set_weights(reference.get_weights())
-    tolerance = 1e-5 if dtype == "float32" else 5e-2
-    for training in (False, True):
-        out, ref = fused(x, training=training), reference(x, training=training)
-        assert out.dtype == ref.dtype
-        np.testing.assert_allclose(np.float32(out), np.float32(ref), atol=tolerance * 10)
-    assert np.abs(np.float32(fused(x, training=True)) -
-                  np.float32(fused(x, training=False))).max() > 0.1
-    fused.set_weights(reference.get_weights())   # training calls moved the statistics
-    fused.trainable = reference.trainable = False   # frozen: moving statistics even in training
-    np.testing.assert_allclose(np.float32(fused(x, training=True)),
-                               np.float32(reference(x, training=False)), atol=tolerance * 10)
-
-
-@pytest.mark.parametrize("norm", ["frozen", "batch"])
-def test_batch_norm_backbones_use_the_fused_batch_norm_and_save_in_safe_mode(norm, tmp_path):
-    import numpy as np
-    inputs = keras.Input((32, 32, 3))
-    _, backbone = backbones.build_backbone("resnet18", inputs, norm=norm)
-    bns = _norm_layers(backbone, keras.layers.BatchNormalization)
-    assert bns and all(isinstance(layer, backbones.normalization.InferenceFusedBatchNormalization)
-                       for layer in bns)
-    model = keras.Model(inputs, backbone.output["C3"])
-    x = np.random.default_rng(0).random((1, 32, 32, 3)).astype("float32")
-    model.save(tmp_path / "bn.keras")
-    loaded = keras.models.load_model(tmp_path / "bn.keras", safe_mode=True)
-    np.testing.assert_allclose(loaded(x), model(x), atol=1e-5)
-
-
-def test_subclassed_backbone_keeps_its_batchnorm_when_frozen():
-    net = _SubclassedNet()
-    net(keras.Input((64, 64, 3)))
-    assert backbones.apply_norm(net, "frozen", "subclassed") is net
-    assert not net.bn.trainable
