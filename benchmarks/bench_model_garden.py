@@ -22,8 +22,8 @@ ROI, then one 1024-wide fully connected layer); ``2fc`` is Matterport's and mrcn
 
 import argparse
 import json
-import statistics
-import time
+
+from bench_detect import _median_time  # the same warm-ups and median (NumPy only at import)
 
 
 def build(size, num_classes, box_head, cpu_nms):
@@ -53,17 +53,6 @@ def build(size, num_classes, box_head, cpu_nms):
     bias[1:] += 5.0
     logits.set_weights([kernel * 0.01, bias])
     return model, images, image_shape
-
-
-def _median_time(fn, warmups, repeats):
-    for _ in range(warmups):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure(size, num_classes, box_head, cpu_nms, warmups=2, repeats=5):
