@@ -13,7 +13,9 @@ Each image's detections are made once with DETECTION_MIN_CONFIDENCE at the lowes
 each mask threshold then pastes the same 28 x 28 mask probabilities into the image, and each
 confidence keeps the detections scored at or above it, overlaps removed by score as
 ``evaluate`` does. With two classes (background and nucleus) a confidence below 0.5 acts as
-0.5: the detection layer keeps a ROI only when nucleus is its most probable class.
+0.5: the detection layer keeps a ROI only when nucleus is its most probable class. With
+OBJECT_SIZE_TARGET set (``--set OBJECT_SIZE_TARGET=32``), the graph runs a second time at the
+scale ``Detector.object_scale`` chooses from the first pass's detections, as ``detect`` does.
 """
 
 import argparse
@@ -107,6 +109,13 @@ def main():
         image = dataset.load_image(image_id)
         true_masks, _ = load_full_masks(dataset, image_id, image)
         graph = model.run_graph(image)
+        if model.config.OBJECT_SIZE_TARGET:   # the object-size pass of Detector.detect
+            _, _, scores, masks = model.unmold_detections(
+                graph["detections"], graph["mrcnn_mask"], image.shape, graph["image"].shape,
+                graph["window"])
+            scale = model.detector.object_scale(image.shape, {"scores": scores, "masks": masks})
+            if scale is not None:
+                graph = model.run_graph(image, scale)
         masks_by_threshold = {}
         for threshold in thresholds:
             _, _, scores, masks = model.unmold_detections(

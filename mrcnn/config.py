@@ -80,6 +80,16 @@ class Config:
     # Crop mode, training only: multiply each crop's scale by a factor drawn log-uniformly
     # from (low, high), e.g. (0.7, 1.4); None keeps the scale fixed.
     IMAGE_SCALE_JITTER = None
+    # Object-size normalisation (Cellpose's idea: objects of one size for the network). None:
+    # off. A number D: training crops are scaled so the image's median object (equivalent
+    # diameter, Dataset.object_size) is D model-input pixels, within OBJECT_SCALE_RANGE (before
+    # IMAGE_SCALE_JITTER); inference runs once at the usual scale, measures the median detected
+    # object and, when its scale is off by more than OBJECT_RESCALE_TOLERANCE, runs again at it.
+    OBJECT_SIZE_TARGET = None
+    OBJECT_SCALE_RANGE = (0.5, 4.0)
+    OBJECT_RESCALE_TOLERANCE = 0.2
+    OBJECT_RESCALE_MIN_COUNT = 3
+    OBJECT_RESCALE_MAX_SIDE = 4096
     IMAGE_CHANNEL_COUNT = 3
     # Per-image intensity normalisation before resizing, in training and inference alike
     # (mrcnn.ops.image.normalize_image): None, "stretch" (colour kept, one percentile
@@ -280,6 +290,11 @@ class Config:
         if jitter is not None and not (len(jitter) == 2 and 0 < jitter[0] <= jitter[1]):
             fail(f"IMAGE_SCALE_JITTER={jitter!r}; use None or (low, high) with "
                  "0 < low <= high.")
+        target, scales = self.OBJECT_SIZE_TARGET, self.OBJECT_SCALE_RANGE
+        if target is not None and not target > 0:
+            fail(f"OBJECT_SIZE_TARGET={target!r}; use None or a diameter in pixels > 0.")
+        if not (len(scales) == 2 and 0 < scales[0] <= scales[1]):
+            fail(f"OBJECT_SCALE_RANGE={scales!r}; use (low, high) with 0 < low <= high.")
         if self.MAX_GT_INSTANCES < 1:
             fail("MAX_GT_INSTANCES must be >= 1.")
         return self

@@ -167,18 +167,18 @@ class MaskRCNN:
         assert self.mode == "inference", "Create the model in inference mode to detect."
         return self.detector
 
-    def mold_inputs(self, images):
+    def mold_inputs(self, images, scales=None):
         """See :meth:`mrcnn.inference.Detector.mold_inputs`."""
-        return self._detector().mold_inputs(images)
+        return self._detector().mold_inputs(images, scales)
 
     def get_anchors(self, image_shape):
         """Normalised anchors [A, 4] for a molded image shape."""
         return Detector(self.config, self.keras_model).get_anchors(image_shape)
 
-    def run_graph(self, image):
+    def run_graph(self, image, scale=None):
         """Every raw output of the inference graph for one image (see
         :meth:`mrcnn.inference.Detector.run_graph`)."""
-        return self._detector().run_graph(image)
+        return self._detector().run_graph(image, scale)
 
     def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape,
                           window, mask_threshold=None):

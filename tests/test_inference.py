@@ -1,6 +1,8 @@
-"""detect(): any number of images of any size, one trace per shape, save/load round trips."""
+"""detect(): any number of images of any size, one trace per shape, save/load round trips, the
+object-size second pass."""
 
 import numpy as np
+import pytest
 
 from mrcnn import model as modellib
 from tests.conftest import ZeroConfidenceConfig
@@ -106,3 +108,81 @@ def test_unmold_mask_threshold_argument(trained_dir):
         np.testing.assert_array_equal(other[2], default[2])
     assert (strict[3] <= default[3]).all() and (default[3] <= loose[3]).all()
     assert strict[3].sum() < default[3].sum() < loose[3].sum()
+
+
+def _fake_result(diameters, scores=None):
+    """A detect() dict with one disc-like square mask per diameter (area pi d^2 / 4)."""
+    masks = np.zeros((400, 400, len(diameters)), bool)
+    for i, d in enumerate(diameters):
+        side = int(round(np.sqrt(np.pi) * d / 2))
+        masks[:side, :side, i] = True
+    scores = np.ones(len(diameters), np.float32) if scores is None else np.asarray(scores)
+    return {"masks": masks, "scores": scores}
+
+
+class PadConfig(ZeroConfidenceConfig):
+    IMAGE_RESIZE_MODE = "pad64"
+    IMAGE_MIN_DIM = IMAGE_MAX_DIM = 64
+    IMAGE_MIN_SCALE = 2.0
+    OBJECT_SIZE_TARGET = 32.0
+    OBJECT_SCALE_RANGE = (0.5, 4.0)
+    DETECTION_MIN_CONFIDENCE = 0.5
+
+
+def test_object_scale_rule(trained_dir):
+    model = modellib.MaskRCNN("inference", PadConfig(), trained_dir)
+    detector = model.detector
+    assert detector.default_scale((100, 100, 3)) == 2.0
+    # median diameter 10 px -> 3.2; 30 px -> 1.07; 17 px -> 1.88 (within 20 % of 2: kept)
+    assert detector.object_scale((100, 100, 3), _fake_result([8, 10, 40])) == \
+        pytest.approx(3.2, rel=0.02)
+    assert detector.object_scale((100, 100, 3), _fake_result([30, 30, 31])) == \
+        pytest.approx(32 / 30, rel=0.02)
+    assert detector.object_scale((100, 100, 3), _fake_result([17, 17, 17])) is None
+    # low-scored detections do not count; fewer than 3 objects: no second pass
+    assert detector.object_scale((100, 100, 3), _fake_result([8, 10, 40], [0.9, 0.9, 0.1])) \
+        is None
+    # clipped to the range, and to the long-side cap, though never below the config's scale
+    assert detector.object_scale((100, 100, 3), _fake_result([2, 2, 2])) == 4.0
+    assert detector.object_scale((1500, 100, 3), _fake_result([2, 2, 2])) == \
+        pytest.approx(4096 / 1500)
+    assert detector.object_scale((3000, 100, 3), _fake_result([2, 2, 2])) is None
+
+
+def test_detect_runs_again_at_the_object_scale(trained_dir):
+    model = modellib.MaskRCNN("inference", PadConfig(), trained_dir)
+    model.load_weights(model.find_last())
+    image = np.random.RandomState(1).randint(0, 255, (96, 80, 3)).astype(np.uint8)
+    first = model.detector.detect_at([image], [None])[0]
+    scale = model.detector.object_scale(image.shape, first)
+    assert scale is not None     # random-weight detections are far from 32 px wide
+    expected = model.detector.detect_at([image], [scale])[0]
+    result = model.detect([image])[0]
+    for key in ("rois", "class_ids", "scores", "masks"):
+        np.testing.assert_array_equal(result[key], expected[key])
+    assert result["masks"].shape[:2] == image.shape[:2]
+    # off: the first pass is the answer
+    PadConfig.OBJECT_SIZE_TARGET = None
+    try:
+        plain = modellib.MaskRCNN("inference", PadConfig(), trained_dir)
+        plain.load_weights(plain.find_last())
+        np.testing.assert_array_equal(plain.detect([image])[0]["masks"], first["masks"])
+    finally:
+        PadConfig.OBJECT_SIZE_TARGET = 32.0
+
+
+def test_anchors_are_cached_per_shape():
+    from mrcnn.config import anchor_settings
+    from mrcnn.inference import ANCHOR_CACHE_SHAPES, Detector
+    from mrcnn.ops.anchors import pyramid_anchors
+    from mrcnn.ops.boxes import norm_boxes
+
+    config = PadConfig()
+    detector = Detector(config, keras_model=None)
+    first = detector.get_anchors((128, 192, 3))
+    expected = norm_boxes(pyramid_anchors((128, 192, 3), **anchor_settings(config)), (128, 192))
+    np.testing.assert_allclose(first, expected, rtol=1e-6)
+    assert detector.get_anchors((128, 192, 3)) is first and not first.flags.writeable
+    for side in range(1, ANCHOR_CACHE_SHAPES + 1):      # 8 newer shapes push it out
+        detector.get_anchors((64, 64 * side, 3))
+    assert detector.get_anchors((128, 192, 3)) is not first

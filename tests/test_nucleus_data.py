@@ -82,6 +82,24 @@ def test_detection_only_folder_and_mask_cache(dsb_dir, tmp_path):
     np.testing.assert_array_equal(ids, ids2)
 
 
+def test_nucleus_object_size_from_the_label_cache(dsb_dir):
+    """The median nucleus diameter from the cached label image (bincount) equals the generic
+    one from the expanded masks, before and after the cache is filled."""
+    uncached = NucleusDataset(cache_masks=False).load_nucleus(dsb_dir, "stage1_train")
+    cached = NucleusDataset().load_nucleus(dsb_dir, "stage1_train")
+    uncached.prepare()
+    cached.prepare()
+    for image_id in uncached.image_ids[:4]:
+        masks, _ = uncached.load_mask(image_id)
+        areas = np.sort(masks.sum(axis=(0, 1)))
+        expected = np.sqrt(4 * np.median(areas) / np.pi)
+        assert uncached.object_size(image_id) == pytest.approx(expected)
+        assert cached.object_size(image_id) == pytest.approx(expected)   # fills the cache
+        cached._object_sizes.clear()
+        assert image_id in cached._label_cache
+        assert cached.object_size(image_id) == pytest.approx(expected)   # from the labels
+
+
 def test_crop_then_resize_keeps_masks_aligned():
     rng = np.random.RandomState(0)
     image = np.zeros((50, 70, 3), np.uint8)

@@ -33,6 +33,7 @@ class Dataset:
         self.image_info = []
         self.class_info = [{"source": "", "id": 0, "name": "BG"}]
         self.source_class_ids = {}
+        self._object_sizes = {}
 
     def add_class(self, source, class_id, class_name):
         """Register a class of a source; re-adding the same (source, id) is ignored."""
@@ -125,6 +126,25 @@ class Dataset:
         default returns None, and the crop is cut from :meth:`load_mask`'s full masks.
         """
         return None
+
+    def object_size(self, image_id):
+        """The median equivalent diameter (sqrt(4 area / pi)) of the image's instances, in
+        original-image pixels, or None when it has none. Computed from :meth:`load_mask` once
+        per image and remembered; ``OBJECT_SIZE_TARGET`` scales training crops by it."""
+        if image_id not in self._object_sizes:
+            mask, _ = self.load_mask(image_id)
+            mask = np.asarray(mask)
+            areas = mask.sum(axis=(0, 1)) if mask.ndim == 3 else np.zeros([0])
+            self._object_sizes[image_id] = median_diameter(areas)
+        return self._object_sizes[image_id]
+
+
+def median_diameter(areas):
+    """The median equivalent diameter sqrt(4 a / pi) of the non-zero ``areas`` (pixels), or
+    None when there are none."""
+    areas = np.asarray(areas)
+    areas = areas[areas > 0]
+    return float(np.sqrt(4.0 * np.median(areas) / np.pi)) if len(areas) else None
 
 
 class BadImageSkipper:

@@ -58,7 +58,7 @@ def crop_then_resize(image, mask, class_ids, min_dim, min_scale, rng=None):
 def _load_crop(dataset, config, image_id, image, rng):
     """The crop mode: the dataset's windowed masks when it has them, else the full masks."""
     y, x, side = choose_crop(image.shape, config.IMAGE_MIN_DIM, config.IMAGE_MIN_SCALE, rng,
-                             config.IMAGE_SCALE_JITTER)
+                             config.IMAGE_SCALE_JITTER, object_scale(dataset, config, image_id))
     windowed = dataset.load_mask_window(image_id, y, x, side, side)
     if windowed is None:
         mask, class_ids = load_full_masks(dataset, image_id, image)
@@ -69,6 +69,18 @@ def _load_crop(dataset, config, image_id, image, rng):
                    source="load_mask_window")
         mask = cut_window(mask.astype(bool, copy=False), 0, 0, side)
     return resize_crop(cut_window(image, y, x, side), mask, class_ids, config.IMAGE_MIN_DIM)
+
+
+def object_scale(dataset, config, image_id):
+    """The training scale that brings the image's median object to OBJECT_SIZE_TARGET
+    model-input pixels, clipped to OBJECT_SCALE_RANGE; None when the option is off or the
+    image has no objects (the usual scale then applies)."""
+    target = config.OBJECT_SIZE_TARGET
+    size = dataset.object_size(image_id) if target else None
+    if not size:
+        return None
+    low, high = config.OBJECT_SCALE_RANGE
+    return float(np.clip(target / size, low, high))
 
 
 def load_full_masks(dataset, image_id, image):

@@ -49,10 +49,11 @@ def resize_array(array, size, nearest=False):
     return out.astype(dtype)
 
 
-def choose_crop(image_shape, min_dim, min_scale, rng=None, scale_jitter=None):
+def choose_crop(image_shape, min_dim, min_scale, rng=None, scale_jitter=None, scale=None):
     """The random window of the ``crop`` mode, in original-image pixels.
 
-    The scale is Matterport's (short side >= min_dim, at least min_scale), times a factor
+    The scale is ``scale`` when given (object-size normalisation), else Matterport's (short
+    side >= min_dim, at least min_scale), times a factor
     drawn log-uniformly from ``scale_jitter`` = (low, high) when given (scale augmentation:
     objects are seen at sizes around the inference scale); the window is a square of
     ceil(min_dim / scale) original pixels, which may run past the bottom/right edge of a
@@ -63,9 +64,10 @@ def choose_crop(image_shape, min_dim, min_scale, rng=None, scale_jitter=None):
     """
     rng = rng if rng is not None else np.random
     h, w = image_shape[:2]
-    scale = max(1.0, min_dim / min(h, w))
-    if min_scale and scale < min_scale:
-        scale = float(min_scale)
+    if scale is None:
+        scale = max(1.0, min_dim / min(h, w))
+        if min_scale and scale < min_scale:
+            scale = float(min_scale)
     if scale_jitter:
         low, high = (float(v) for v in scale_jitter)
         scale *= float(np.exp(rng.uniform(np.log(low), np.log(high))))
@@ -82,13 +84,14 @@ def cut_window(array, y, x, side):
     return np.pad(out, pad) if pad[0][1] or pad[1][1] else out
 
 
-def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square", rng=None):
+def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square", rng=None,
+                 scale=None):
     """Resize an image [H, W, C] keeping its aspect ratio, then pad or crop.
 
     Modes: ``none`` (unchanged), ``square`` (scale so the short side is >= min_dim and the long
     side <= max_dim, pad to max_dim x max_dim), ``pad64`` (scale by min_dim/min_scale, pad each
-    side up to a multiple of 64), ``crop`` (a random window of the image, :func:`choose_crop`,
-    scaled to min_dim x min_dim).
+    side up to a multiple of 64; ``scale``, when given, replaces that rule), ``crop`` (a random
+    window of the image, :func:`choose_crop`, scaled to min_dim x min_dim).
 
     Returns:
         image: resized image, same dtype.
@@ -103,6 +106,7 @@ def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square
     image_dtype = image.dtype
     h, w = image.shape[:2]
     window = (0, 0, h, w)
+    fixed_scale = scale if mode == "pad64" else None
     scale = 1.0
     padding = [(0, 0), (0, 0), (0, 0)]
     crop = None
@@ -113,10 +117,13 @@ def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square
         image = resize_array(cut_window(image, y, x, side), (min_dim, min_dim)).astype(image_dtype)
         return image, (0, 0, min_dim, min_dim), min_dim / side, padding, (y, x, side, side)
 
-    if min_dim:
-        scale = max(1.0, min_dim / min(h, w))
-    if min_scale and scale < min_scale:
-        scale = float(min_scale)
+    if fixed_scale:
+        scale = float(fixed_scale)
+    else:
+        if min_dim:
+            scale = max(1.0, min_dim / min(h, w))
+        if min_scale and scale < min_scale:
+            scale = float(min_scale)
     if max_dim and mode == "square":
         if round(max(h, w) * scale) > max_dim:
             scale = max_dim / max(h, w)

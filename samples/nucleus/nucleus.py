@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from mrcnn.config import Config
-from mrcnn.data.dataset import Dataset, read_image_file
+from mrcnn.data.dataset import Dataset, median_diameter, read_image_file
 from mrcnn.ops.image import STAIN_COLOUR_THRESHOLD, colour_deviation
 
 log = logging.getLogger("nucleus")
@@ -238,6 +238,16 @@ class NucleusDataset(Dataset):
         present = np.unique(window)
         present = present[present > 0]
         return window[..., None] == present, np.ones([len(present)], dtype=np.int32)
+
+    def object_size(self, image_id):
+        """Median nucleus diameter in pixels (Dataset.object_size), from the cached label
+        image's pixel counts when there is one (no [H, W, N] expansion)."""
+        if image_id not in self._object_sizes:
+            labels = self._label_cache.get(image_id)
+            if labels is None:
+                return super().object_size(image_id)
+            self._object_sizes[image_id] = median_diameter(np.bincount(labels.ravel())[1:])
+        return self._object_sizes[image_id]
 
     def _read_masks(self, image_id):
         info = self.image_info[image_id]
