@@ -16,7 +16,8 @@ channel fixing, the config's IMAGE_NORMALIZATION, resizing and padding (the conf
 mode: pad64, square or none), mean subtraction, image meta, anchors, the network, and unmolding
 (boxes back to image pixels, 28x28 masks pasted into their boxes at
 DETECTION_MASK_THRESHOLD). Resizing is TensorFlow's bilinear instead of OpenCV's, so masks can
-differ from ``detect`` by a pixel at object borders.
+differ from ``detect`` by a pixel at object borders. With OBJECT_SIZE_TARGET set, ``detect``
+may run an image a second time at another scale; the SavedModel runs the first pass only.
 
 ``format="onnx"`` (``pip install -e ".[onnx]"``: tf2onnx, onnxruntime) writes the network
 itself through Keras 3's ``model.export``: inputs ``input_image`` float32 [1, H, W, 3] (molded:
@@ -32,6 +33,8 @@ builtin set, CropAndResize (ROIAlign) and InvertPermutation, so it runs only wit
 (select TensorFlow ops) delegate linked in; serve the SavedModel or the ONNX file instead.
 """
 
+import logging
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -45,6 +48,7 @@ FORMATS = ("saved_model", "onnx")
 _LITERT = ("its graph needs CropAndResize (ROIAlign) and InvertPermutation, which are not "
            "LiteRT builtin ops: it would run only with the Flex (select TensorFlow ops) delegate")
 UNSUPPORTED = {"tflite": _LITERT, "litert": _LITERT}
+log = logging.getLogger(__name__)
 
 
 def _percentile(values, q):
@@ -213,6 +217,9 @@ def export_saved_model(model, path):
     if model.mode != "inference":
         raise ValueError("export an inference-mode MaskRCNN (build it with mode='inference' "
                          "and load the trained weights)")
+    if model.config.OBJECT_SIZE_TARGET:
+        log.warning("OBJECT_SIZE_TARGET is set, but the SavedModel detects in one pass at the "
+                    "config's scale; detect()'s second pass at the objects' scale is not in it.")
     graph = _ServingGraph(model.config, model.keras_model)
     archive = keras.export.ExportArchive()
     archive.track(model.keras_model)

@@ -46,7 +46,7 @@ class Detector:
         Grayscale, RGBA, 16-bit and float images are brought to IMAGE_CHANNEL_COUNT uint8
         channels first (:func:`mrcnn.ops.image.to_rgb_uint8`). ``scales``: one resize factor
         per image (None: the config's rule) for the ``pad64`` mode (:meth:`detect`'s
-        object-size pass).
+        object-size pass); other modes raise ValueError when given one.
 
         Returns:
             molded_images [N, H, W, C] float32, image_metas [N, META], windows [N, 4] pixels.
@@ -59,6 +59,9 @@ class Detector:
         mode = inference_resize_mode(config.IMAGE_RESIZE_MODE)
         molded, metas, windows = [], [], []
         scales = [None] * len(images) if scales is None else scales
+        if mode != "pad64" and any(scale is not None for scale in scales):
+            raise ValueError(f"a resize scale per image needs the pad64 inference resize mode "
+                             f"(IMAGE_RESIZE_MODE 'pad64' or 'crop'), not {mode!r}.")
         for image, fixed_scale in zip(images, scales):
             image = to_rgb_uint8(image, config.IMAGE_CHANNEL_COUNT)
             if image.shape[-1] != config.IMAGE_CHANNEL_COUNT:

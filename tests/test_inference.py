@@ -171,6 +171,15 @@ def test_detect_runs_again_at_the_object_scale(trained_dir):
         PadConfig.OBJECT_SIZE_TARGET = 32.0
 
 
+def test_a_given_scale_needs_the_pad64_mode():
+    from mrcnn.inference import Detector
+    image = np.zeros((40, 50, 3), np.uint8)
+    with pytest.raises(ValueError, match="pad64"):
+        Detector(ZeroConfidenceConfig(), keras_model=None).mold_inputs([image], [1.5])
+    molded, metas, windows = Detector(PadConfig(), keras_model=None).mold_inputs([image], [1.5])
+    assert molded.shape == (1, 64, 128, 3) and tuple(windows[0]) == (2, 26, 62, 101)
+
+
 def test_anchors_are_cached_per_shape():
     from mrcnn.config import anchor_settings
     from mrcnn.inference import ANCHOR_CACHE_SHAPES, Detector
