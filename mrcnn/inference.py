@@ -16,7 +16,7 @@ from mrcnn.data.dataset import median_diameter
 from mrcnn.ops.anchors import pyramid_anchors
 from mrcnn.ops.boxes import denorm_boxes, norm_boxes
 from mrcnn.ops.image import (compose_image_meta, mold_image, normalize_image, resize_image,
-                             to_rgb_uint8)
+                             rule_scale, to_rgb_uint8)
 from mrcnn.ops.masks import expand_mask
 
 log = logging.getLogger(__name__)
@@ -180,12 +180,11 @@ class Detector:
         return results
 
     def default_scale(self, image_shape):
-        """The resize factor the config's rule gives an image of ``image_shape``."""
+        """The resize factor the config's rule gives an image of ``image_shape`` in the
+        ``pad64`` inference mode (the one :meth:`object_scale` works in)."""
         config = self.config
-        return resize_image(np.zeros(tuple(image_shape[:2]) + (1,), np.uint8),
-                            min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
-                            max_dim=config.IMAGE_MAX_DIM,
-                            mode=inference_resize_mode(config.IMAGE_RESIZE_MODE))[2]
+        return rule_scale(image_shape[0], image_shape[1], config.IMAGE_MIN_DIM,
+                          config.IMAGE_MIN_SCALE)
 
     def object_scale(self, image_shape, result):
         """The scale at which an image's median detected object would be OBJECT_SIZE_TARGET
@@ -202,9 +201,9 @@ class Detector:
         masks = result["masks"][..., result["scores"] >= config.DETECTION_MIN_CONFIDENCE]
         if masks.shape[-1] < config.OBJECT_RESCALE_MIN_COUNT:
             return None
-        diameter = median_diameter(masks.sum(axis=(0, 1))) or 1.0
+        diameter = max(median_diameter(masks.sum(axis=(0, 1))) or 1.0, 1.0)
         low, high = config.OBJECT_SCALE_RANGE
-        scale = float(np.clip(config.OBJECT_SIZE_TARGET / max(diameter, 1.0), low, high))
+        scale = float(np.clip(config.OBJECT_SIZE_TARGET / diameter, low, high))
         current = self.default_scale(image_shape)
         # No larger than the long-side cap allows, unless the config's own scale already is.
         scale = min(scale, max(config.OBJECT_RESCALE_MAX_SIDE / max(image_shape[:2]), current))

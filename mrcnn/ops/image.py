@@ -49,6 +49,16 @@ def resize_array(array, size, nearest=False):
     return out.astype(dtype)
 
 
+def rule_scale(h, w, min_dim, min_scale):
+    """Matterport's resize factor for an h x w image: enough for the short side to reach
+    ``min_dim`` (never below 1), and at least ``min_scale`` (either may be 0/None: no rule).
+    The ``crop`` and ``pad64`` modes use it as is; ``square`` then caps it by max_dim."""
+    scale = max(1.0, min_dim / min(h, w)) if min_dim else 1.0
+    if min_scale and scale < min_scale:
+        scale = float(min_scale)
+    return scale
+
+
 def choose_crop(image_shape, min_dim, min_scale, rng=None, scale_jitter=None, scale=None):
     """The random window of the ``crop`` mode, in original-image pixels.
 
@@ -65,9 +75,7 @@ def choose_crop(image_shape, min_dim, min_scale, rng=None, scale_jitter=None, sc
     rng = rng if rng is not None else np.random
     h, w = image_shape[:2]
     if scale is None:
-        scale = max(1.0, min_dim / min(h, w))
-        if min_scale and scale < min_scale:
-            scale = float(min_scale)
+        scale = rule_scale(h, w, min_dim, min_scale)
     if scale_jitter:
         low, high = (float(v) for v in scale_jitter)
         scale *= float(np.exp(rng.uniform(np.log(low), np.log(high))))
@@ -117,13 +125,7 @@ def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square
         image = resize_array(cut_window(image, y, x, side), (min_dim, min_dim)).astype(image_dtype)
         return image, (0, 0, min_dim, min_dim), min_dim / side, padding, (y, x, side, side)
 
-    if fixed_scale:
-        scale = float(fixed_scale)
-    else:
-        if min_dim:
-            scale = max(1.0, min_dim / min(h, w))
-        if min_scale and scale < min_scale:
-            scale = float(min_scale)
+    scale = float(fixed_scale) if fixed_scale else rule_scale(h, w, min_dim, min_scale)
     if max_dim and mode == "square":
         if round(max(h, w) * scale) > max_dim:
             scale = max_dim / max(h, w)
