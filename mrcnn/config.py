@@ -106,6 +106,9 @@ class Config:
     # shuffle them) go through the mask head in training; None = all of them (Matterport).
     MASK_TRAIN_ROIS_PER_IMAGE = None
     POOL_SIZE = 7
+    # The box head also pools the ROI grown this many times about its centre (its
+    # surroundings) and sees both, channel-concatenated; None = the ROI only (Matterport).
+    BOX_HEAD_CONTEXT = None
     MASK_POOL_SIZE = 14
     MASK_SHAPE = [28, 28]
     MAX_GT_INSTANCES = 100
@@ -263,6 +266,9 @@ class Config:
         if self.DETECTION_MAX_INSTANCES > self.POST_NMS_ROIS_INFERENCE:
             fail("DETECTION_MAX_INSTANCES cannot exceed POST_NMS_ROIS_INFERENCE.")
         require_whole("DETECTION_BOX_REFINEMENTS", 0, " (extra box-head passes)")
+        if self.BOX_HEAD_CONTEXT is not None and not self.BOX_HEAD_CONTEXT > 1:
+            fail(f"BOX_HEAD_CONTEXT={self.BOX_HEAD_CONTEXT!r}; use None or a factor > 1 (the "
+                 "pooled surroundings' side over the ROI's).")
         if self.MASK_SHAPE[0] != 2 * self.MASK_POOL_SIZE or \
                 self.MASK_SHAPE[1] != 2 * self.MASK_POOL_SIZE:
             fail(f"MASK_SHAPE {list(self.MASK_SHAPE)} must be twice MASK_POOL_SIZE "

@@ -60,6 +60,13 @@ _WIDTH_FIELDS = (
 
 def _width_hint(layer_name, file_shapes, model_shapes):
     """The Config width field that makes ``layer_name`` match the file, or None."""
+    if (layer_name == "mrcnn_class_conv1" and len(file_shapes[0]) == 4
+            == len(model_shapes[0]) and file_shapes[0][-1] == model_shapes[0][-1]
+            and file_shapes[0][-2] in (2 * model_shapes[0][-2], model_shapes[0][-2] / 2)):
+        trained = "with" if file_shapes[0][-2] > model_shapes[0][-2] else "without"
+        return (f"The file's box head was trained {trained} BOX_HEAD_CONTEXT (its first layer "
+                f"sees {file_shapes[0][-2]} channels, this model's {model_shapes[0][-2]}): "
+                f"set BOX_HEAD_CONTEXT as in the run that wrote it.")
     for pattern, field, axis in _WIDTH_FIELDS:
         if (re.fullmatch(pattern, layer_name) and len(file_shapes[0]) >= 2
                 and len(file_shapes[0]) == len(model_shapes[0])

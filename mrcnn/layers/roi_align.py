@@ -121,6 +121,30 @@ class UnflattenRois(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
+class ContextBoxes(keras.layers.Layer):
+    """Each box grown ``factor`` times in height and width about its centre and clipped to
+    the molded image ([0, 1]): the surroundings the box head sees beside the box itself.
+
+    Call input: boxes [K, 4] normalised (y1, x1, y2, x2). Output: [K, 4] normalised.
+    """
+
+    def __init__(self, factor, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = float(factor)
+
+    def call(self, boxes):
+        centre = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+        half = (boxes[:, 2:] - boxes[:, :2]) * (self.factor / 2.0)
+        return tf.clip_by_value(tf.concat([centre - half, centre + half], axis=1), 0.0, 1.0)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
 class PyramidROIAlign(keras.layers.Layer):
     """Crop-and-resize each box from the pyramid level that fits its size.
 

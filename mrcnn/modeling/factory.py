@@ -67,6 +67,8 @@ def maskrcnn_kwargs(config, mode, backbone_weights=None):
         bbox_std_dev=np.ravel(config.BBOX_STD_DEV).tolist(),
         fc_layers_size=int(config.FPN_CLASSIF_FC_LAYERS_SIZE),
         pool_size=int(config.POOL_SIZE),
+        box_head_context=(None if config.BOX_HEAD_CONTEXT is None
+                          else float(config.BOX_HEAD_CONTEXT)),
         mask_pool_size=int(config.MASK_POOL_SIZE),
         mask_shape=tuple(int(v) for v in config.MASK_SHAPE),
         train_rois_per_image=int(config.TRAIN_ROIS_PER_IMAGE),

@@ -10,9 +10,9 @@ from keras import layers
 
 import backbones
 from mrcnn import losses
-from mrcnn.layers import (AnchorGenerator, DetectionLayer, DetectionTargetLayer, GatherRows,
-                          ProposalLayer, PyramidROIAlign, RefineBoxes, ScatterToSlots,
-                          SelectBoxes, UnflattenRois)
+from mrcnn.layers import (AnchorGenerator, ContextBoxes, DetectionLayer, DetectionTargetLayer,
+                          GatherRows, ProposalLayer, PyramidROIAlign, RefineBoxes,
+                          ScatterToSlots, SelectBoxes, UnflattenRois)
 from mrcnn.modeling.fpn import build_fpn
 from mrcnn.modeling.heads import build_classifier_head, build_mask_head, classifier_head
 from mrcnn.modeling.rpn import RPNHead
@@ -140,6 +140,25 @@ def build_maskrcnn_graph(*, compute_dtype="float32", **kwargs):
         keras.config.set_dtype_policy(previous)
 
 
+def box_features(pool_size, context=None):
+    """The box head's ROIAlign: returns ``pool(boxes [K, 4] normalised, batch_index [K], meta,
+    [P2..P5])`` -> [K, pool_size, pool_size, C], or [..., 2C] with ``context`` (the ROI's
+    features, then those of the ROI grown ``context`` times about its centre)."""
+    align = PyramidROIAlign((pool_size, pool_size), name="roi_align_classifier", dtype=F32)
+    if context is not None:
+        grow = ContextBoxes(context, name="context_boxes", dtype=F32)
+        context_align = PyramidROIAlign((pool_size, pool_size), name="roi_align_context",
+                                        dtype=F32)
+        join = keras.layers.Concatenate(axis=-1, name="roi_and_context", dtype=F32)
+
+    def pool(boxes, batch_index, meta, features):
+        pooled = align([boxes, batch_index, meta] + features)
+        if context is None:
+            return pooled
+        return join([pooled, context_align([grow(boxes), batch_index, meta] + features)])
+    return pool
+
+
 def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                  backbone_zero_init_residual=None, image_channels, image_meta_size,
                  num_classes, top_down_pyramid_size, mask_head_channels,
@@ -151,7 +170,7 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                  mask_train_rois=None,
                  max_gt_instances, proposals_include_gt, detection_max_instances,
                  detection_min_confidence, detection_nms_threshold, loss_weights,
-                 detection_box_refinements=0,
+                 detection_box_refinements=0, box_head_context=None,
                  weight_decay, mask_boundary_weight=0.0, name="mask_rcnn"):
     """Build the training or inference Mask R-CNN (under the current dtype policy).
 
@@ -188,8 +207,7 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
     rpn_rois = ProposalLayer(post_nms_rois, rpn_nms_threshold, pre_nms_limit, rpn_bbox_std_dev,
                              name="ROI", dtype=F32)([rpn_probs, rpn_bbox, anchors])
     features = pyramid[:4]
-    align = PyramidROIAlign((pool_size, pool_size), name="roi_align_classifier",
-                            dtype=F32)
+    align = box_features(pool_size, box_head_context)
     mask_align = PyramidROIAlign((mask_pool_size, mask_pool_size), name="roi_align_mask",
                                  dtype=F32)
 
@@ -203,7 +221,7 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                 [rpn_rois, inputs["input_gt_class_ids"], gt_boxes, inputs["input_gt_masks"]])
         boxes, batch_index, _ = SelectBoxes("all", name="all_rois", dtype=F32)(rois)
         logits, probs, deltas = build_classifier_head(
-            align([boxes, batch_index, meta] + features), num_classes, fc_layers_size, pool_size)
+            align(boxes, batch_index, meta, features), num_classes, fc_layers_size, pool_size)
         unflatten = UnflattenRois(name="unflatten_rois", dtype=F32)
         pos_boxes, pos_batch, pos_index = SelectBoxes("positive", min_one=True,
                                                          per_image_limit=mask_train_rois,
@@ -233,7 +251,7 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
             boxes, batch_index, _ = SelectBoxes(
                 "all", name="all_rois" + (f"_{refinement}" if refinement else ""),
                 dtype=F32)(rois)
-            _, probs, deltas = head(align([boxes, batch_index, meta] + features))
+            _, probs, deltas = head(align(boxes, batch_index, meta, features))
             probs, deltas = unflatten([probs, rois]), unflatten([deltas, rois])
             passes.append(probs)
         if len(passes) > 1:
