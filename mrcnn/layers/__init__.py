@@ -7,6 +7,6 @@ from mrcnn.layers.proposal import AnchorGenerator, ProposalLayer
 from mrcnn.layers.roi_align import (ContextBoxes, GatherRows, PyramidROIAlign, ScatterToSlots,
                                     SelectBoxes, UnflattenRois)
 
-__all__ = ["AnchorGenerator", "ContextBoxes", "DetectionLayer", "DetectionTargetLayer", "GatherRows",
-           "ProposalLayer", "PyramidROIAlign", "RefineBoxes", "ScatterToSlots", "SelectBoxes",
-           "UnflattenRois", "WholeInputConv2D"]
+__all__ = ["AnchorGenerator", "ContextBoxes", "DetectionLayer", "DetectionTargetLayer",
+           "GatherRows", "ProposalLayer", "PyramidROIAlign", "RefineBoxes", "ScatterToSlots",
+           "SelectBoxes", "UnflattenRois", "WholeInputConv2D"]
