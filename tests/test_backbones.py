@@ -111,6 +111,40 @@ def test_fast_group_norm_equals_keras_group_norm(shape, groups, dtype):
                                    atol=tolerance * 20 * scale, err_msg=name)
 
 
+@pytest.mark.parametrize("shape,groups,dtype", [((1, 16, 12, 64), 32, "float32"),
+                                                ((2, 9, 7, 64), 32, "float32"),
+                                                ((1, 1, 1, 8), 4, "float32"),
+                                                ((1, 8, 8, 48), 16, "mixed_bfloat16")])
+def test_fast_group_norm_at_inference_equals_keras_group_norm(shape, groups, dtype):
+    """At inference (training=False) a single image takes the fused FusedBatchNorm path and
+    a batch of two the per-channel one, inside one graph whose batch size is unknown; both
+    give keras.layers.GroupNormalization's result, also for inputs far from zero mean and
+    for a 1x1 feature map (variance 0)."""
+    import numpy as np
+    import tensorflow as tf
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=shape) * 3 + 20).astype("float32")
+    x[..., 0] = 7.0                                    # one constant channel
+    reference = keras.layers.GroupNormalization(groups=groups, dtype=dtype)
+    fast = backbones.normalization.FastGroupNormalization(groups=groups, dtype=dtype)
+    reference.build(shape)
+    fast.build(shape)
+    reference.set_weights([rng.normal(size=shape[-1]), rng.normal(size=shape[-1])])
+    fast.set_weights(reference.get_weights())
+    spec = tf.TensorSpec((None,) + shape[1:], "float32")
+    at_inference = tf.function(lambda t: fast(t, training=False), input_signature=[spec])
+    graph_def = at_inference.get_concrete_function().graph.as_graph_def()
+    fused = [node for function in graph_def.library.function for node in function.node_def
+             if node.op == "FusedBatchNormV3"]               # inside the tf.cond branch
+    assert fused, "the single-image branch is missing from the inference graph"
+    expected = np.float32(reference(x))
+    tolerance = 1e-4 if dtype == "float32" else 5e-2
+    got = at_inference(tf.constant(x))
+    assert got.dtype == reference.compute_dtype
+    np.testing.assert_allclose(np.float32(got), expected, atol=tolerance)
+    np.testing.assert_allclose(np.float32(fast(x, training=True)), expected, atol=tolerance)
+
+
 def test_group_norm_backbones_use_the_fast_group_norm():
     _, model = backbones.build_backbone("mobilenet_v2", keras.Input((64, 64, 3)), norm="group")
     gns = _norm_layers(model, keras.layers.GroupNormalization)
