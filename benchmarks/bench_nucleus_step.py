@@ -8,6 +8,11 @@ Each variant is a JSON object of Config overrides on top of the CLI's from-scrat
 (``SCRATCH_OVERRIDES``). Batches are real DSB2018 training crops when ``--dataset`` exists,
 else synthetic nuclei. Prints the median ``train_on_batch`` seconds over 6 batches after 2
 warm-ups, and the parameter count. This is how the 128-channel FPN/mask-head default was chosen.
+The key ``"fused_adamw"`` (not a Config field) picks the AdamW implementation: ``false`` for
+Keras's, ``true`` for ``mrcnn.optimizers.FusedAdamW`` (default: what training uses):
+
+    python benchmarks/bench_nucleus_step.py --variant '{"fused_adamw": false}' \
+        --variant '{"fused_adamw": true}' --rounds 3
 
 ``--weights`` starts every variant from a trained checkpoint (by layer name), so the RPN
 proposes real nuclei and the mask head sees as many positive ROIs as in a late epoch;
@@ -44,12 +49,14 @@ def measure(dataset, overrides, batches=8, warmups=2, weights=None):
     from mrcnn import training as training_lib
     from mrcnn.modeling.factory import backbone_norm
     from mrcnn.data.generator import DataGenerator
+    overrides = dict(overrides)
+    fused = overrides.pop("fused_adamw", None)
     config = make_config(dict(SCRATCH_OVERRIDES, **overrides))
     model = modellib.MaskRCNN("training", config, tempfile.mkdtemp(prefix="bench_logs_"))
     if weights:
         model.load_weights(weights)
     training_lib.set_trainable(model.keras_model, ".*", backbone_norm(config) == "batch")
-    model.keras_model.compile(optimizer=training_lib.make_optimizer(config, 1e-3),
+    model.keras_model.compile(optimizer=training_lib.make_optimizer(config, 1e-3, fused=fused),
                               jit_compile=False)
     generator = DataGenerator(dataset, config, shuffle=True, steps=batches, seed=1)
     data = [generator[i][0] for i in range(batches)]
