@@ -14,7 +14,7 @@ from mrcnn.atomic import atomic_target
 from mrcnn.data.loader import load_full_masks
 from mrcnn.metrics import (coco_evaluate, compute_ap, dice, dsb_image_score, pixel_iou,
                            remove_overlaps)
-from mrcnn.ops.image import resize_array
+from mrcnn.ops.image import resize_array, scale_stains
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,18 @@ def with_exposure(predict, factor):
             exposed = np.clip(np.round(exposed), info.min, info.max)
         return predict(exposed.astype(image.dtype))
     return _keeping_num_params(predict_exposed, predict)
+
+
+def with_stain_scale(predict, haematoxylin, eosin):
+    """``predict`` on every image with its stains scaled (:func:`mrcnn.ops.image.scale_stains`:
+    stained colour images only; fluorescence and brightfield images unchanged): how much a
+    model's score depends on the staining of the histology it was trained on."""
+    if haematoxylin <= 0 or eosin <= 0:
+        raise ValueError(f"stain scales must be positive, got {haematoxylin}, {eosin}")
+
+    def predict_restained(image):
+        return predict(scale_stains(np.asarray(image), haematoxylin, eosin))
+    return _keeping_num_params(predict_restained, predict)
 
 
 def with_rescale(predict, factor):

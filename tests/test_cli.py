@@ -271,3 +271,13 @@ def test_optimizer_from_scratch_is_adamw_and_the_option_sets_each_optimizers_rat
     assert make_config(resumed).RPN_ANCHOR_SCALES_PER_OCTAVE == 1
     with pytest.raises(ValueError, match="--optimizer sgd: the run resumed from .* adamw"):
         train_overrides(args(weights=str(checkpoint), optimizer="sgd"))
+
+
+def test_evaluate_stain_scale_takes_two_numbers(capsys):
+    parser = nucleus_cli.build_parser()
+    args = parser.parse_args(["evaluate", "--dataset", "d", "--stain-scale", "0.7,1.3"])
+    assert args.stain_scale == (0.7, 1.3)
+    assert parser.parse_args(["evaluate", "--dataset", "d"]).stain_scale is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["evaluate", "--dataset", "d", "--stain-scale", "0.7"])
+    assert "expected two numbers H,E" in capsys.readouterr().err

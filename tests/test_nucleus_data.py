@@ -227,6 +227,37 @@ def test_with_exposure_scales_pixel_values_within_the_dtype():
     assert halved.num_params == 7
 
 
+def test_scale_stains_recomposes_a_pixel_from_its_scaled_stain_amounts():
+    """A white slide with a patch of 0.5 haematoxylin + 0.3 eosin (optical density, Ruifrok &
+    Johnston's vectors): doubling the haematoxylin gives the colour of 1.0 + 0.3 computed by
+    hand, the white stays white; grey and dark-background images are returned unchanged."""
+    from mrcnn.evaluation import with_stain_scale
+    from mrcnn.ops.image import STAIN_VECTORS, scale_stains
+
+    def colour(h, e):
+        return np.round(256.0 * np.exp(-(h * STAIN_VECTORS[0] + e * STAIN_VECTORS[1])) - 1.0)
+    slide = np.full((20, 20, 3), 255, np.uint8)
+    slide[:8] = colour(0.5, 0.3)                         # 40 % of the slide
+    restained = scale_stains(slide, haematoxylin=2.0)
+    np.testing.assert_allclose(restained[0, 0], colour(1.0, 0.3), atol=1.0)
+    assert (restained[10:, 10:] == 255).all()
+    assert not np.array_equal(scale_stains(slide, eosin=0.5)[0, 0], slide[0, 0])
+    fluorescence = np.zeros((20, 20, 3), np.uint8)
+    fluorescence[5:9, 5:9] = 200
+    for unchanged in (fluorescence, slide[..., :1], 255 - fluorescence):
+        assert scale_stains(unchanged, 2.0, 0.5) is unchanged
+
+    seen = []
+
+    def predict(image):
+        seen.append(image)
+        return {"masks": np.zeros(image.shape[:2] + (0,), bool), "scores": np.zeros(0)}
+    with_stain_scale(predict, 2.0, 1.0)(slide)
+    np.testing.assert_array_equal(seen[0], restained)
+    with pytest.raises(ValueError, match="positive"):
+        with_stain_scale(predict, 0.0, 1.0)
+
+
 def test_config_overrides_and_fraction(dsb_dir):
     overrides = parse_overrides(["image_min_scale=1", "BACKBONE=resnet18",
                                  "MEAN_PIXEL=[1, 2, 3]"])

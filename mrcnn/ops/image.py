@@ -249,6 +249,41 @@ def colour_deviation(rgb):
     return float(np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean())
 
 
+def is_stained_colour(image):
+    """Whether a uint8 image [H, W, C>=3] looks like stained histology: a bright background
+    (median grey above mid-grey) and colour deviating from grey by more than
+    STAIN_COLOUR_THRESHOLD (statistics from every 4th row and column of a large image)."""
+    if image.ndim != 3 or image.shape[-1] < 3:
+        return False
+    step = 4 if image.shape[0] * image.shape[1] > STATISTICS_MAX_PIXELS else 1
+    rgb = image[::step, ::step, :3].astype(np.float32)
+    return bool(np.median(rgb.mean(axis=-1)) > 127.5 and
+                colour_deviation(rgb) > STAIN_COLOUR_THRESHOLD)
+
+
+def scale_stains(image, haematoxylin=1.0, eosin=1.0):
+    """A stained colour image as if it held ``haematoxylin`` and ``eosin`` times as much of
+    each stain (colour deconvolution with STAIN_VECTORS: optical density
+    -log((I + 1) / 256) split into the haematoxylin, eosin and DAB amounts, those scaled, and
+    the colour recomposed), as another lab's staining might look. Other images (grey, dark
+    background: see :func:`is_stained_colour`) and channels past the third are unchanged.
+
+    Args:
+        image: uint8 [H, W, C].
+    Returns:
+        uint8 [H, W, C].
+    """
+    if (haematoxylin, eosin) == (1.0, 1.0) or not is_stained_colour(image):
+        return image
+    density = -np.log((image[..., :3].astype(np.float64) + 1.0) / 256.0)
+    amounts = density @ np.linalg.inv(STAIN_VECTORS)
+    amounts *= np.array([haematoxylin, eosin, 1.0])
+    recomposed = 256.0 * np.exp(-(amounts @ STAIN_VECTORS)) - 1.0
+    out = image.copy()
+    out[..., :3] = np.clip(np.round(recomposed), 0, 255).astype(np.uint8)
+    return out
+
+
 def _stretch(values, sample, min_range):
     """Percentile stretch (1st -> 0, 99.8th -> 255 of ``sample``; a spread below
     ``min_range`` is not amplified beyond it) to uint8."""

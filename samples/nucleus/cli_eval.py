@@ -18,7 +18,7 @@ from skimage.io import imsave
 from mrcnn import model as modellib
 from mrcnn.atomic import atomic_target
 from mrcnn.evaluation import (evaluate_dataset, format_metrics, with_exposure, with_rescale,
-                              write_json)
+                              with_stain_scale, write_json)
 from mrcnn.metrics import coco_results, mask_to_rle, remove_overlaps, write_submission
 from mrcnn.ops.image import resize_array
 from mrcnn.predict import LABEL_FORMATS, find_images, predict_images
@@ -135,6 +135,11 @@ def run_evaluate(args):
     if rescale != 1.0:
         log.info("every image resized by %g before prediction (masks resized back)", rescale)
         predict = with_rescale(predict, rescale)
+    stain_scale = tuple(getattr(args, "stain_scale", None) or (1.0, 1.0))
+    if stain_scale != (1.0, 1.0):
+        log.info("haematoxylin x%g and eosin x%g in every stained image before prediction",
+                 *stain_scale)
+        predict = with_stain_scale(predict, *stain_scale)
     metrics = evaluate_dataset(dataset, predict, ids, group_fn=image_kind)
     if getattr(args, "time_sizes", None):
         sizes = [int(s) for s in args.time_sizes.split(",") if s.strip()]
@@ -142,7 +147,7 @@ def run_evaluate(args):
     metrics.update(model=getattr(args, "model", "maskrcnn"), weights=args.weights,
                    subset=args.subset, params=int(getattr(predict, "num_params", 0)),
                    tta=bool(getattr(args, "tta", False)), exposure=exposure,
-                   rescale=rescale,
+                   rescale=rescale, stain_scale=list(stain_scale),
                    peak_mb=peak_memory_mb())
     print(format_metrics(metrics))
     if args.out:

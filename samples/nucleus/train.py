@@ -68,6 +68,14 @@ class DemoInferenceConfig(DemoConfig):
     IMAGES_PER_GPU = 1
 
 
+def _two_floats(text):
+    """``"0.7,1.3"`` -> (0.7, 1.3), for argparse."""
+    values = [float(v) for v in text.split(",")]
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected two numbers H,E, got {text!r}")
+    return tuple(values)
+
+
 def run_demo(args):
     out = os.path.abspath(args.out)
     data_dir = os.path.join(out, "data")
@@ -147,6 +155,10 @@ def build_parser():
     evaluate.add_argument("--rescale", type=float, default=1.0, metavar="F",
                           help="resize every image by F before prediction and the masks back "
                                "(robustness to magnification; default 1)")
+    evaluate.add_argument("--stain-scale", type=_two_floats, default=None, metavar="H,E",
+                          help="scale the haematoxylin and eosin amounts of every stained "
+                               "(H&E colour) image by H and E before prediction, e.g. 0.7,1.3 "
+                               "(robustness to staining; other images unchanged)")
     detect = add("detect", help="submission.csv, COCO results, overlay PNGs")
     add_predictor_arguments(detect, "stage1_test")
     detect.add_argument("--out", required=True, help="output folder")
