@@ -157,3 +157,49 @@ def test_refused_formats_name_the_ops(trained_dir, tmp_path):
     training = modellib.MaskRCNN("training", TinyConfig(), str(tmp_path))
     with pytest.raises(ValueError, match="inference-mode"):
         training.export(str(tmp_path / "t"))
+
+
+class GroupNormTrainConfig(TinyConfig):
+    BACKBONE_NORM = "group"         # the from-scratch default: FastGroupNormalization
+
+
+class GroupNormExportConfig(ExportConfig):
+    BACKBONE_NORM = "group"
+
+
+@pytest.mark.slow
+def test_group_norm_model_exports_and_matches_detect(tmp_path):
+    """A GroupNorm backbone (whose single-image inference takes the fused FusedBatchNorm path
+    inside a tf.cond) exports to a SavedModel served without mrcnn and, where tf2onnx is
+    installed, to ONNX; both detect what detect() does."""
+    import keras
+    from mrcnn.data.synthetic import SyntheticNucleiDataset
+    ds = SyntheticNucleiDataset().load_synthetic(2, size=128, seed=5)
+    ds.prepare()
+    keras.utils.set_random_seed(0)
+    modellib.MaskRCNN("training", GroupNormTrainConfig(), str(tmp_path)).train(
+        ds, None, 1e-3, 1, "all", seed=0, verbose=0)
+    model = modellib.MaskRCNN("inference", GroupNormExportConfig(), str(tmp_path))
+    model.load_weights(model.find_last())
+    image = make_nuclei_image(np.random.RandomState(42), 128)[0]
+    expected = model.detect([image])[0]
+    assert len(expected["scores"]) > 0
+    served = _serve_in_fresh_process(model, [image], tmp_path)
+    _assert_same_detections(served, 0, expected, GroupNormExportConfig.DETECTION_MIN_CONFIDENCE)
+    try:
+        import onnxruntime  # noqa: F401
+        import tf2onnx  # noqa: F401
+    except ImportError:
+        return
+    path = model.export(str(tmp_path / "mask_rcnn.onnx"), format="onnx")
+    molded, metas, windows = model.mold_inputs([image])
+    anchors = model.get_anchors(molded.shape[1:])[None]
+    np.savez(tmp_path / "feeds.npz", input_image=molded.astype(np.float32),
+             input_image_meta=metas.astype(np.float32), input_anchors=anchors.astype(np.float32))
+    subprocess.run([sys.executable, "-c", ONNX_RUN, path, str(tmp_path / "feeds.npz"),
+                    str(tmp_path / "onnx_out.npz")], check=True, cwd=str(tmp_path))
+    out = np.load(tmp_path / "onnx_out.npz")
+    rois, _, scores, _ = model.unmold_detections(
+        out["detections"][0], out["mrcnn_mask"][0], image.shape, molded.shape[1:], windows[0])
+    np.testing.assert_array_equal(rois, expected["rois"])
+    np.testing.assert_allclose(scores, expected["scores"], atol=1e-5)
