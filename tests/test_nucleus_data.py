@@ -264,7 +264,12 @@ def test_config_overrides_and_fraction(dsb_dir):
     assert overrides == {"IMAGE_MIN_SCALE": 1, "BACKBONE": "resnet18", "MEAN_PIXEL": [1, 2, 3]}
     config = make_config(overrides)
     assert config.BACKBONE == "resnet18" and isinstance(config.MEAN_PIXEL, np.ndarray)
-    assert make_config({"IMAGE_MIN_DIM": 256}, inference=True).IMAGE_RESIZE_MODE == "pad64"
+    inference = make_config({"IMAGE_MIN_DIM": 256}, inference=True)
+    assert inference.IMAGE_RESIZE_MODE == "pad64"
+    assert (inference.DETECTION_MIN_CONFIDENCE, inference.DETECTION_MASK_THRESHOLD) == (0.7, 0.45)
+    assert make_config({"DETECTION_MASK_THRESHOLD": 0.5}).DETECTION_MASK_THRESHOLD == 0.5
+    assert make_config({"DETECTION_MASK_THRESHOLD": 0.5},
+                       inference=True).DETECTION_MASK_THRESHOLD == 0.5      # --set wins
     with pytest.raises(ValueError, match="NO_SUCH"):
         parse_overrides(["NO_SUCH=1"])
     ds = NucleusDataset().load_nucleus(dsb_dir, "stage1_train")

@@ -65,12 +65,17 @@ class NucleusInferenceConfig(NucleusConfig):
     # The DSB score counts every false positive: keep confident detections only (Matterport's
     # general default; measured +0.02 DSB score over 0.5 on our DSB2018 val split).
     DETECTION_MIN_CONFIDENCE = 0.7
+    # Mask probabilities above 0.45, not 0.5, make a nucleus's pixels: chosen on all 506
+    # training images (benchmarks/threshold_sweep.py) of two 60-minute models, +0.0040 +-
+    # 0.0006 and +0.0028 +- 0.0006 DSB per image over 0.5, no image kind worse (docs/results.md).
+    DETECTION_MASK_THRESHOLD = 0.45
 
 
 # What inference changes beyond mrcnn.config.inference_config's generic rules (one image, whole
 # images): the command line derives its inference configs with these.
 INFERENCE_FIELDS = {"RPN_NMS_THRESHOLD": NucleusInferenceConfig.RPN_NMS_THRESHOLD,
-                    "DETECTION_MIN_CONFIDENCE": NucleusInferenceConfig.DETECTION_MIN_CONFIDENCE}
+                    "DETECTION_MIN_CONFIDENCE": NucleusInferenceConfig.DETECTION_MIN_CONFIDENCE,
+                    "DETECTION_MASK_THRESHOLD": NucleusInferenceConfig.DETECTION_MASK_THRESHOLD}
 
 
 def image_kind(image):
