@@ -78,6 +78,18 @@ def test_every_backbone_honours_every_norm(name):
             assert all(layer.trainable == (norm == "batch") for layer in bns)
 
 
+def _keras_and_fast_group_norm(shape, groups, dtype, rng):
+    """keras.layers.GroupNormalization and FastGroupNormalization built for ``shape`` with
+    the same random gamma and beta."""
+    reference = keras.layers.GroupNormalization(groups=groups, dtype=dtype)
+    fast = backbones.normalization.FastGroupNormalization(groups=groups, dtype=dtype)
+    reference.build(shape)
+    fast.build(shape)
+    reference.set_weights([rng.normal(size=shape[-1]), rng.normal(size=shape[-1])])
+    fast.set_weights(reference.get_weights())
+    return reference, fast
+
+
 @pytest.mark.parametrize("shape,groups,dtype", [((2, 9, 7, 24), 8, "float32"),
                                                 ((1, 16, 12, 64), 32, "float32"),
                                                 ((3, 5, 6, 7), 1, "float32"),
@@ -89,12 +101,7 @@ def test_fast_group_norm_equals_keras_group_norm(shape, groups, dtype):
     import tensorflow as tf
     rng = np.random.default_rng(0)
     x = tf.constant((rng.normal(size=shape) * 3 + 20).astype("float32"))
-    reference = keras.layers.GroupNormalization(groups=groups, dtype=dtype)
-    fast = backbones.normalization.FastGroupNormalization(groups=groups, dtype=dtype)
-    reference.build(shape)
-    fast.build(shape)
-    reference.set_weights([rng.normal(size=shape[-1]), rng.normal(size=shape[-1])])
-    fast.set_weights(reference.get_weights())
+    reference, fast = _keras_and_fast_group_norm(shape, groups, dtype, rng)
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
         outputs = {name: layer(x) for name, layer in (("ref", reference), ("fast", fast))}
@@ -125,12 +132,7 @@ def test_fast_group_norm_at_inference_equals_keras_group_norm(shape, groups, dty
     rng = np.random.default_rng(1)
     x = (rng.normal(size=shape) * 3 + 20).astype("float32")
     x[..., 0] = 7.0                                    # one constant channel
-    reference = keras.layers.GroupNormalization(groups=groups, dtype=dtype)
-    fast = backbones.normalization.FastGroupNormalization(groups=groups, dtype=dtype)
-    reference.build(shape)
-    fast.build(shape)
-    reference.set_weights([rng.normal(size=shape[-1]), rng.normal(size=shape[-1])])
-    fast.set_weights(reference.get_weights())
+    reference, fast = _keras_and_fast_group_norm(shape, groups, dtype, rng)
     spec = tf.TensorSpec((None,) + shape[1:], "float32")
     at_inference = tf.function(lambda t: fast(t, training=False), input_signature=[spec])
     graph_def = at_inference.get_concrete_function().graph.as_graph_def()

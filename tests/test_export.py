@@ -123,14 +123,10 @@ ONNX_RUN = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
-def test_onnx_network_matches_detect(tmp_path, trained_dir):
-    pytest.importorskip("tf2onnx")
-    pytest.importorskip("onnxruntime")
-    model = modellib.MaskRCNN("inference", ExportConfig(), trained_dir)
-    model.load_weights(model.find_last())
+def _onnx_detections(model, image, tmp_path):
+    """``model`` exported to ONNX and run by onnxruntime in a fresh process on ``image``
+    molded as detect() molds it: (rois, scores, masks) unmolded as detect() unmolds."""
     path = model.export(str(tmp_path / "mask_rcnn.onnx"), format="onnx")
-    image = make_nuclei_image(np.random.RandomState(42), 100)[0]
     molded, metas, windows = model.mold_inputs([image])
     anchors = model.get_anchors(molded.shape[1:])[None]
     np.savez(tmp_path / "feeds.npz", input_image=molded.astype(np.float32),
@@ -138,8 +134,19 @@ def test_onnx_network_matches_detect(tmp_path, trained_dir):
     subprocess.run([sys.executable, "-c", ONNX_RUN, path, str(tmp_path / "feeds.npz"),
                     str(tmp_path / "onnx_out.npz")], check=True, cwd=str(tmp_path))
     out = np.load(tmp_path / "onnx_out.npz")
-    rois, class_ids, scores, masks = model.unmold_detections(
+    rois, _, scores, masks = model.unmold_detections(
         out["detections"][0], out["mrcnn_mask"][0], image.shape, molded.shape[1:], windows[0])
+    return rois, scores, masks
+
+
+@pytest.mark.slow
+def test_onnx_network_matches_detect(tmp_path, trained_dir):
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("onnxruntime")
+    model = modellib.MaskRCNN("inference", ExportConfig(), trained_dir)
+    model.load_weights(model.find_last())
+    image = make_nuclei_image(np.random.RandomState(42), 100)[0]
+    rois, scores, masks = _onnx_detections(model, image, tmp_path)
     expected = model.detect([image])[0]
     assert len(expected["scores"]) > 0
     np.testing.assert_array_equal(rois, expected["rois"])
@@ -191,15 +198,6 @@ def test_group_norm_model_exports_and_matches_detect(tmp_path):
         import tf2onnx  # noqa: F401
     except ImportError:
         return
-    path = model.export(str(tmp_path / "mask_rcnn.onnx"), format="onnx")
-    molded, metas, windows = model.mold_inputs([image])
-    anchors = model.get_anchors(molded.shape[1:])[None]
-    np.savez(tmp_path / "feeds.npz", input_image=molded.astype(np.float32),
-             input_image_meta=metas.astype(np.float32), input_anchors=anchors.astype(np.float32))
-    subprocess.run([sys.executable, "-c", ONNX_RUN, path, str(tmp_path / "feeds.npz"),
-                    str(tmp_path / "onnx_out.npz")], check=True, cwd=str(tmp_path))
-    out = np.load(tmp_path / "onnx_out.npz")
-    rois, _, scores, _ = model.unmold_detections(
-        out["detections"][0], out["mrcnn_mask"][0], image.shape, molded.shape[1:], windows[0])
+    rois, scores, _ = _onnx_detections(model, image, tmp_path)
     np.testing.assert_array_equal(rois, expected["rois"])
     np.testing.assert_allclose(scores, expected["scores"], atol=1e-5)
