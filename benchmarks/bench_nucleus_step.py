@@ -14,6 +14,10 @@ Keras's, ``true`` for ``mrcnn.optimizers.FusedAdamW`` (default: what training us
     python benchmarks/bench_nucleus_step.py --variant '{"fused_adamw": false}' \
         --variant '{"fused_adamw": true}' --rounds 3
 
+``--optimizer-update`` times only the optimizer's update of the model's trainable variables
+(random gradients, Keras's AdamW and FusedAdamW alternated 40 times), which a whole step's
+spread (about 5 % between rounds) hides.
+
 ``--weights`` starts every variant from a trained checkpoint (by layer name), so the RPN
 proposes real nuclei and the mask head sees as many positive ROIs as in a late epoch;
 ``--rounds`` measures the variants in turn that many times (the machine's speed drifts).
@@ -69,6 +73,34 @@ def measure(dataset, overrides, batches=8, warmups=2, weights=None):
     return float(np.median(times)), model.keras_model.count_params()
 
 
+def measure_optimizer_update(repeats=40):
+    """Median seconds of one AdamW update of the nucleus model's trainable variables, with
+    Keras's AdamW and with FusedAdamW, alternated ``repeats`` times."""
+    import tensorflow as tf
+    from samples.nucleus.cli_common import make_config
+    from samples.nucleus.cli_train import SCRATCH_OVERRIDES
+    from mrcnn import model as modellib
+    from mrcnn.optimizers import make_optimizer
+    config = make_config(dict(SCRATCH_OVERRIDES, COMPUTE_DTYPE="float32"))
+    model = modellib.MaskRCNN("training", config, tempfile.mkdtemp(prefix="bench_logs_"))
+    variables = model.keras_model.trainable_variables
+    gradients = [tf.random.normal(v.shape, stddev=0.01) for v in variables]
+    updates = {}
+    for fused in (False, True):
+        optimizer = make_optimizer(config, 3e-4, fused=fused)
+        optimizer.build(variables)
+        updates[fused] = tf.function(
+            lambda g, optimizer=optimizer: optimizer.apply_gradients(zip(g, variables)))
+        updates[fused](gradients)
+    seconds = {False: [], True: []}
+    for repeat in range(repeats):
+        for fused in (False, True) if repeat % 2 == 0 else (True, False):
+            start = time.perf_counter()
+            updates[fused](gradients)
+            seconds[fused].append(time.perf_counter() - start)
+    return len(variables), {k: float(np.median(v)) for k, v in seconds.items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default=os.path.join(ROOT, "..", "shared", "data", "dsb2018"))
@@ -78,7 +110,14 @@ def main(argv=None):
     parser.add_argument("--variant", action="append", default=None,
                         help="JSON Config overrides (repeatable); default: the CLI defaults and "
                              "the 256-channel FPN/mask head")
+    parser.add_argument("--optimizer-update", action="store_true",
+                        help="time only the AdamW update, Keras's against FusedAdamW")
     args = parser.parse_args(argv)
+    if args.optimizer_update:
+        count, seconds = measure_optimizer_update()
+        print(f"AdamW update of {count} trainable variables: Keras {1000 * seconds[False]:.1f} "
+              f"ms, FusedAdamW {1000 * seconds[True]:.1f} ms (medians)", flush=True)
+        return
     variants = [json.loads(v) for v in args.variant or
                 ['{}', '{"TOP_DOWN_PYRAMID_SIZE": 256, "MASK_HEAD_CHANNELS": 256}']]
     dataset = load_dataset(args.dataset)
