@@ -246,6 +246,8 @@ def test_scale_stains_recomposes_a_pixel_from_its_scaled_stain_amounts():
     fluorescence[5:9, 5:9] = 200
     for unchanged in (fluorescence, slide[..., :1], 255 - fluorescence):
         assert scale_stains(unchanged, 2.0, 0.5) is unchanged
+    with pytest.raises(ValueError, match="uint16"):
+        scale_stains(slide.astype(np.uint16), 2.0)
 
     seen = []
 

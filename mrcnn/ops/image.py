@@ -273,6 +273,8 @@ def scale_stains(image, haematoxylin=1.0, eosin=1.0):
     Returns:
         uint8 [H, W, C].
     """
+    if image.dtype != np.uint8:
+        raise ValueError(f"scale_stains needs a uint8 image, got {image.dtype}")
     if (haematoxylin, eosin) == (1.0, 1.0) or not is_stained_colour(image):
         return image
     density = -np.log((image[..., :3].astype(np.float64) + 1.0) / 256.0)
