@@ -18,6 +18,7 @@ import numpy as np
 
 import backbones
 from backbones.normalization import NORMS
+from mrcnn.layers.detection_target import POSITIVE_SAMPLING
 from mrcnn.ops.anchors import octave_scales, pyramid_strides
 from mrcnn.ops.image import IMAGE_NORMALIZATIONS, RESIZE_MODES, image_meta_size
 from mrcnn.optimizers import OPTIMIZERS
@@ -102,6 +103,10 @@ class Config:
 
     TRAIN_ROIS_PER_IMAGE = 200
     ROI_POSITIVE_RATIO = 0.33
+    # Which positive ROIs the heads train on when an image has more than TRAIN_ROIS_PER_IMAGE *
+    # ROI_POSITIVE_RATIO: "uniform" (Matterport) or "per_instance" (each object about the
+    # same share, however many proposals cover it; mrcnn.layers.DetectionTargetLayer).
+    ROI_POSITIVE_SAMPLING = "uniform"
     # At most this many of an image's positive ROIs (a random subset: the detection targets
     # shuffle them) go through the mask head in training; None = all of them (Matterport).
     MASK_TRAIN_ROIS_PER_IMAGE = None
@@ -247,6 +252,9 @@ class Config:
         require_whole("RPN_ANCHOR_SCALES_PER_OCTAVE", 1)
         if not 0 < self.ROI_POSITIVE_RATIO <= 1:
             fail("ROI_POSITIVE_RATIO must be in (0, 1].")
+        if self.ROI_POSITIVE_SAMPLING not in POSITIVE_SAMPLING:
+            fail(f"ROI_POSITIVE_SAMPLING={self.ROI_POSITIVE_SAMPLING!r}; use one of "
+                 f"{POSITIVE_SAMPLING}.")
         if not 0 < self.RPN_NEGATIVE_IOU <= self.RPN_POSITIVE_IOU <= 1:
             fail(f"RPN_NEGATIVE_IOU={self.RPN_NEGATIVE_IOU!r} and RPN_POSITIVE_IOU="
                  f"{self.RPN_POSITIVE_IOU!r} must satisfy 0 < negative <= positive <= 1.")

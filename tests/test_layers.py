@@ -18,6 +18,7 @@ LAYERS = [
     AnchorGenerator([8, 16, 32, 64, 128], [1], [4, 8, 16, 32, 64], 1, octave=[1, 2 ** 0.5]),
     ProposalLayer(10, 0.7, 100, [0.1, 0.1, 0.2, 0.2]),
     DetectionTargetLayer(8, 0.5, [0.1, 0.1, 0.2, 0.2], (14, 14)),
+    DetectionTargetLayer(8, 0.5, [0.1, 0.1, 0.2, 0.2], (14, 14), positive_sampling="per_instance"),
     DetectionLayer(5, 0.5, 0.3, [0.1, 0.1, 0.2, 0.2]),
     RefineBoxes([0.1, 0.1, 0.2, 0.2]),
     PyramidROIAlign((7, 7)),
@@ -79,6 +80,42 @@ def test_detection_target_layer_positive_targets():
     np.testing.assert_allclose(rois[0, 1], [0.7, 0.7, 0.9, 0.9])   # the negative
     assert masks[0, 0, :, :6].all() and not masks[0, 0, :, 8:].any()
     assert not rois[0, 2:].any()
+
+
+def _big_and_small_object(copies):
+    """``copies`` images, each with a large object covered by 30 proposals (shifted copies of
+    its box, IoU > 0.5) and a small object covered by its own box only, as layer inputs."""
+    big, small = [0.1, 0.1, 0.6, 0.6], [0.8, 0.8, 0.85, 0.85]
+    shifts = np.linspace(0.0, 0.05, 30)[:, None] * np.array([1, 1, 1, 1])
+    proposals = np.concatenate([np.array(big) + shifts, [small]])[None].repeat(copies, 0)
+    gt_boxes = np.array([[big, small]], np.float32).repeat(copies, 0)
+    gt_masks = np.ones((copies, 14, 14, 2), bool)
+    return [proposals.astype(np.float32), np.ones((copies, 2), np.int32), gt_boxes, gt_masks]
+
+
+@pytest.mark.parametrize("sampling, low, high", [("uniform", 0.0, 0.3),
+                                                 ("per_instance", 0.8, 1.0)])
+def test_detection_target_positive_sampling_share_of_a_small_object(sampling, low, high):
+    # 31 positives, 4 kept. Uniform keeps the small object's only positive with probability
+    # 4/31 = 0.13; per-instance sampling weights it 1 against 1/30 for each of the big
+    # object's, so it is kept with probability 1 - 0.5 * 0.49 * 0.48 * 0.47 = 0.94.
+    tf.random.set_seed(0)
+    layer = DetectionTargetLayer(8, 0.5, [0.1, 0.1, 0.2, 0.2], (14, 14), include_gt=False,
+                                 positive_sampling=sampling)
+    inputs = _big_and_small_object(200)
+    rois, class_ids, _, _ = (t.numpy() for t in layer(inputs))
+    assert (class_ids[:, :4] == 1).all() and (class_ids[:, 4:] == 0).all()
+    small_kept = np.any(np.all(np.isclose(rois[:, :4], inputs[0][:, -1:]), axis=-1), axis=1)
+    assert low <= small_kept.mean() <= high
+
+
+def test_detection_target_per_instance_keeps_every_positive_when_few():
+    layer = DetectionTargetLayer(128, 0.5, [0.1, 0.1, 0.2, 0.2], (14, 14), include_gt=False,
+                                 positive_sampling="per_instance")
+    rois, class_ids, _, _ = (t.numpy() for t in layer(_big_and_small_object(1)))
+    assert (class_ids[0] == 1).sum() == 31
+    with pytest.raises(ValueError, match="positive_sampling='balanced'"):
+        DetectionTargetLayer(8, 0.5, [0.1] * 4, (14, 14), positive_sampling="balanced")
 
 
 def test_detection_target_layer_without_ground_truth_gives_negatives():

@@ -218,3 +218,16 @@ def test_two_anchor_scales_per_octave_train_and_detect(tmp_path, synthetic_datas
     result = inference.detect([image])[0]
     assert result["masks"].shape[:2] == image.shape[:2]
     assert len(result["scores"]) == len(result["rois"]) == result["masks"].shape[-1]
+
+
+def test_per_instance_positive_sampling_reaches_the_targets_and_trains(tmp_path,
+                                                                        synthetic_dataset):
+    """ROI_POSITIVE_SAMPLING="per_instance" is built into the detection targets and trains."""
+
+    class PerInstanceConfig(WeightedConfig):
+        ROI_POSITIVE_SAMPLING = "per_instance"
+
+    model = modellib.MaskRCNN("training", PerInstanceConfig(), str(tmp_path))
+    assert model.keras_model.get_layer("proposal_targets").positive_sampling == "per_instance"
+    history = model.train(synthetic_dataset, None, 1e-2, 1, "all", verbose=0)
+    assert all(math.isfinite(history.history[k][0]) for k in LOSS_NAMES)

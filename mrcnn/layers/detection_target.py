@@ -7,6 +7,9 @@ import tensorflow as tf
 from mrcnn.ops.boxes import tf_box_refinement, tf_overlaps
 
 
+POSITIVE_SAMPLING = ("uniform", "per_instance")
+
+
 def _nonzero_rows(boxes):
     return tf.reduce_any(tf.not_equal(boxes, 0.0), axis=-1)
 
@@ -21,6 +24,13 @@ class DetectionTargetLayer(keras.layers.Layer):
     (detectron2's rule, so an image without objects still yields negatives). With
     ``include_gt`` the ground-truth boxes join the proposals first.
 
+    ``positive_sampling`` picks which positives are kept when there are more than that:
+    ``"uniform"`` (Matterport, detectron2) a uniform random subset, so an object covered by
+    many proposals (a large one) gets many ROIs and one covered by few (a small one) is often
+    left out; ``"per_instance"`` (Libra R-CNN's instance-balanced sampling) weights each
+    positive by 1 / (the number of positives of its object), so every object gets about the
+    same share (weighted sampling without replacement, Efraimidis & Spirakis).
+
     Call inputs:
         proposals: [B, P, 4] normalised, zero-padded.
         gt_class_ids: [B, G] int, 0 = padding, negative = crowd.
@@ -33,8 +43,12 @@ class DetectionTargetLayer(keras.layers.Layer):
     """
 
     def __init__(self, rois_per_image, positive_ratio, bbox_std_dev, mask_shape,
-                 use_mini_mask=True, include_gt=True, **kwargs):
+                 use_mini_mask=True, include_gt=True, positive_sampling="uniform", **kwargs):
         super().__init__(**kwargs)
+        if positive_sampling not in POSITIVE_SAMPLING:
+            raise ValueError(f"positive_sampling={positive_sampling!r}; use one of "
+                             f"{POSITIVE_SAMPLING}.")
+        self.positive_sampling = positive_sampling
         self.rois_per_image = int(rois_per_image)
         self.positive_ratio = float(positive_ratio)
         self.bbox_std_dev = [float(v) for v in np.ravel(bbox_std_dev)]
@@ -67,7 +81,7 @@ class DetectionTargetLayer(keras.layers.Layer):
         positive = tf.where(max_iou >= 0.5)[:, 0]
         negative = tf.where((max_iou < 0.5) & (tf.reduce_max(crowd_iou, axis=1) < 0.001))[:, 0]
 
-        positive = tf.random.shuffle(positive)[:int(t * self.positive_ratio)]
+        positive = self._sample_positives(positive, overlaps, int(t * self.positive_ratio))
         negative = tf.random.shuffle(negative)[:t - tf.shape(positive)[0]]
         pos_rois = tf.gather(proposals, positive)
         neg_rois = tf.gather(proposals, negative)
@@ -103,6 +117,20 @@ class DetectionTargetLayer(keras.layers.Layer):
         masks = tf.pad(masks, [[0, t - num_pos], [0, 0], [0, 0]])
         return rois, class_ids, deltas, masks
 
+    def _sample_positives(self, positive, overlaps, limit):
+        """At most ``limit`` of the ``positive`` proposal indices [P], in random order."""
+        if self.positive_sampling == "uniform":
+            return tf.random.shuffle(positive)[:limit]
+        owner = tf.argmax(tf.gather(overlaps, positive), axis=1, output_type=tf.int32)
+        owner_positives = tf.gather(
+            tf.math.bincount(owner, minlength=tf.shape(overlaps)[1]), owner)
+        # Efraimidis-Spirakis: key u^(1/w) with weight w = 1 / owner_positives; the largest
+        # keys (compared as logs) are a weighted sample without replacement.
+        u = tf.random.uniform(tf.shape(owner), minval=1e-12, maxval=1.0)
+        keys = tf.math.log(u) * tf.cast(owner_positives, tf.float32)
+        _, order = tf.math.top_k(keys, tf.minimum(tf.shape(positive)[0], limit))
+        return tf.gather(positive, order)
+
     def call(self, inputs):
         t = self.rois_per_image
         signature = (tf.TensorSpec([t, 4], tf.float32), tf.TensorSpec([t], tf.int32),
@@ -122,4 +150,4 @@ class DetectionTargetLayer(keras.layers.Layer):
         return {**super().get_config(), "rois_per_image": self.rois_per_image,
                 "positive_ratio": self.positive_ratio, "bbox_std_dev": self.bbox_std_dev,
                 "mask_shape": list(self.mask_shape), "use_mini_mask": self.use_mini_mask,
-                "include_gt": self.include_gt}
+                "include_gt": self.include_gt, "positive_sampling": self.positive_sampling}

@@ -73,6 +73,7 @@ def maskrcnn_kwargs(config, mode, backbone_weights=None):
         mask_shape=tuple(int(v) for v in config.MASK_SHAPE),
         train_rois_per_image=int(config.TRAIN_ROIS_PER_IMAGE),
         roi_positive_ratio=float(config.ROI_POSITIVE_RATIO),
+        roi_positive_sampling=str(config.ROI_POSITIVE_SAMPLING),
         mask_train_rois=(None if config.MASK_TRAIN_ROIS_PER_IMAGE is None
                          else int(config.MASK_TRAIN_ROIS_PER_IMAGE)),
         use_mini_mask=bool(config.USE_MINI_MASK),

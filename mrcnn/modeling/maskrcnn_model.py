@@ -167,7 +167,7 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                  rpn_nms_threshold, pre_nms_limit, post_nms_rois, rpn_bbox_std_dev,
                  bbox_std_dev, fc_layers_size, pool_size, mask_pool_size, mask_shape,
                  train_rois_per_image, roi_positive_ratio, use_mini_mask, gt_mask_shape,
-                 mask_train_rois=None,
+                 mask_train_rois=None, roi_positive_sampling="uniform",
                  max_gt_instances, proposals_include_gt, detection_max_instances,
                  detection_min_confidence, detection_nms_threshold, loss_weights,
                  detection_box_refinements=0, box_head_context=None,
@@ -217,7 +217,7 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
         rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(
             train_rois_per_image, roi_positive_ratio, bbox_std_dev, mask_shape,
             use_mini_mask=use_mini_mask, include_gt=proposals_include_gt,
-            name="proposal_targets", dtype=F32)(
+            positive_sampling=roi_positive_sampling, name="proposal_targets", dtype=F32)(
                 [rpn_rois, inputs["input_gt_class_ids"], gt_boxes, inputs["input_gt_masks"]])
         boxes, batch_index, _ = SelectBoxes("all", name="all_rois", dtype=F32)(rois)
         logits, probs, deltas = build_classifier_head(
