@@ -34,6 +34,10 @@ class Config:
     IMAGES_PER_GPU = 2
     STEPS_PER_EPOCH = 1000
     VALIDATION_STEPS = 50
+    # The validation losses are computed at every n-th epoch (and at the first and last epoch
+    # of each train() call); 1 = every epoch (Matterport). They are only logged, so a larger
+    # n leaves more of a time budget to training.
+    VALIDATION_EVERY_N_EPOCHS = 1
 
     # A registered backbone name (see backbones.list_backbones()) or a callable
     # ``fn(input_tensor, *, train_bn, weights) -> keras.Model`` with outputs C2..C5.
@@ -252,6 +256,7 @@ class Config:
         require_whole("RPN_ANCHOR_SCALES_PER_OCTAVE", 1)
         if not 0 < self.ROI_POSITIVE_RATIO <= 1:
             fail("ROI_POSITIVE_RATIO must be in (0, 1].")
+        require_whole("VALIDATION_EVERY_N_EPOCHS", 1)
         if self.ROI_POSITIVE_SAMPLING not in POSITIVE_SAMPLING:
             fail(f"ROI_POSITIVE_SAMPLING={self.ROI_POSITIVE_SAMPLING!r}; use one of "
                  f"{POSITIVE_SAMPLING}.")

@@ -345,6 +345,13 @@ class EpochSummary(keras.callbacks.Callback):
         log.info("epoch %d: %s", epoch + 1, parts)
 
 
+def validation_epochs(initial_epoch, epochs, every):
+    """The 1-based epochs of a stage (``initial_epoch`` done, up to ``epochs``) that compute
+    the validation losses: every ``every``-th, the stage's first and its last."""
+    last = initial_epoch + 1, epochs
+    return [e for e in range(initial_epoch + 1, epochs + 1) if e % every == 0 or e in last]
+
+
 def checkpoint_pattern(log_dir, name):
     """``<log_dir>/mask_rcnn_<name>_{epoch:04d}.weights.h5`` as a format string."""
     return os.path.join(log_dir, f"mask_rcnn_{name.lower()}_{{epoch:04d}}.weights.h5")
@@ -423,6 +430,8 @@ def fit(keras_model, config, *, strategy, regex, train_bn, train_dataset, val_da
         train_gen, initial_epoch=initial_epoch, epochs=epochs,
         steps_per_epoch=config.STEPS_PER_EPOCH, validation_data=val_gen,
         validation_steps=config.VALIDATION_STEPS if val_gen else None,
+        validation_freq=validation_epochs(initial_epoch, epochs,
+                                          int(config.VALIDATION_EVERY_N_EPOCHS)),
         callbacks=callbacks, verbose=verbose)
     history.skipped_images = train_gen.skipper.skipped()
     return history

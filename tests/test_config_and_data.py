@@ -44,6 +44,7 @@ def test_computed_fields_and_display(capsys):
     ("DETECTION_BOX_REFINEMENTS", -1, "whole number >= 0"),
     ("DETECTION_BOX_REFINEMENTS", 0.5, "whole number >= 0"),
     ("BACKBONE_ZERO_INIT_RESIDUAL", "False", "null/true/false"),
+    ("VALIDATION_EVERY_N_EPOCHS", 0, "whole number >= 1"),
     ("ROI_POSITIVE_SAMPLING", "balanced", "ROI_POSITIVE_SAMPLING='balanced'; use one of"),
 ])
 def test_validate_rejects(field, value, message):

@@ -231,3 +231,23 @@ def test_per_instance_positive_sampling_reaches_the_targets_and_trains(tmp_path,
     assert model.keras_model.get_layer("proposal_targets").positive_sampling == "per_instance"
     history = model.train(synthetic_dataset, None, 1e-2, 1, "all", verbose=0)
     assert all(math.isfinite(history.history[k][0]) for k in LOSS_NAMES)
+
+
+def test_validation_every_n_epochs_skips_the_others(tmp_path, synthetic_dataset):
+    """VALIDATION_EVERY_N_EPOCHS=2: validation losses at epochs 1 (the call's first), 2 and 4
+    (even, and the last), not at 3; history.csv has them where computed."""
+    from mrcnn.training import validation_epochs
+
+    assert validation_epochs(0, 4, 2) == [1, 2, 4]
+    assert validation_epochs(4, 9, 5) == [5, 9]
+    assert validation_epochs(0, 3, 1) == [1, 2, 3]
+
+    class SparseValidationConfig(WeightedConfig):
+        VALIDATION_EVERY_N_EPOCHS = 2
+
+    model = modellib.MaskRCNN("training", SparseValidationConfig(), str(tmp_path))
+    history = model.train(synthetic_dataset, synthetic_dataset, 1e-3, 4, "all", verbose=0)
+    assert len(history.history["loss"]) == 4 and len(history.history["val_loss"]) == 3
+    rows = open(os.path.join(model.log_dir, "history.csv")).read().splitlines()
+    val_column = rows[0].split(",").index("val_loss")
+    assert [row.split(",")[val_column] == "NA" for row in rows[1:]] == [False, False, True, False]

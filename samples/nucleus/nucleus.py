@@ -24,6 +24,9 @@ class NucleusConfig(Config):
     NUM_CLASSES = 2
     STEPS_PER_EPOCH = 100
     VALIDATION_STEPS = 10
+    # The 10 validation steps took 1.5 s of a 35 s epoch (AMD EPYC family 26, float32): at
+    # every 5th epoch a time budget trains about 3 % more epochs.
+    VALIDATION_EVERY_N_EPOCHS = 5
     DETECTION_MIN_CONFIDENCE = 0
     BACKBONE = "resnet50"
     IMAGE_RESIZE_MODE = "crop"
