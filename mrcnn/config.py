@@ -34,8 +34,9 @@ class Config:
     IMAGES_PER_GPU = 2
     STEPS_PER_EPOCH = 1000
     VALIDATION_STEPS = 50
-    # The validation losses are computed at every n-th epoch (and at the first and last epoch
-    # of each train() call); 1 = every epoch (Matterport). They are only logged, so a larger
+    # The validation losses are computed at every n-th epoch (and at the first epoch of each
+    # train() call and its last unless a time budget ends it sooner); 1 = every epoch
+    # (Matterport). They are only logged, so a larger
     # n leaves more of a time budget to training.
     VALIDATION_EVERY_N_EPOCHS = 1
 
