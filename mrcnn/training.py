@@ -348,8 +348,8 @@ class EpochSummary(keras.callbacks.Callback):
 def validation_epochs(initial_epoch, epochs, every):
     """The 1-based epochs of a stage (``initial_epoch`` done, up to ``epochs``) that compute
     the validation losses: every ``every``-th, the stage's first and its last."""
-    last = initial_epoch + 1, epochs
-    return [e for e in range(initial_epoch + 1, epochs + 1) if e % every == 0 or e in last]
+    ends = (initial_epoch + 1, epochs)
+    return [e for e in range(initial_epoch + 1, epochs + 1) if e % every == 0 or e in ends]
 
 
 def checkpoint_pattern(log_dir, name):
