@@ -36,8 +36,7 @@ class Config:
     VALIDATION_STEPS = 50
     # The validation losses are computed at every n-th epoch (and at the first epoch of each
     # train() call and its last unless a time budget ends it sooner); 1 = every epoch
-    # (Matterport). They are only logged, so a larger
-    # n leaves more of a time budget to training.
+    # (Matterport). They are only logged, so a larger n leaves more of a time budget to training.
     VALIDATION_EVERY_N_EPOCHS = 1
 
     # A registered backbone name (see backbones.list_backbones()) or a callable
