@@ -18,6 +18,15 @@ Keras's, ``true`` for ``mrcnn.optimizers.FusedAdamW`` (default: what training us
 (random gradients, Keras's AdamW and FusedAdamW alternated 40 times), which a whole step's
 spread (about 5 % between rounds) hides.
 
+``--data-loading`` measures the training data path: the CPU seconds of one batch (crops,
+augmentation, RPN targets) with the decoded-image cache (``IMAGE_CACHE_MB``) and without, and
+the median step inside ``fit`` fed by the data generator with and without the cache and by
+the same batches prepared beforehand (no data work during the step), alternated ``--rounds``
+times in one process:
+
+    python benchmarks/bench_nucleus_step.py --data-loading --rounds 5 \
+        --weights runs/dsb58/nucleus.../mask_rcnn_nucleus_0108.weights.h5
+
 ``--weights`` starts every variant from a trained checkpoint (by layer name), so the RPN
 proposes real nuclei and the mask head sees as many positive ROIs as in a late epoch;
 ``--rounds`` measures the variants in turn that many times (the machine's speed drifts).
@@ -101,6 +110,70 @@ def measure_optimizer_update(repeats=40):
     return len(variables), {k: float(np.median(v)) for k, v in seconds.items()}
 
 
+def measure_data_loading(dataset, weights=None, rounds=3, steps=40):
+    """(CPU seconds per batch by cache setting, median fit-step seconds by feed over the
+    rounds): feeds "cache", "no cache" (IMAGE_CACHE_MB=0) and "prepared" (batches made
+    beforehand), the nucleus augmentation on, every generator warmed first."""
+    import keras
+    from samples.nucleus.cli_common import make_config
+    from samples.nucleus.cli_train import SCRATCH_OVERRIDES
+    from mrcnn import model as modellib
+    from mrcnn import training as training_lib
+    from mrcnn.data.augment import default_augmentation
+    from mrcnn.data.generator import DataGenerator
+    configs = {name: make_config(dict(SCRATCH_OVERRIDES, COMPUTE_DTYPE="float32",
+                                      IMAGE_CACHE_MB=megabytes))
+               for name, megabytes in (("cache", 1024), ("no cache", 0))}
+    model = modellib.MaskRCNN("training", configs["cache"], tempfile.mkdtemp(prefix="bench_"))
+    if weights:
+        model.load_weights(weights)
+    training_lib.set_trainable(model.keras_model, ".*", False)
+    model.keras_model.compile(optimizer=training_lib.make_optimizer(configs["cache"], 3e-5),
+                              jit_compile=False)
+    feeds, cpu = {}, {}
+    for seed, (name, config) in enumerate(configs.items()):
+        # An epoch of the generator is one pass over the images: the first reads (and
+        # caches) every image and its masks, the timing is on the next.
+        feeds[name] = DataGenerator(dataset, config, augmentation=default_augmentation(),
+                                    seed=seed)
+        for index in range(len(feeds[name])):
+            feeds[name][index]
+        feeds[name].on_epoch_end()
+        start = time.process_time()
+        for index in range(steps):
+            feeds[name][index]
+        cpu[name] = (time.process_time() - start) / steps
+    prepared = [feeds["cache"][index] for index in range(steps)]
+
+    class Prepared(keras.utils.PyDataset):
+        def __len__(self):
+            return steps
+
+        def __getitem__(self, index):
+            return prepared[index]
+
+    feeds["prepared"] = Prepared(workers=1)
+
+    class StepTimes(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.seconds.append(time.perf_counter() - self.start)
+
+    medians = {name: [] for name in feeds}
+    for _ in range(rounds):
+        for name, feed in feeds.items():
+            timer = StepTimes()
+            timer.seconds = []
+            model.keras_model.fit(feed, epochs=1, steps_per_epoch=steps, callbacks=[timer],
+                                  verbose=0)
+            medians[name].append(float(np.median(timer.seconds[3:])))
+            if hasattr(feed, "on_epoch_end"):
+                feed.on_epoch_end()
+    return cpu, {name: float(np.median(values)) for name, values in medians.items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default=os.path.join(ROOT, "..", "shared", "data", "dsb2018"))
@@ -112,7 +185,20 @@ def main(argv=None):
                              "the 256-channel FPN/mask head")
     parser.add_argument("--optimizer-update", action="store_true",
                         help="time only the AdamW update, Keras's against FusedAdamW")
+    parser.add_argument("--data-loading", action="store_true",
+                        help="time the data path: CPU per batch, and fit steps fed by the "
+                             "generator with and without the image cache or by prepared "
+                             "batches")
     args = parser.parse_args(argv)
+    if args.data_loading:
+        cpu, steps = measure_data_loading(load_dataset(args.dataset), args.weights,
+                                          args.rounds)
+        for name, seconds in cpu.items():
+            print(f"data work per batch, {name}: {1000 * seconds:.1f} ms CPU", flush=True)
+        for name, seconds in steps.items():
+            print(f"fit step fed by {name}: {seconds:.3f} s (median over {args.rounds} "
+                  "rounds)", flush=True)
+        return
     if args.optimizer_update:
         count, seconds = measure_optimizer_update()
         print(f"AdamW update of {count} trainable variables: Keras {1000 * seconds[False]:.1f} "

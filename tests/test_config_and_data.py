@@ -1,6 +1,7 @@
 """Config validation and the data path: loading, mini-masks, augmentation, bad input,
 batches."""
 
+import collections
 import logging
 
 import numpy as np
@@ -45,6 +46,7 @@ def test_computed_fields_and_display(capsys):
     ("DETECTION_BOX_REFINEMENTS", 0.5, "whole number >= 0"),
     ("BACKBONE_ZERO_INIT_RESIDUAL", "False", "null/true/false"),
     ("VALIDATION_EVERY_N_EPOCHS", 0, "whole number >= 1"),
+    ("IMAGE_CACHE_MB", -1, "megabytes >= 0"),
     ("ROI_POSITIVE_SAMPLING", "balanced", "ROI_POSITIVE_SAMPLING='balanced'; use one of"),
 ])
 def test_validate_rejects(field, value, message):
@@ -205,6 +207,48 @@ def test_generator_batch_layout(synthetic_dataset):
     assert batch["input_rpn_bbox"].shape == (2, config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4)
     assert batch["input_gt_boxes"].shape == (2, config.MAX_GT_INSTANCES, 4)
     assert batch["input_gt_masks"].shape == (2, 28, 28, config.MAX_GT_INSTANCES)
+
+
+def test_generator_image_cache_reads_each_image_once_with_the_same_batches(synthetic_dataset,
+                                                                         monkeypatch):
+    """Cached, uncached and a cache with room for one image give the same batches, also
+    under an augmenter that writes into the image; the cached generator reads each image once
+    over two epochs, the others again."""
+    reads = collections.Counter()
+    load_image = type(synthetic_dataset).load_image
+
+    def counted(self, image_id):
+        reads[image_id] += 1
+        return load_image(self, image_id)
+
+    monkeypatch.setattr(type(synthetic_dataset), "load_image", counted)
+
+    def in_place_flip(image, masks):         # an augmenter that writes into its input
+        image[:] = image[::-1].copy()
+        return image, masks[::-1]
+
+    image_mb = 128 * 128 * 3 / 2 ** 20
+    generators = {}
+    for name, megabytes in (("cached", 1024), ("uncached", 0), ("one image", 1.5 * image_mb)):
+        config = TinyConfig()
+        config.IMAGE_CACHE_MB = megabytes
+        config.IMAGE_RESIZE_MODE = "crop"     # the 128 px window of a 128 px image: a view
+        generators[name] = DataGenerator(synthetic_dataset, config, steps=3, seed=0,
+                                         augmentation=in_place_flip)
+    counts = {name: 0 for name in generators}
+    for _ in range(2):                        # 3 batches of 2: every one of the 6 images
+        for index in range(3):
+            batches = {}
+            for name, generator in generators.items():
+                before = sum(reads.values())
+                (batches[name],) = generator[index]
+                counts[name] += sum(reads.values()) - before
+            for key, value in batches["cached"].items():
+                np.testing.assert_array_equal(value, batches["uncached"][key])
+                np.testing.assert_array_equal(value, batches["one image"][key])
+        for generator in generators.values():
+            generator.on_epoch_end()
+    assert counts == {"cached": 6, "uncached": 12, "one image": 11}
 
 
 def test_dataset_class_maps():

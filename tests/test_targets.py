@@ -5,7 +5,7 @@ import pytest
 
 from mrcnn.data.targets import build_rpn_targets
 from mrcnn.ops.anchors import backbone_shapes, generate_pyramid_anchors
-from mrcnn.ops.boxes import apply_box_deltas
+from mrcnn.ops.boxes import apply_box_deltas, compute_overlaps, touching_boxes
 from tests.conftest import load_benchmark
 
 STD = np.array([0.1, 0.1, 0.2, 0.2])
@@ -79,3 +79,50 @@ def test_anchor_coverage_hand_computed():
     assert small["anchors_iou_0.7"] == pytest.approx(0.5)     # 1, then 0
     rows = module.coverage(crops, anchors)                    # scale 1: 100 px and 36 px
     assert [(r["area_px"], r["boxes"]) for r in rows] == [("<60", 1), ("60-150", 1)]
+
+
+def _dense_rpn_match(anchors, gt_boxes, positive_iou, negative_iou):
+    """The labels from the full anchor x box IoU matrix, before sampling: 1 / -1 / 0."""
+    overlaps = compute_overlaps(anchors, gt_boxes)
+    best_iou = overlaps.max(axis=1)
+    match = np.where(best_iou < negative_iou, -1, 0)
+    best_per_gt = overlaps.max(axis=0)
+    match[np.argwhere((overlaps == best_per_gt) & (best_per_gt > 0))[:, 0]] = 1
+    match[best_iou >= positive_iou] = 1
+    return match
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rpn_targets_label_every_anchor_as_the_full_iou_matrix_does(seed):
+    """The IoU is computed only for anchors touching a box; every label (and with the
+    sampling quota out of the way, every delta) equals the dense computation's."""
+    rng = np.random.RandomState(seed)
+    anchors = _anchors()
+    corners = rng.randint(0, 110, (12, 2))
+    gt = np.concatenate([corners, corners + rng.randint(3, 40, (12, 2))], axis=1)
+    match, deltas = build_rpn_targets(anchors, np.ones(12), gt, 10 ** 6, STD,
+                                      positive_iou=0.5, negative_iou=0.3)
+    assert match.tolist() == _dense_rpn_match(anchors, gt, 0.5, 0.3).tolist()
+    positives = np.flatnonzero(match == 1)
+    best_gt = compute_overlaps(anchors[positives], gt).argmax(axis=1)
+    rebuilt = apply_box_deltas(anchors[positives], deltas[:len(positives)] * STD)
+    assert np.abs(rebuilt - gt[best_gt]).max() < 1e-2
+
+
+def test_touching_boxes_marks_exactly_the_overlapping_boxes():
+    """Integer boxes: exactly those with IoU > 0; fractional ones: at least those."""
+    rng = np.random.RandomState(0)
+    boxes = rng.uniform(-20, 120, (500, 2))
+    boxes = np.concatenate([boxes, boxes + rng.uniform(0, 30, (500, 2))], axis=1)
+    corners = rng.randint(0, 100, (6, 2))
+    others = np.concatenate([corners, corners + rng.randint(1, 25, (6, 2))], axis=1)
+    overlapping = (compute_overlaps(boxes, others) > 0).any(axis=1)
+    assert 0 < overlapping.sum() < len(boxes)
+    assert touching_boxes(boxes, others).tolist() == overlapping.tolist()
+    fractional = others + rng.uniform(-0.5, 0.5, others.shape)
+    touching = touching_boxes(boxes, fractional)
+    assert touching[(compute_overlaps(boxes, fractional) > 0).any(axis=1)].all()
+    # Edge cases: boxes sharing only an edge do not overlap; no others, nothing touches.
+    assert touching_boxes(np.array([[0, 10, 5, 20], [0, 9.5, 5, 20]]),
+                          np.array([[0, 0, 5, 10]])).tolist() == [False, True]
+    assert not touching_boxes(boxes, np.zeros((0, 4))).any()

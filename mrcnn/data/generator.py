@@ -10,7 +10,7 @@ from mrcnn.data.dataset import BadImageSkipper
 from mrcnn.data.loader import load_image_gt
 from mrcnn.data.targets import build_rpn_targets
 from mrcnn.ops.anchors import pyramid_anchors
-from mrcnn.ops.image import META_IMAGE_HW, mold_image
+from mrcnn.ops.image import META_IMAGE_HW, mold_image, normalize_image
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class DataGenerator(keras.utils.PyDataset):
         self.skipper = BadImageSkipper(dataset)
         self._order = self._make_order()
         self._anchor_cache = {}
+        self._image_cache = {}
+        self._image_cache_free = int(config.IMAGE_CACHE_MB * 2 ** 20)
 
     def _make_order(self):
         """This epoch's image order. An image whose ``image_info`` has ``repeat_factor`` r
@@ -97,11 +99,28 @@ class DataGenerator(keras.utils.PyDataset):
             self._anchor_cache[key] = pyramid_anchors(shape, **anchor_settings(self.config))
         return self._anchor_cache[key]
 
+    def _image(self, image_id):
+        """The dataset's image [H, W, C], normalised (IMAGE_NORMALIZATION), from memory once
+        read while the cache (IMAGE_CACHE_MB) has room: decoding and normalising a DSB2018
+        image took 5 ms (AMD EPYC family 26), 40 % of a nucleus batch's data work. Cached
+        images are read-only (:func:`load_image_gt` copies the window it augments)."""
+        image = self._image_cache.get(image_id)
+        if image is None:
+            image = normalize_image(self.dataset.load_image(image_id),
+                                    self.config.IMAGE_NORMALIZATION)
+            if image.nbytes <= self._image_cache_free:
+                image = image.view()
+                image.flags.writeable = False
+                self._image_cache[image_id] = image
+                self._image_cache_free -= image.nbytes
+        return image
+
     def _load(self, position, rng):
         n = len(self._order)
         candidates = (self._order[(position + attempt) % n] for attempt in range(n))
         return self.skipper.load(candidates, lambda image_id: load_image_gt(
-            self.dataset, self.config, image_id, augmentation=self.augmentation, rng=rng))
+            self.dataset, self.config, image_id, augmentation=self.augmentation, rng=rng,
+            image=self._image(image_id)))
 
     def __getitem__(self, index):
         config = self.config

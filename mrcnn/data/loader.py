@@ -98,7 +98,8 @@ def load_full_masks(dataset, image_id, image):
     return mask, class_ids
 
 
-def load_image_gt(dataset, config, image_id, augmentation=None, rng=None, mode=None):
+def load_image_gt(dataset, config, image_id, augmentation=None, rng=None, mode=None,
+                  image=None):
     """Load and resize an image with its ground truth.
 
     Args:
@@ -108,13 +109,16 @@ def load_image_gt(dataset, config, image_id, augmentation=None, rng=None, mode=N
         augmentation: see :mod:`mrcnn.data.augment`; applied after resizing.
         rng: numpy RandomState for the crop position.
         mode: resize mode override (defaults to config.IMAGE_RESIZE_MODE).
+        image: the image already loaded and normalised (IMAGE_NORMALIZATION), e.g. from a
+            cache; by default ``dataset.load_image(image_id)`` normalised here. Not modified.
 
     Returns:
         image [H, W, C] uint8, image_meta [META], class_ids [N] int32, bbox [N, 4] pixels
         int32, mask [h, w, N] bool (mini-masks if USE_MINI_MASK, else image-sized). Instances
         that vanish after cropping or augmentation are dropped; N may be 0.
     """
-    image = normalize_image(dataset.load_image(image_id), config.IMAGE_NORMALIZATION)
+    if image is None:
+        image = normalize_image(dataset.load_image(image_id), config.IMAGE_NORMALIZATION)
     original_shape = image.shape
     if (mode or config.IMAGE_RESIZE_MODE) == "crop":
         image, mask, class_ids, window, scale = _load_crop(dataset, config, image_id, image,
@@ -125,6 +129,8 @@ def load_image_gt(dataset, config, image_id, augmentation=None, rng=None, mode=N
             image, min_dim=config.IMAGE_MIN_DIM, max_dim=config.IMAGE_MAX_DIM,
             min_scale=config.IMAGE_MIN_SCALE, mode=mode or config.IMAGE_RESIZE_MODE, rng=rng)
         mask = resize_mask(mask, scale, padding, crop)
+    if not image.flags.writeable:       # a window of a cached image: augmenters may write
+        image = image.copy()
     if augmentation is not None:
         image, mask = apply_augmentation(augmentation, image, mask)
 

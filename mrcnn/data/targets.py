@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from mrcnn.ops.boxes import box_refinement, compute_overlaps
+from mrcnn.ops.boxes import box_refinement, compute_overlaps, touching_boxes
 
 
 def build_rpn_targets(anchors, gt_class_ids, gt_boxes, anchors_per_image, rpn_bbox_std_dev,
@@ -33,21 +33,26 @@ def build_rpn_targets(anchors, gt_class_ids, gt_boxes, anchors_per_image, rpn_bb
     crowd = gt_class_ids < 0
     no_crowd = np.ones([anchors.shape[0]], dtype=bool)
     if crowd.any():
-        no_crowd = compute_overlaps(anchors, gt_boxes[crowd]).max(axis=1) < 0.001
+        near = np.flatnonzero(touching_boxes(anchors, gt_boxes[crowd]))
+        no_crowd[near] = compute_overlaps(anchors[near], gt_boxes[crowd]).max(axis=1) < 0.001
         gt_boxes = gt_boxes[~crowd]
 
+    best_gt = np.zeros([anchors.shape[0]], dtype=np.int64)
     if len(gt_boxes):
-        overlaps = compute_overlaps(anchors, gt_boxes)
-        best_gt = overlaps.argmax(axis=1)
-        best_iou = overlaps[np.arange(len(anchors)), best_gt]
+        # IoU only for the anchors touching a box: the others have IoU 0 with every box.
+        near = np.flatnonzero(touching_boxes(anchors, gt_boxes))
+        overlaps = compute_overlaps(anchors[near], gt_boxes)          # [len(near), G]
+        best_iou = np.zeros([anchors.shape[0]])
+        if len(near):
+            best_gt[near] = overlaps.argmax(axis=1)
+            best_iou[near] = overlaps[np.arange(len(near)), best_gt[near]]
         rpn_match[(best_iou < negative_iou) & no_crowd] = -1
         # Every box gets its best anchors, even below positive_iou (ties all count).
-        best_per_gt = overlaps.max(axis=0)
+        best_per_gt = overlaps.max(axis=0) if len(near) else np.zeros([len(gt_boxes)])
         best_anchor_rows = np.argwhere((overlaps == best_per_gt[None]) & (best_per_gt[None] > 0))
-        rpn_match[best_anchor_rows[:, 0]] = 1
+        rpn_match[near[best_anchor_rows[:, 0]]] = 1
         rpn_match[best_iou >= positive_iou] = 1
     else:
-        best_gt = np.zeros([anchors.shape[0]], dtype=np.int64)
         rpn_match[no_crowd] = -1
 
     positive = np.flatnonzero(rpn_match == 1)

@@ -25,6 +25,40 @@ def compute_overlaps(boxes1, boxes2):
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
+def touching_boxes(boxes, others):
+    """Which ``boxes`` [N, 4] may overlap one of ``others`` [M, 4] with positive area -> [N]
+    bool (pixels). Never misses an overlap: an unmarked box has IoU 0 with every one of
+    ``others``, so IoUs need only be computed for the marked ones. Exact (only overlapping
+    boxes marked) when ``others`` have integer corners, as ground-truth boxes do.
+
+    ``others`` are painted, rounded outwards, on a pixel grid spanning them, and each box
+    counts the painted pixels it touches with a summed-area table, so the cost is that grid
+    plus a few operations per box instead of N x M.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    others = np.asarray(others, dtype=np.float64).reshape(-1, 4)
+    if not len(others) or not len(boxes):
+        return np.zeros([len(boxes)], dtype=bool)
+    origin = np.floor(others[:, :2].min(axis=0)).astype(np.int64)
+    top_left = np.floor(others[:, :2]).astype(np.int64) - origin
+    bottom_right = np.maximum(np.ceil(others[:, 2:]).astype(np.int64) - origin, top_left)
+    height, width = bottom_right.max(axis=0)
+    painted = np.zeros((height + 1, width + 1), dtype=np.int32)   # a 2-D difference array
+    (top, left), (bottom, right) = top_left.T, bottom_right.T
+    np.add.at(painted, (np.concatenate([top, top, bottom, bottom]),
+                        np.concatenate([left, right, left, right])),
+              np.repeat(np.array([1, -1, -1, 1], np.int32), len(others)))
+    covered = painted.cumsum(axis=0).cumsum(axis=1)[:height, :width] > 0
+    table = np.zeros((height + 1, width + 1), dtype=np.int64)
+    table[1:, 1:] = covered.cumsum(axis=0).cumsum(axis=1)
+    # A box touches the pixel rows floor(y1) .. ceil(y2) - 1 (half-open in table indices).
+    y1 = np.clip(np.floor(boxes[:, 0]).astype(np.int64) - origin[0], 0, height)
+    x1 = np.clip(np.floor(boxes[:, 1]).astype(np.int64) - origin[1], 0, width)
+    y2 = np.clip(np.ceil(boxes[:, 2]).astype(np.int64) - origin[0], 0, height)
+    x2 = np.clip(np.ceil(boxes[:, 3]).astype(np.int64) - origin[1], 0, width)
+    return table[y2, x2] - table[y1, x2] - table[y2, x1] + table[y1, x1] > 0
+
+
 def compute_iou(box, boxes, box_area=None, boxes_area=None):
     """IoU of one box [4] against boxes [N, 4] -> [N] (Matterport-compatible signature)."""
     return compute_overlaps(np.asarray(box)[None], boxes)[0]
