@@ -82,6 +82,20 @@ def test_albumentations_keeps_masks_aligned():
     assert aug_mask.sum() == mask.sum() and aug_image.shape == image.shape
 
 
+def test_albumentations_moves_separate_and_overlapping_masks_alike():
+    """Non-overlapping masks travel as one label image, overlapping ones as a list: both come
+    back as the flipped masks, in their order."""
+    import albumentations as A
+    separate = np.zeros((40, 48, 3), bool)
+    separate[2:9, 3:11, 0], separate[20:30, 30:47, 1], separate[31:39, 0:5, 2] = True, True, True
+    overlapping = separate.copy()
+    overlapping[5:25, 5:35, 1] = True                       # now covers part of mask 0
+    image = np.zeros((40, 48, 3), np.uint8)
+    for masks in (separate, overlapping):
+        _, flipped = apply_augmentation(A.HorizontalFlip(p=1.0), image, masks)
+        assert flipped.dtype == bool and (flipped == masks[:, ::-1]).all()
+
+
 def test_colour_augmentation_moves_masks_with_the_image_and_changes_colours():
     # A red L-shaped nucleus on a dark background: every draw must keep the mask on the
     # nucleus (a dihedral copy of it, where the image differs most from the background), and
