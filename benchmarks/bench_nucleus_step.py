@@ -169,8 +169,7 @@ def measure_data_loading(dataset, weights=None, rounds=3, steps=40):
             model.keras_model.fit(feed, epochs=1, steps_per_epoch=steps, callbacks=[timer],
                                   verbose=0)
             medians[name].append(float(np.median(timer.seconds[3:])))
-            if hasattr(feed, "on_epoch_end"):
-                feed.on_epoch_end()
+            feed.on_epoch_end()
     return cpu, {name: float(np.median(values)) for name, values in medians.items()}
 
 

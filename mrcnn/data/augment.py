@@ -60,8 +60,7 @@ def _apply_albumentations(augmentation, image, mask):
     if count < 65535:
         # Instances as rows [N, H * W]: summing over them is then a few fast row additions
         # (0.5 ms instead of 2.8 ms for 20 nuclei in a 256 px crop).
-        rows = np.ascontiguousarray(mask.reshape(-1, count).T).astype(bool, copy=False)
-        rows = rows.view(np.uint8)
+        rows = np.ascontiguousarray(mask.reshape(-1, count).T, dtype=bool).view(np.uint8)
         if rows.sum(axis=0, dtype=np.uint16).max() <= 1:
             ids = np.arange(1, count + 1, dtype=np.uint16)
             labels = (rows * ids[:, None]).sum(axis=0, dtype=np.uint16)

@@ -7,10 +7,10 @@ import numpy as np
 
 from mrcnn.config import anchor_settings
 from mrcnn.data.dataset import BadImageSkipper
-from mrcnn.data.loader import load_image_gt
+from mrcnn.data.loader import load_image_gt, load_normalized_image
 from mrcnn.data.targets import build_rpn_targets
 from mrcnn.ops.anchors import pyramid_anchors
-from mrcnn.ops.image import META_IMAGE_HW, mold_image, normalize_image
+from mrcnn.ops.image import META_IMAGE_HW, mold_image
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,7 @@ class DataGenerator(keras.utils.PyDataset):
         images are read-only (:func:`load_image_gt` copies the window it augments)."""
         image = self._image_cache.get(image_id)
         if image is None:
-            image = normalize_image(self.dataset.load_image(image_id),
-                                    self.config.IMAGE_NORMALIZATION)
+            image = load_normalized_image(self.dataset, self.config, image_id)
             if image.nbytes <= self._image_cache_free:
                 image = image.view()
                 image.flags.writeable = False

@@ -98,6 +98,11 @@ def load_full_masks(dataset, image_id, image):
     return mask, class_ids
 
 
+def load_normalized_image(dataset, config, image_id):
+    """``dataset.load_image(image_id)`` normalised by IMAGE_NORMALIZATION: [H, W, C] uint8."""
+    return normalize_image(dataset.load_image(image_id), config.IMAGE_NORMALIZATION)
+
+
 def load_image_gt(dataset, config, image_id, augmentation=None, rng=None, mode=None,
                   image=None):
     """Load and resize an image with its ground truth.
@@ -110,7 +115,7 @@ def load_image_gt(dataset, config, image_id, augmentation=None, rng=None, mode=N
         rng: numpy RandomState for the crop position.
         mode: resize mode override (defaults to config.IMAGE_RESIZE_MODE).
         image: the image already loaded and normalised (IMAGE_NORMALIZATION), e.g. from a
-            cache; by default ``dataset.load_image(image_id)`` normalised here. Not modified.
+            cache; by default :func:`load_normalized_image`. Not modified.
 
     Returns:
         image [H, W, C] uint8, image_meta [META], class_ids [N] int32, bbox [N, 4] pixels
@@ -118,7 +123,7 @@ def load_image_gt(dataset, config, image_id, augmentation=None, rng=None, mode=N
         that vanish after cropping or augmentation are dropped; N may be 0.
     """
     if image is None:
-        image = normalize_image(dataset.load_image(image_id), config.IMAGE_NORMALIZATION)
+        image = load_normalized_image(dataset, config, image_id)
     original_shape = image.shape
     if (mode or config.IMAGE_RESIZE_MODE) == "crop":
         image, mask, class_ids, window, scale = _load_crop(dataset, config, image_id, image,

@@ -42,13 +42,12 @@ def build_rpn_targets(anchors, gt_class_ids, gt_boxes, anchors_per_image, rpn_bb
         # IoU only for the anchors touching a box: the others have IoU 0 with every box.
         near = np.flatnonzero(touching_boxes(anchors, gt_boxes))
         overlaps = compute_overlaps(anchors[near], gt_boxes)          # [len(near), G]
+        best_gt[near] = overlaps.argmax(axis=1)
         best_iou = np.zeros([anchors.shape[0]])
-        if len(near):
-            best_gt[near] = overlaps.argmax(axis=1)
-            best_iou[near] = overlaps[np.arange(len(near)), best_gt[near]]
+        best_iou[near] = overlaps.max(axis=1)
         rpn_match[(best_iou < negative_iou) & no_crowd] = -1
         # Every box gets its best anchors, even below positive_iou (ties all count).
-        best_per_gt = overlaps.max(axis=0) if len(near) else np.zeros([len(gt_boxes)])
+        best_per_gt = overlaps.max(axis=0, initial=0.0)      # 0 when no anchor touches it
         best_anchor_rows = np.argwhere((overlaps == best_per_gt[None]) & (best_per_gt[None] > 0))
         rpn_match[near[best_anchor_rows[:, 0]]] = 1
         rpn_match[best_iou >= positive_iou] = 1
