@@ -47,6 +47,12 @@ class Config:
     TOP_DOWN_PYRAMID_SIZE = 256
     # Channels of the mask head's convolutions (Matterport: 256).
     MASK_HEAD_CHANNELS = 256
+    # Image guidance for the mask head: 0 = off (Matterport). N > 0: the input image is also
+    # sampled on each ROI's 28x28 mask grid (the mask targets' frame), passed through two 3x3
+    # convolutions of N channels and joined to the upsampled mask features by a 1x1
+    # convolution before the mask output, so outlines can follow the pixels and not only
+    # stride-4 features.
+    MASK_IMAGE_CHANNELS = 0
     NUM_CLASSES = 1
 
     # One anchor side per pyramid level P2..P6 (pixels of the molded image); the levels'
@@ -271,6 +277,9 @@ class Config:
                  f"{self.RPN_POSITIVE_IOU!r} must satisfy 0 < negative <= positive <= 1.")
         if self.TRAIN_ROIS_PER_IMAGE < 1 or self.POST_NMS_ROIS_TRAINING < 1:
             fail("TRAIN_ROIS_PER_IMAGE and POST_NMS_ROIS_TRAINING must be >= 1.")
+        if int(self.MASK_IMAGE_CHANNELS) != self.MASK_IMAGE_CHANNELS or \
+                self.MASK_IMAGE_CHANNELS < 0:
+            fail(f"MASK_IMAGE_CHANNELS={self.MASK_IMAGE_CHANNELS!r} must be an integer >= 0.")
         if self.MASK_BOUNDARY_WEIGHT < 0:
             fail(f"MASK_BOUNDARY_WEIGHT={self.MASK_BOUNDARY_WEIGHT!r} must be >= 0.")
         if self.OPTIMIZER not in OPTIMIZERS:

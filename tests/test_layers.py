@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from mrcnn.layers import (AnchorGenerator, DetectionLayer, DetectionTargetLayer, GatherRows,
-                          ProposalLayer, PyramidROIAlign, RefineBoxes, ScatterToSlots,
+                          ImageROICrop, ProposalLayer, PyramidROIAlign, RefineBoxes, ScatterToSlots,
                           SelectBoxes, UnflattenRois, WholeInputConv2D)
 from mrcnn.modeling.maskrcnn_model import NormalizeBoxes
 from mrcnn.ops.anchors import backbone_shapes, generate_pyramid_anchors
@@ -21,7 +21,7 @@ LAYERS = [
     DetectionTargetLayer(8, 0.5, [0.1, 0.1, 0.2, 0.2], (14, 14), positive_sampling="per_instance"),
     DetectionLayer(5, 0.5, 0.3, [0.1, 0.1, 0.2, 0.2]),
     RefineBoxes([0.1, 0.1, 0.2, 0.2]),
-    PyramidROIAlign((7, 7)),
+    PyramidROIAlign((7, 7)), ImageROICrop((28, 28), scale=0.25),
     SelectBoxes("positive"), SelectBoxes("positive", per_image_limit=3),
     GatherRows(), ScatterToSlots(), UnflattenRois(), NormalizeBoxes(),
     WholeInputConv2D(6, 7, activation="relu"),

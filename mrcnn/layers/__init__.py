@@ -4,9 +4,9 @@ from mrcnn.layers.detection import DetectionLayer, RefineBoxes
 from mrcnn.layers.detection_target import DetectionTargetLayer
 from mrcnn.layers.full_conv import WholeInputConv2D
 from mrcnn.layers.proposal import AnchorGenerator, ProposalLayer
-from mrcnn.layers.roi_align import (ContextBoxes, GatherRows, PyramidROIAlign, ScatterToSlots,
-                                    SelectBoxes, UnflattenRois)
+from mrcnn.layers.roi_align import (ContextBoxes, GatherRows, ImageROICrop, PyramidROIAlign,
+                                    ScatterToSlots, SelectBoxes, UnflattenRois)
 
 __all__ = ["AnchorGenerator", "ContextBoxes", "DetectionLayer", "DetectionTargetLayer",
-           "GatherRows", "ProposalLayer", "PyramidROIAlign", "RefineBoxes", "ScatterToSlots",
+           "GatherRows", "ImageROICrop", "ProposalLayer", "PyramidROIAlign", "RefineBoxes", "ScatterToSlots",
            "SelectBoxes", "UnflattenRois", "WholeInputConv2D"]

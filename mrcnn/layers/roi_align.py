@@ -185,3 +185,35 @@ class PyramidROIAlign(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "pool_shape": list(self.pool_shape)}
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class ImageROICrop(keras.layers.Layer):
+    """Sample the input image on each ROI's mask grid.
+
+    Call inputs: ``[boxes [K, 4] normalised, batch_index [K] int32, image [B, H, W, C]]``.
+    Output: [K, crop_h, crop_w, C] float32, bilinear samples times ``scale`` (the molded image
+    is mean-subtracted 0-255 data: 1/128 brings it near the unit range a convolution
+    initialised for it expects), whose first and last rows and columns fall on the box's
+    normalised corners (``tf.image.crop_and_resize``: the frame the
+    detection targets crop the mask targets in, so sample (i, j) sees the pixel whose target
+    is mask cell (i, j)).
+    """
+
+    def __init__(self, crop_shape, scale=1.0 / 128, **kwargs):
+        super().__init__(**kwargs)
+        self.crop_shape = tuple(int(v) for v in crop_shape)
+        self.scale = float(scale)
+
+    def call(self, inputs):
+        boxes, batch_index, image = inputs
+        crops = tf.image.crop_and_resize(tf.cast(image, tf.float32), boxes, batch_index,
+                                         self.crop_shape, method="bilinear")
+        return crops * self.scale
+
+    def compute_output_shape(self, input_shape):
+        return (None,) + self.crop_shape + (input_shape[2][-1],)
+
+    def get_config(self):
+        return {**super().get_config(), "crop_shape": list(self.crop_shape),
+                "scale": self.scale}

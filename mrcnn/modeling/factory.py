@@ -53,6 +53,7 @@ def maskrcnn_kwargs(config, mode, backbone_weights=None):
         num_classes=int(config.NUM_CLASSES),
         top_down_pyramid_size=int(config.TOP_DOWN_PYRAMID_SIZE),
         mask_head_channels=int(config.MASK_HEAD_CHANNELS),
+        mask_image_channels=int(config.MASK_IMAGE_CHANNELS),
         rpn_conv_channels=int(config.RPN_CONV_CHANNELS),
         anchor_scales=anchors["scales"],
         anchor_ratios=anchors["ratios"],

@@ -46,8 +46,13 @@ def build_classifier_head(pooled, num_classes, fc_size=1024, pool_size=7):
     return classifier_head(num_classes, fc_size, pool_size)(pooled)
 
 
-def build_mask_head(pooled, num_classes, channels=256):
-    """ROI features [K, 14, 14, C] -> per-class mask probabilities [K, 28, 28, num_classes]."""
+def build_mask_head(pooled, num_classes, channels=256, image_crops=None, image_channels=0):
+    """ROI features [K, 14, 14, C] -> per-class mask probabilities [K, 28, 28, num_classes].
+
+    With ``image_crops`` [K, 28, 28, image C] (the input image on each ROI's mask grid,
+    :class:`mrcnn.layers.ImageROICrop`) and ``image_channels`` > 0, two 3x3 convolutions of
+    the crops are joined to the upsampled features by a 1x1 convolution before the output.
+    """
     x = pooled
     for i in range(1, 5):
         x = layers.Conv2D(channels, 3, padding="same", name=f"mrcnn_mask_conv{i}")(x)
@@ -55,5 +60,12 @@ def build_mask_head(pooled, num_classes, channels=256):
         x = layers.Activation("relu")(x)
     x = layers.Conv2DTranspose(channels, 2, strides=2, activation="relu",
                                name="mrcnn_mask_deconv")(x)
+    if image_crops is not None and image_channels:
+        g = image_crops
+        for i in range(1, 3):
+            g = layers.Conv2D(image_channels, 3, padding="same", activation="relu",
+                              name=f"mrcnn_mask_image_conv{i}")(g)
+        x = layers.Concatenate(name="mrcnn_mask_image_join")([x, g])
+        x = layers.Conv2D(channels, 1, activation="relu", name="mrcnn_mask_image_fuse")(x)
     return layers.Conv2D(num_classes, 1, activation="sigmoid", name="mrcnn_mask",
                          dtype="float32")(x)

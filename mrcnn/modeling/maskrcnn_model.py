@@ -11,7 +11,7 @@ from keras import layers
 import backbones
 from mrcnn import losses
 from mrcnn.layers import (AnchorGenerator, ContextBoxes, DetectionLayer, DetectionTargetLayer,
-                          GatherRows, ProposalLayer, PyramidROIAlign, RefineBoxes,
+                          GatherRows, ImageROICrop, ProposalLayer, PyramidROIAlign, RefineBoxes,
                           ScatterToSlots, SelectBoxes, UnflattenRois)
 from mrcnn.modeling.fpn import build_fpn
 from mrcnn.modeling.heads import build_classifier_head, build_mask_head, classifier_head
@@ -162,6 +162,7 @@ def box_features(pool_size, context=None):
 def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                  backbone_zero_init_residual=None, image_channels, image_meta_size,
                  num_classes, top_down_pyramid_size, mask_head_channels,
+                 mask_image_channels=0,
                  rpn_conv_channels, anchor_scales, anchor_ratios, anchor_strides, anchor_stride,
                  anchor_octave=(1.0,),
                  rpn_nms_threshold, pre_nms_limit, post_nms_rois, rpn_bbox_std_dev,
@@ -208,8 +209,15 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                              name="ROI", dtype=F32)([rpn_probs, rpn_bbox, anchors])
     features = pyramid[:4]
     align = box_features(pool_size, box_head_context)
-    mask_align = PyramidROIAlign((mask_pool_size, mask_pool_size), name="roi_align_mask",
-                                 dtype=F32)
+    roi_align_mask = PyramidROIAlign((mask_pool_size, mask_pool_size), name="roi_align_mask",
+                                     dtype=F32)
+    image_crop = (ImageROICrop(mask_shape, name="roi_image_crop", dtype=F32)
+                  if mask_image_channels else None)
+
+    def mask_head(boxes, batch_index):
+        crops = image_crop([boxes, batch_index, image]) if image_crop else None
+        return build_mask_head(roi_align_mask([boxes, batch_index, meta] + features),
+                               num_classes, mask_head_channels, crops, mask_image_channels)
 
     if training:
         gt_boxes = NormalizeBoxes(name="gt_boxes_normalized", dtype=F32)(
@@ -227,8 +235,7 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                                                          per_image_limit=mask_train_rois,
                                                          name="positive_rois", dtype=F32)(
             [rois, target_class_ids])
-        masks = build_mask_head(mask_align([pos_boxes, pos_batch, meta] + features), num_classes,
-                                mask_head_channels)
+        masks = mask_head(pos_boxes, pos_batch)
         outputs = {
             "rpn_class_logits": rpn_class_logits, "rpn_bbox": rpn_bbox,
             "rois": rois, "target_class_ids": target_class_ids, "target_bbox": target_bbox,
@@ -262,8 +269,7 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
             [rois, probs, deltas, meta])
         det_boxes, det_batch, det_index = SelectBoxes(
             "detections", min_one=True, name="detected_boxes", dtype=F32)(detections)
-        masks = build_mask_head(mask_align([det_boxes, det_batch, meta] + features), num_classes,
-                                mask_head_channels)
+        masks = mask_head(det_boxes, det_batch)
         outputs = {
             "detections": detections,
             "mrcnn_mask": ScatterToSlots(name="mrcnn_mask_slots", dtype=F32)(
