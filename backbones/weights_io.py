@@ -95,7 +95,7 @@ def _mismatch_hint(layer_name, file_shapes, model_shapes):
 
 
 def load_weights_by_name(model, path, exclude=None, skip_mismatch=False,
-                          mismatch_hint=None):
+                          mismatch_hint=None, layer_set_check=None):
     """Assign weights from ``path`` to the layers of ``model`` that share a name.
 
     Args:
@@ -110,6 +110,9 @@ def load_weights_by_name(model, path, exclude=None, skip_mismatch=False,
         mismatch_hint: ``fn(layer_name, file_shapes, model_shapes) -> str or None``, a fix
             for a shape mismatch to put in the error (mrcnn names its Config width fields);
             the normalisation and ``exclude`` hints are the fallback.
+        layer_set_check: ``fn(model_layer_names, file_layer_names) -> str or None``, run on
+            the two name sets before any weight is assigned; a string is raised as the error
+            (for layers whose shapes agree either way but whose presence must match).
 
     Returns:
         dict with ``loaded`` (layer names set), ``missing`` (layers with weights the file
@@ -121,6 +124,12 @@ def load_weights_by_name(model, path, exclude=None, skip_mismatch=False,
     """
     stored = read_weights_by_name(path)
     patterns = [re.compile(e) for e in (exclude or [])]
+    if layer_set_check is not None:
+        problem = layer_set_check({layer.name for layer in flat_layers(model)
+                                   if not any(p.fullmatch(layer.name) for p in patterns)},
+                                  set(stored))
+        if problem:
+            raise ValueError(f"{path}: {problem}")
     loaded, missing, skipped = [], [], []
     for layer in flat_layers(model):
         if not layer.weights:

@@ -67,7 +67,7 @@ def measure(dataset, overrides, batches=8, warmups=2, weights=None):
     config = make_config(dict(SCRATCH_OVERRIDES, **overrides))
     model = modellib.MaskRCNN("training", config, tempfile.mkdtemp(prefix="bench_logs_"))
     if weights:
-        model.load_weights(weights, by_name=True)
+        model.load_weights(weights)
     training_lib.set_trainable(model.keras_model, ".*", backbone_norm(config) == "batch")
     model.keras_model.compile(optimizer=training_lib.make_optimizer(config, 1e-3, fused=fused),
                               jit_compile=False)
@@ -126,7 +126,7 @@ def measure_data_loading(dataset, weights=None, rounds=3, steps=40):
                for name, megabytes in (("cache", 1024), ("no cache", 0))}
     model = modellib.MaskRCNN("training", configs["cache"], tempfile.mkdtemp(prefix="bench_"))
     if weights:
-        model.load_weights(weights, by_name=True)
+        model.load_weights(weights)
     training_lib.set_trainable(model.keras_model, ".*", False)
     model.keras_model.compile(optimizer=training_lib.make_optimizer(configs["cache"], 3e-5),
                               jit_compile=False)

@@ -277,9 +277,7 @@ class Config:
                  f"{self.RPN_POSITIVE_IOU!r} must satisfy 0 < negative <= positive <= 1.")
         if self.TRAIN_ROIS_PER_IMAGE < 1 or self.POST_NMS_ROIS_TRAINING < 1:
             fail("TRAIN_ROIS_PER_IMAGE and POST_NMS_ROIS_TRAINING must be >= 1.")
-        if int(self.MASK_IMAGE_CHANNELS) != self.MASK_IMAGE_CHANNELS or \
-                self.MASK_IMAGE_CHANNELS < 0:
-            fail(f"MASK_IMAGE_CHANNELS={self.MASK_IMAGE_CHANNELS!r} must be an integer >= 0.")
+        require_whole("MASK_IMAGE_CHANNELS", 0, " (0 = the mask head without the image)")
         if self.MASK_BOUNDARY_WEIGHT < 0:
             fail(f"MASK_BOUNDARY_WEIGHT={self.MASK_BOUNDARY_WEIGHT!r} must be >= 0.")
         if self.OPTIMIZER not in OPTIMIZERS:

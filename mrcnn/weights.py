@@ -86,10 +86,10 @@ def load_weights_by_name(model, path, exclude=None, skip_mismatch=False):
     Returns:
         dict with ``loaded``, ``missing`` and ``skipped`` layer names.
     """
-    _check_mask_image_guidance(model, path, exclude)
     return weights_io.load_weights_by_name(model, path, exclude=exclude,
                                            skip_mismatch=skip_mismatch,
-                                           mismatch_hint=_width_hint)
+                                           mismatch_hint=_width_hint,
+                                           layer_set_check=_mask_image_mismatch)
 
 
 # The layer that joins the image to the mask features when MASK_IMAGE_CHANNELS > 0. The mask
@@ -98,35 +98,19 @@ def load_weights_by_name(model, path, exclude=None, skip_mismatch=False):
 _MASK_IMAGE_LAYER = "mrcnn_mask_image_fuse"
 
 
-def _file_layer_names(path):
-    """The top-level layer names of a classic-layout HDF5 file, or None when unreadable (the
-    loader then reports the problem itself)."""
-    try:
-        with h5py.File(os.fspath(path), "r") as f:
-            root = f["model_weights"] if "model_weights" in f else f
-            return {n.decode("utf8") if isinstance(n, bytes) else str(n)
-                    for n in root.attrs["layer_names"]}
-    except (OSError, KeyError):
+def _mask_image_mismatch(model_names, file_names):
+    """The error when the file's mask head and the model's (both given, not excluded) differ
+    in MASK_IMAGE_CHANNELS being on, else None."""
+    if "mrcnn_mask" not in model_names or "mrcnn_mask" not in file_names:
         return None
-
-
-def _check_mask_image_guidance(model, path, exclude):
-    """Raise when the file's mask head and the model's differ in MASK_IMAGE_CHANNELS being on,
-    unless the mask output layer is excluded or not in the file."""
-    if any(re.fullmatch(e, "mrcnn_mask") for e in (exclude or [])):
-        return
-    names = _file_layer_names(path)
-    if names is None or "mrcnn_mask" not in names:
-        return
-    in_model = any(layer.name == _MASK_IMAGE_LAYER for layer in flat_layers(model))
-    in_file = _MASK_IMAGE_LAYER in names
-    if in_model != in_file:
-        trained = "with" if in_file else "without"
-        raise ValueError(f"{path}: its mask head was trained {trained} MASK_IMAGE_CHANNELS "
-                         f"(the image joined to the mask features); this model is built "
-                         f"{'without' if in_file else 'with'} it. Set MASK_IMAGE_CHANNELS as "
-                         "in the run that wrote the file, or exclude the mask head "
-                         "(exclude=[\"mrcnn_mask.*\"]) to train a new one.")
+    in_file = _MASK_IMAGE_LAYER in file_names
+    if (_MASK_IMAGE_LAYER in model_names) == in_file:
+        return None
+    return (f"its mask head was trained {'with' if in_file else 'without'} MASK_IMAGE_CHANNELS "
+            f"(the image joined to the mask features); this model is built "
+            f"{'without' if in_file else 'with'} it. Set MASK_IMAGE_CHANNELS as in the run "
+            "that wrote the file, or exclude the mask head (exclude=[\"mrcnn_mask.*\"]) to "
+            "train a new one.")
 
 
 # Matterport's Mask R-CNN COCO weights (ResNet-101 backbone, 81 classes).
