@@ -140,6 +140,12 @@ class Config:
     # detection's class probabilities are the mean over the passes (Cascade R-CNN's test-time
     # ensemble), its box the last pass's refinement. 0 = one pass (Matterport).
     DETECTION_BOX_REFINEMENTS = 0
+    # Inference only: a detection whose mask is covered by more than this fraction by the masks
+    # of higher-scored detections is dropped (a duplicate, or a fragment of a neighbour, which
+    # instance-level scores such as the DSB score count as a false positive once overlaps are
+    # removed). Applied by detect() after the masks are pasted, and in the SavedModel export.
+    # None = off (Matterport: every detection is returned).
+    DETECTION_MAX_COVERED_FRACTION = None
 
     LEARNING_RATE = 0.001
     LEARNING_MOMENTUM = 0.9
@@ -292,6 +298,11 @@ class Config:
         if self.DETECTION_MAX_INSTANCES > self.POST_NMS_ROIS_INFERENCE:
             fail("DETECTION_MAX_INSTANCES cannot exceed POST_NMS_ROIS_INFERENCE.")
         require_whole("DETECTION_BOX_REFINEMENTS", 0, " (extra box-head passes)")
+        covered = self.DETECTION_MAX_COVERED_FRACTION
+        if covered is not None and (isinstance(covered, bool) or not (
+                isinstance(covered, (int, float)) and 0 <= covered <= 1)):
+            fail(f"DETECTION_MAX_COVERED_FRACTION={covered!r}; use None (off) or a fraction "
+                 "in [0, 1].")
         if self.BOX_HEAD_CONTEXT is not None and not self.BOX_HEAD_CONTEXT > 1:
             fail(f"BOX_HEAD_CONTEXT={self.BOX_HEAD_CONTEXT!r}; use None or a factor > 1 (the "
                  "pooled surroundings' side over the ROI's).")

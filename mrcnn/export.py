@@ -15,7 +15,8 @@ The signature does everything :meth:`mrcnn.inference.Detector.detect` does, in T
 channel fixing, the config's IMAGE_NORMALIZATION, resizing and padding (the config's resize
 mode: pad64, square or none), mean subtraction, image meta, anchors, the network, and unmolding
 (boxes back to image pixels, 28x28 masks pasted into their boxes at
-DETECTION_MASK_THRESHOLD). Resizing is TensorFlow's bilinear instead of OpenCV's, so masks can
+DETECTION_MASK_THRESHOLD, detections covered by higher-scored ones beyond
+DETECTION_MAX_COVERED_FRACTION dropped). Resizing is TensorFlow's bilinear instead of OpenCV's, so masks can
 differ from ``detect`` by a pixel at object borders. With OBJECT_SIZE_TARGET set, ``detect``
 may run an image a second time at another scale; the SavedModel runs the first pass only.
 
@@ -130,6 +131,8 @@ class _ServingGraph:
         self.num_classes = int(config.NUM_CLASSES)
         self.normalization = config.IMAGE_NORMALIZATION
         self.threshold = float(config.DETECTION_MASK_THRESHOLD)
+        covered = config.DETECTION_MAX_COVERED_FRACTION
+        self.max_covered = None if covered is None else float(covered)
         self.anchors = anchor_settings(config)
 
     def _scale(self, h, w):
@@ -207,7 +210,40 @@ class _ServingGraph:
         full = tf.map_fn(paste, (small, boxes),
                          fn_output_signature=tf.TensorSpec([None, None], tf.bool))
         full = tf.reshape(full, tf.stack([tf.shape(boxes)[0], ih, iw]))
+        if self.max_covered is not None:
+            keep = uncovered_detections_tf(full, scores, self.max_covered)
+            boxes, class_ids = tf.gather(boxes, keep), tf.gather(class_ids, keep)
+            scores, full = tf.gather(scores, keep), tf.gather(full, keep)
         return {"boxes": boxes, "class_ids": class_ids, "scores": scores, "masks": full}
+
+
+def uncovered_detections_tf(masks, scores, max_covered):
+    """TensorFlow twin of :func:`mrcnn.ops.masks.covered_detections` for the SavedModel.
+
+    Args:
+        masks: [N, H, W] bool, image-sized. scores: [N] float32. max_covered: a Python float.
+
+    Returns:
+        [K] int64 indices of the kept detections, ascending: in score order, a detection is
+        dropped when more than ``max_covered`` of its pixels lie in the masks kept before it.
+    """
+    order = tf.argsort(scores, direction="DESCENDING", stable=True)
+    count = tf.shape(masks)[0]
+
+    def step(k, claimed, kept):
+        i = order[k]
+        own = masks[i]
+        area = tf.reduce_sum(tf.cast(own, tf.float64))
+        covered = tf.reduce_sum(tf.cast(own & claimed, tf.float64))
+        keep = tf.logical_or(area == 0, covered <= max_covered * area)
+        claimed = tf.cond(keep, lambda: claimed | own, lambda: claimed)
+        kept = tf.tensor_scatter_nd_update(kept, [[i]], [keep])
+        return k + 1, claimed, kept
+
+    _, _, kept = tf.while_loop(
+        lambda k, claimed, kept: k < count, step,
+        (tf.constant(0), tf.zeros(tf.shape(masks)[1:], tf.bool), tf.zeros([count], tf.bool)))
+    return tf.where(kept)[:, 0]
 
 
 def export_saved_model(model, path):

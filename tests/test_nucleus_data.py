@@ -272,6 +272,10 @@ def test_config_overrides_and_fraction(dsb_dir):
     assert make_config({"DETECTION_MASK_THRESHOLD": 0.5}).DETECTION_MASK_THRESHOLD == 0.5
     assert make_config({"DETECTION_MASK_THRESHOLD": 0.5},
                        inference=True).DETECTION_MASK_THRESHOLD == 0.5      # --set wins
+    assert inference.DETECTION_MAX_COVERED_FRACTION == 0.2
+    assert make_config({}).DETECTION_MAX_COVERED_FRACTION is None        # training: off
+    off = parse_overrides(["DETECTION_MAX_COVERED_FRACTION=null"])
+    assert make_config(off, inference=True).DETECTION_MAX_COVERED_FRACTION is None
     with pytest.raises(ValueError, match="NO_SUCH"):
         parse_overrides(["NO_SUCH=1"])
     ds = NucleusDataset().load_nucleus(dsb_dir, "stage1_train")

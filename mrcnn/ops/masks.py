@@ -46,3 +46,36 @@ def unmold_mask(mask, bbox, image_shape, threshold=0.5):
     """Paste one predicted soft mask [h, w] into an image-sized bool mask [H, W]."""
     return expand_mask(np.asarray(bbox)[None], np.asarray(mask)[..., None], image_shape,
                        threshold)[..., 0]
+
+
+def covered_detections(bbox, masks, scores, max_covered):
+    """Which detections another, higher-scored detection already covers.
+
+    In score order, a detection is dropped when more than ``max_covered`` of its mask's pixels
+    lie in the masks of the higher-scored detections kept before it; a kept detection's mask
+    then covers the later ones. (Mask NMS by intersection over the lower-scored mask, not IoU: a
+    fragment of a neighbour or a duplicate half inside it is dropped however small it is.)
+
+    Args:
+        bbox: [N, 4] pixel boxes (y1, x1, y2, x2, y2/x2 exclusive) holding each mask's pixels.
+        masks: [H, W, N] bool, image-sized.
+        scores: [N].
+        max_covered: a fraction in [0, 1].
+
+    Returns:
+        [K] int indices of the kept detections, in their input order. A detection with an
+        empty mask is kept (nothing of it is covered).
+    """
+    scores = np.asarray(scores)
+    claimed = np.zeros(masks.shape[:2], dtype=bool)
+    keep = []
+    for i in np.argsort(-scores, kind="stable"):
+        y1, x1, y2, x2 = (int(v) for v in bbox[i][:4])
+        own = masks[y1:y2, x1:x2, i]
+        area = np.count_nonzero(own)
+        window = claimed[y1:y2, x1:x2]
+        if area and np.count_nonzero(own & window) > max_covered * area:
+            continue
+        window |= own
+        keep.append(i)
+    return np.sort(np.array(keep, dtype=np.int64))
