@@ -16,9 +16,10 @@ channel fixing, the config's IMAGE_NORMALIZATION, resizing and padding (the conf
 mode: pad64, square or none), mean subtraction, image meta, anchors, the network, and unmolding
 (boxes back to image pixels, 28x28 masks pasted into their boxes at
 DETECTION_MASK_THRESHOLD, detections covered by higher-scored ones beyond
-DETECTION_MAX_COVERED_FRACTION dropped). Resizing is TensorFlow's bilinear instead of OpenCV's, so masks can
-differ from ``detect`` by a pixel at object borders. With OBJECT_SIZE_TARGET set, ``detect``
-may run an image a second time at another scale; the SavedModel runs the first pass only.
+DETECTION_MAX_COVERED_FRACTION dropped). Resizing is TensorFlow's bilinear instead of
+OpenCV's, so masks can differ from ``detect`` by a pixel at object borders. With
+OBJECT_SIZE_TARGET set, ``detect`` may run an image a second time at another scale; the
+SavedModel runs the first pass only.
 
 ``format="onnx"`` (``pip install -e ".[onnx]"``: tf2onnx, onnxruntime) writes the network
 itself through Keras 3's ``model.export``: inputs ``input_image`` float32 [1, H, W, 3] (molded:
@@ -218,7 +219,7 @@ class _ServingGraph:
 
 
 def uncovered_detections_tf(masks, scores, max_covered):
-    """TensorFlow twin of :func:`mrcnn.ops.masks.covered_detections` for the SavedModel.
+    """TensorFlow twin of :func:`mrcnn.ops.masks.uncovered_detections` for the SavedModel.
 
     Args:
         masks: [N, H, W] bool, image-sized. scores: [N] float32. max_covered: a Python float.
@@ -236,7 +237,7 @@ def uncovered_detections_tf(masks, scores, max_covered):
         area = tf.reduce_sum(tf.cast(own, tf.float64))
         covered = tf.reduce_sum(tf.cast(own & claimed, tf.float64))
         keep = tf.logical_or(area == 0, covered <= max_covered * area)
-        claimed = tf.cond(keep, lambda: claimed | own, lambda: claimed)
+        claimed = claimed | (own & keep)
         kept = tf.tensor_scatter_nd_update(kept, [[i]], [keep])
         return k + 1, claimed, kept
 

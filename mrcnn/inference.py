@@ -17,7 +17,7 @@ from mrcnn.ops.anchors import pyramid_anchors
 from mrcnn.ops.boxes import denorm_boxes, norm_boxes
 from mrcnn.ops.image import (compose_image_meta, mold_image, normalize_image, resize_image,
                              rule_scale, to_rgb_uint8)
-from mrcnn.ops.masks import covered_detections, expand_mask
+from mrcnn.ops.masks import expand_mask, uncovered_detections
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class Detector:
         scores, masks [H, W, N] bool (mask probabilities > ``mask_threshold``, by default the
         config's DETECTION_MASK_THRESHOLD). With DETECTION_MAX_COVERED_FRACTION set, the
         detections whose masks higher-scored ones cover by more than it are left out
-        (:func:`mrcnn.ops.masks.covered_detections`)."""
+        (:func:`mrcnn.ops.masks.uncovered_detections`)."""
         if mask_threshold is None:
             mask_threshold = self.config.DETECTION_MASK_THRESHOLD
         n = int(np.sum(detections[:, 4] > 0))
@@ -157,8 +157,8 @@ class Detector:
         masks = expand_mask(boxes, np.moveaxis(masks, 0, -1), original_image_shape,
                             mask_threshold)
         max_covered = self.config.DETECTION_MAX_COVERED_FRACTION
-        if max_covered is not None and n:
-            keep = covered_detections(boxes, masks, scores, max_covered)
+        if max_covered is not None:
+            keep = uncovered_detections(boxes, masks, scores, max_covered)
             if len(keep) < len(scores):
                 boxes, class_ids, scores = boxes[keep], class_ids[keep], scores[keep]
                 masks = masks[..., keep]

@@ -5,7 +5,7 @@ import pytest
 
 from mrcnn.inference import Detector
 from mrcnn.ops.boxes import norm_boxes
-from mrcnn.ops.masks import covered_detections
+from mrcnn.ops.masks import uncovered_detections
 from tests.conftest import TinyConfig
 
 
@@ -25,15 +25,15 @@ def test_hand_computed_cover():
     d, a, c, b, e = range(5)
     scores = np.array([0.6, 0.9, 0.7, 0.8, 0.5])
     # 0.4: b goes (0.5 > 0.4). d is then not covered at all: a dropped mask claims nothing.
-    np.testing.assert_array_equal(covered_detections(boxes, masks, scores, 0.4), [d, a, c, e])
+    np.testing.assert_array_equal(uncovered_detections(boxes, masks, scores, 0.4), [d, a, c, e])
     # 0.5: b stays (0.5 is not more than 0.5), and d, half under b, stays too.
-    np.testing.assert_array_equal(covered_detections(boxes, masks, scores, 0.5), [0, 1, 2, 3, 4])
+    np.testing.assert_array_equal(uncovered_detections(boxes, masks, scores, 0.5), [0, 1, 2, 3, 4])
     # 0.0: anything touching a higher-scored kept mask goes: b (under a), then d is free.
-    np.testing.assert_array_equal(covered_detections(boxes, masks, scores, 0.0), [d, a, c, e])
+    np.testing.assert_array_equal(uncovered_detections(boxes, masks, scores, 0.0), [d, a, c, e])
     # 1.0 never drops (a mask cannot be covered by more than all of it).
     same, full = _boxes_and_masks([(0, 0, 4, 4), (0, 0, 4, 4)])
-    np.testing.assert_array_equal(covered_detections(same, full, [0.9, 0.8], 1.0), [0, 1])
-    np.testing.assert_array_equal(covered_detections(same, full, [0.8, 0.9], 0.99), [1])
+    np.testing.assert_array_equal(uncovered_detections(same, full, [0.9, 0.8], 1.0), [0, 1])
+    np.testing.assert_array_equal(uncovered_detections(same, full, [0.8, 0.9], 0.99), [1])
 
 
 def _unmold(max_covered):
@@ -77,7 +77,7 @@ def test_config_rejects_bad_fraction(value):
 
 
 def test_savedmodel_twin_keeps_the_same_detections():
-    """mrcnn.export.uncovered_detections_tf (the SavedModel's) keeps what covered_detections
+    """mrcnn.export.uncovered_detections_tf (the SavedModel's) keeps what uncovered_detections
     keeps, on random overlapping discs."""
     import tensorflow as tf
     from mrcnn.export import uncovered_detections_tf
@@ -92,7 +92,7 @@ def test_savedmodel_twin_keeps_the_same_detections():
         boxes = np.array([[0, 0, 48, 48]] * n)
         scores = rng.permutation(n).astype(np.float32) / n
         for fraction in (0.0, 0.2, 0.5):
-            expected = covered_detections(boxes, masks, scores, fraction)
+            expected = uncovered_detections(boxes, masks, scores, fraction)
             got = uncovered_detections_tf(tf.constant(np.moveaxis(masks, -1, 0)),
                                           tf.constant(scores), fraction).numpy()
             np.testing.assert_array_equal(got, expected)

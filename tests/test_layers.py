@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from mrcnn.layers import (AnchorGenerator, DetectionLayer, DetectionTargetLayer, GatherRows,
-                          ImageROICrop, ProposalLayer, PyramidROIAlign, RefineBoxes, ScatterToSlots,
-                          SelectBoxes, UnflattenRois, WholeInputConv2D)
+                          ImageROICrop, ProposalLayer, PyramidROIAlign, RefineBoxes,
+                          ScatterToSlots, SelectBoxes, UnflattenRois, WholeInputConv2D)
 from mrcnn.modeling.maskrcnn_model import NormalizeBoxes
 from mrcnn.ops.anchors import backbone_shapes, generate_pyramid_anchors
 from mrcnn.ops.boxes import norm_boxes

@@ -8,5 +8,5 @@ from mrcnn.layers.roi_align import (ContextBoxes, GatherRows, ImageROICrop, Pyra
                                     ScatterToSlots, SelectBoxes, UnflattenRois)
 
 __all__ = ["AnchorGenerator", "ContextBoxes", "DetectionLayer", "DetectionTargetLayer",
-           "GatherRows", "ImageROICrop", "ProposalLayer", "PyramidROIAlign", "RefineBoxes", "ScatterToSlots",
-           "SelectBoxes", "UnflattenRois", "WholeInputConv2D"]
+           "GatherRows", "ImageROICrop", "ProposalLayer", "PyramidROIAlign", "RefineBoxes",
+           "ScatterToSlots", "SelectBoxes", "UnflattenRois", "WholeInputConv2D"]

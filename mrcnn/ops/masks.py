@@ -48,8 +48,8 @@ def unmold_mask(mask, bbox, image_shape, threshold=0.5):
                        threshold)[..., 0]
 
 
-def covered_detections(bbox, masks, scores, max_covered):
-    """Which detections another, higher-scored detection already covers.
+def uncovered_detections(bbox, masks, scores, max_covered):
+    """The detections that higher-scored ones do not cover by more than ``max_covered``.
 
     In score order, a detection is dropped when more than ``max_covered`` of its mask's pixels
     lie in the masks of the higher-scored detections kept before it; a kept detection's mask
