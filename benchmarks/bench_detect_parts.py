@@ -53,7 +53,8 @@ def profile(model, images, repeats=1):
         out, t_graph = _timed(lambda: model.detector.run(molded, metas), repeats)
         def unmold():
             return model.unmold_detections(out["detections"][0], out["mrcnn_mask"][0],
-                                           image.shape, molded.shape[1:], windows[0])
+                                           image.shape, molded.shape[1:], windows[0],
+                                           image=image)
         unmold()                                         # warm-up, as the graph's
         _, t_unmold = _timed(unmold, repeats)
         _, t_detect = _timed(lambda: model.detect([image]), repeats)

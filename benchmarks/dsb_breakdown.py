@@ -217,7 +217,7 @@ def main():
         graph = model.run_graph(image)
         boxes, _, scores, masks = model.unmold_detections(
             graph["detections"], graph["mrcnn_mask"], image.shape, graph["image"].shape,
-            graph["window"])
+            graph["window"], image=image)
         proposals = proposals_in_image(graph["rpn_rois"], graph["image"].shape, graph["window"],
                                        image.shape)
         real = np.any(np.asarray(graph["rpn_rois"]) != 0, axis=1)

@@ -112,7 +112,7 @@ def main():
         if model.config.OBJECT_SIZE_TARGET:   # the object-size pass of Detector.detect
             _, _, scores, masks = model.unmold_detections(
                 graph["detections"], graph["mrcnn_mask"], image.shape, graph["image"].shape,
-                graph["window"])
+                graph["window"], image=image)
             scale = model.detector.object_scale(image.shape, {"scores": scores, "masks": masks})
             if scale is not None:
                 graph = model.run_graph(image, scale)
@@ -120,7 +120,7 @@ def main():
         for threshold in thresholds:
             _, _, scores, masks = model.unmold_detections(
                 graph["detections"], graph["mrcnn_mask"], image.shape, graph["image"].shape,
-                graph["window"], mask_threshold=threshold)
+                graph["window"], mask_threshold=threshold, image=image)
             masks_by_threshold[threshold] = masks
         rows.append((image_kind(image), grid_scores(np.asarray(true_masks, bool), scores,
                                                     masks_by_threshold, confidences)))

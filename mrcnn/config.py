@@ -53,6 +53,11 @@ class Config:
     # convolution before the mask output, so outlines can follow the pixels and not only
     # stride-4 features.
     MASK_IMAGE_CHANNELS = 0
+    # Normalisation after each of the mask head's four 3x3 convolutions: None = Matterport's
+    # BatchNormalization (mrcnn_mask_bn1..4, trained only with TRAIN_HEAD_BN), "group" =
+    # GroupNormalization over each ROI by itself (mrcnn_mask_gn1..4, always trained with the
+    # heads; what Wu & He's from-scratch Mask R-CNN uses in its heads).
+    MASK_HEAD_NORM = None
     NUM_CLASSES = 1
 
     # One anchor side per pyramid level P2..P6 (pixels of the molded image); the levels'
@@ -146,6 +151,16 @@ class Config:
     # removed). Applied by detect() after the masks are pasted, and in the SavedModel export.
     # None = off (Matterport: every detection is returned).
     DETECTION_MAX_COVERED_FRACTION = None
+    # Inference only: a detection's mask also takes the pixels of its box whose mask
+    # probability is at least this floor (below DETECTION_MASK_THRESHOLD) and whose grey level
+    # lies on the object's side of the Otsu threshold of the box grown by
+    # DETECTION_MASK_GROWTH_MARGIN pixels (original-image pixels; the side most of the mask lies
+    # on, so bright and dark objects both work): outlines follow the image where the 28x28 mask
+    # is unsure (mrcnn.ops.masks.grow_by_intensity). Grey images only: a colour image (stained
+    # tissue, photographs) keeps its masks. Applied by detect() while pasting the masks, and in
+    # the SavedModel export. None = off (Matterport's masks).
+    DETECTION_MASK_GROWTH_FLOOR = None
+    DETECTION_MASK_GROWTH_MARGIN = 10
 
     LEARNING_RATE = 0.001
     LEARNING_MOMENTUM = 0.9
@@ -284,6 +299,9 @@ class Config:
         if self.TRAIN_ROIS_PER_IMAGE < 1 or self.POST_NMS_ROIS_TRAINING < 1:
             fail("TRAIN_ROIS_PER_IMAGE and POST_NMS_ROIS_TRAINING must be >= 1.")
         require_whole("MASK_IMAGE_CHANNELS", 0, " (0 = the mask head without the image)")
+        if self.MASK_HEAD_NORM not in (None, "group"):
+            fail(f"MASK_HEAD_NORM={self.MASK_HEAD_NORM!r}; use None (BatchNorm, Matterport's) "
+                 "or 'group'.")
         if self.MASK_BOUNDARY_WEIGHT < 0:
             fail(f"MASK_BOUNDARY_WEIGHT={self.MASK_BOUNDARY_WEIGHT!r} must be >= 0.")
         if self.OPTIMIZER not in OPTIMIZERS:
@@ -303,6 +321,12 @@ class Config:
                 isinstance(covered, (int, float)) and 0 <= covered <= 1)):
             fail(f"DETECTION_MAX_COVERED_FRACTION={covered!r}; use None (off) or a fraction "
                  "in [0, 1].")
+        floor = self.DETECTION_MASK_GROWTH_FLOOR
+        if floor is not None and (isinstance(floor, bool) or not (
+                isinstance(floor, (int, float)) and 0 <= floor <= 1)):
+            fail(f"DETECTION_MASK_GROWTH_FLOOR={floor!r}; use None (off) or a probability in "
+                 "[0, 1] (at or above DETECTION_MASK_THRESHOLD nothing is added).")
+        require_whole("DETECTION_MASK_GROWTH_MARGIN", 0, " (pixels around the box)")
         if self.BOX_HEAD_CONTEXT is not None and not self.BOX_HEAD_CONTEXT > 1:
             fail(f"BOX_HEAD_CONTEXT={self.BOX_HEAD_CONTEXT!r}; use None or a factor > 1 (the "
                  "pooled surroundings' side over the ROI's).")

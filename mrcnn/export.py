@@ -15,11 +15,11 @@ The signature does everything :meth:`mrcnn.inference.Detector.detect` does, in T
 channel fixing, the config's IMAGE_NORMALIZATION, resizing and padding (the config's resize
 mode: pad64, square or none), mean subtraction, image meta, anchors, the network, and unmolding
 (boxes back to image pixels, 28x28 masks pasted into their boxes at
-DETECTION_MASK_THRESHOLD, detections covered by higher-scored ones beyond
-DETECTION_MAX_COVERED_FRACTION dropped). Resizing is TensorFlow's bilinear instead of
-OpenCV's, so masks can differ from ``detect`` by a pixel at object borders. With
-OBJECT_SIZE_TARGET set, ``detect`` may run an image a second time at another scale; the
-SavedModel runs the first pass only.
+DETECTION_MASK_THRESHOLD and grown by intensity above DETECTION_MASK_GROWTH_FLOOR, detections
+covered by higher-scored ones beyond DETECTION_MAX_COVERED_FRACTION dropped). Resizing is
+TensorFlow's bilinear instead of OpenCV's, so masks can differ from ``detect`` by a pixel at
+object borders. With OBJECT_SIZE_TARGET set, ``detect`` may run an image a second time at
+another scale; the SavedModel runs the first pass only.
 
 ``format="onnx"`` (``pip install -e ".[onnx]"``: tf2onnx, onnxruntime) writes the network
 itself through Keras 3's ``model.export``: inputs ``input_image`` float32 [1, H, W, 3] (molded:
@@ -134,6 +134,9 @@ class _ServingGraph:
         self.threshold = float(config.DETECTION_MASK_THRESHOLD)
         covered = config.DETECTION_MAX_COVERED_FRACTION
         self.max_covered = None if covered is None else float(covered)
+        floor = config.DETECTION_MASK_GROWTH_FLOOR
+        self.growth_floor = None if floor is None else float(floor)
+        self.growth_margin = int(config.DETECTION_MASK_GROWTH_MARGIN)
         self.anchors = anchor_settings(config)
 
     def _scale(self, h, w):
@@ -153,6 +156,8 @@ class _ServingGraph:
         image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]),
                         lambda: image[..., :3])
         image = tf.cast(image, tf.float32)
+        grey = tf.reduce_mean(image, axis=-1)   # mrcnn.ops.masks.grey_levels of the input
+        grey_image = tf.logical_not(is_colour_tf(image))
         image = normalize_image_tf(image, self.normalization)
         shape = tf.shape(image)
         h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
@@ -184,9 +189,10 @@ class _ServingGraph:
         anchors = (anchors - tf.constant([0.0, 0.0, 1.0, 1.0])) / extent
         out = self.keras_model({"input_image": molded[None], "input_image_meta": meta[None],
                                 "input_anchors": anchors[None]}, training=False)
-        return self._unmold(out["detections"][0], out["mrcnn_mask"][0], h, w, window, extent)
+        return self._unmold(out["detections"][0], out["mrcnn_mask"][0], h, w, window, extent,
+                            grey, grey_image)
 
-    def _unmold(self, detections, masks, h, w, window, extent):
+    def _unmold(self, detections, masks, h, w, window, extent, grey, grey_image):
         keep = tf.where(detections[:, 4] > 0)[:, 0]
         detections, masks = tf.gather(detections, keep), tf.gather(masks, keep)
         class_ids = tf.cast(detections[:, 4], tf.int32)
@@ -206,6 +212,12 @@ class _ServingGraph:
             y1, x1, y2, x2 = box[0], box[1], box[2], box[3]
             resized = tf.image.resize(mask[..., None], [y2 - y1, x2 - x1], method="bilinear")
             inside = resized[..., 0] >= self.threshold
+            if self.growth_floor is not None:
+                unsure = resized[..., 0] >= self.growth_floor
+                inside = tf.cond(
+                    grey_image,
+                    lambda: grow_by_intensity_tf(inside, unsure, grey, box, self.growth_margin),
+                    lambda: inside)
             return tf.pad(inside, [[y1, ih - y2], [x1, iw - x2]])
 
         full = tf.map_fn(paste, (small, boxes),
@@ -216,6 +228,58 @@ class _ServingGraph:
             boxes, class_ids = tf.gather(boxes, keep), tf.gather(class_ids, keep)
             scores, full = tf.gather(scores, keep), tf.gather(full, keep)
         return {"boxes": boxes, "class_ids": class_ids, "scores": scores, "masks": full}
+
+
+def is_colour_tf(image):
+    """TensorFlow twin of :func:`mrcnn.ops.masks.is_colour` for a float32 [H, W, 3] image."""
+    shape = tf.shape(image)
+    step = tf.where(shape[0] * shape[1] > STATISTICS_MAX_PIXELS, 4, 1)
+    sample = image[::step, ::step]
+    deviation = tf.reduce_mean(tf.abs(sample - tf.reduce_mean(sample, axis=-1, keepdims=True)))
+    return deviation > STAIN_COLOUR_THRESHOLD
+
+
+def otsu_threshold_tf(values, bins=256):
+    """TensorFlow twin of :func:`mrcnn.ops.masks.otsu_threshold` for a non-constant 1-D
+    tensor ``values``: the centre of the histogram bin after which splitting maximises the
+    between-class variance (float64 scalar)."""
+    values = tf.cast(values, tf.float64)
+    low, high = tf.reduce_min(values), tf.reduce_max(values)
+    counts = tf.cast(tf.histogram_fixed_width(values, tf.stack([low, high]), nbins=bins),
+                     tf.float64)
+    centres = low + (tf.range(bins, dtype=tf.float64) + 0.5) * (high - low) / bins
+    w0 = tf.cumsum(counts)[:-1]
+    w1 = tf.reduce_sum(counts) - w0
+    sum0 = tf.cumsum(counts * centres)[:-1]
+    both = w0 * w1 > 0
+    mean0 = sum0 / tf.where(both, w0, 1.0)
+    mean1 = (tf.reduce_sum(counts * centres) - sum0) / tf.where(both, w1, 1.0)
+    between = tf.where(both, w0 * w1 * tf.square(mean0 - mean1), -1.0)
+    return tf.gather(centres, tf.argmax(between))
+
+
+def grow_by_intensity_tf(inside, candidates, grey, box, margin):
+    """TensorFlow twin of :func:`mrcnn.ops.masks.grow_by_intensity`: ``inside`` and
+    ``candidates`` [h, w] bool over the pixel ``box`` [4] int32 of the image's ``grey`` [H, W]
+    float32 levels; ``margin`` a Python int."""
+    y1, x1, y2, x2 = box[0], box[1], box[2], box[3]
+    height, width = tf.shape(grey)[0], tf.shape(grey)[1]
+    region = grey[tf.maximum(0, y1 - margin):tf.minimum(height, y2 + margin),
+                  tf.maximum(0, x1 - margin):tf.minimum(width, x2 + margin)]
+    values = tf.reshape(region, [-1])
+    varied = tf.reduce_max(values) > tf.reduce_min(values)
+    area = tf.reduce_sum(tf.cast(inside, tf.float64))
+    total = tf.cast(tf.size(inside), tf.float64)
+    grow = varied & (area > 0) & (area < total)
+
+    def grown():
+        upper = grey[y1:y2, x1:x2] > tf.cast(otsu_threshold_tf(values), tf.float32)
+        upper_in = tf.reduce_sum(tf.cast(upper & inside, tf.float64)) / area
+        upper_out = tf.reduce_sum(tf.cast(upper & ~inside, tf.float64)) / (total - area)
+        objects = tf.where(upper_in >= upper_out, upper, ~upper)
+        return inside | (candidates & objects)
+
+    return tf.cond(grow, grown, lambda: inside)
 
 
 def uncovered_detections_tf(masks, scores, max_covered):

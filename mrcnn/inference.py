@@ -17,7 +17,7 @@ from mrcnn.ops.anchors import pyramid_anchors
 from mrcnn.ops.boxes import denorm_boxes, norm_boxes
 from mrcnn.ops.image import (compose_image_meta, mold_image, normalize_image, resize_image,
                              rule_scale, to_rgb_uint8)
-from mrcnn.ops.masks import expand_mask, uncovered_detections
+from mrcnn.ops.masks import expand_mask, grey_levels, uncovered_detections
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +135,13 @@ class Detector:
         return result
 
     def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape,
-                          window, mask_threshold=None):
+                          window, mask_threshold=None, image=None):
         """One image's network output -> rois (pixels of the original image), class_ids,
         scores, masks [H, W, N] bool (mask probabilities > ``mask_threshold``, by default the
-        config's DETECTION_MASK_THRESHOLD). With DETECTION_MAX_COVERED_FRACTION set, the
-        detections whose masks higher-scored ones cover by more than it are left out
-        (:func:`mrcnn.ops.masks.uncovered_detections`)."""
+        config's DETECTION_MASK_THRESHOLD). With DETECTION_MASK_GROWTH_FLOOR set and the
+        original ``image`` given, masks grow by intensity (:func:`mrcnn.ops.masks.expand_mask`).
+        With DETECTION_MAX_COVERED_FRACTION set, the detections whose masks higher-scored ones
+        cover by more than it are left out (:func:`mrcnn.ops.masks.uncovered_detections`)."""
         if mask_threshold is None:
             mask_threshold = self.config.DETECTION_MASK_THRESHOLD
         n = int(np.sum(detections[:, 4] > 0))
@@ -154,8 +155,11 @@ class Detector:
         boxes = denorm_boxes(boxes, original_image_shape[:2])
         keep = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
         boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
+        floor = self.config.DETECTION_MASK_GROWTH_FLOOR
+        intensity = None if floor is None else grey_levels(image)
         masks = expand_mask(boxes, np.moveaxis(masks, 0, -1), original_image_shape,
-                            mask_threshold)
+                            mask_threshold, intensity=intensity, growth_floor=floor,
+                            growth_margin=self.config.DETECTION_MASK_GROWTH_MARGIN)
         max_covered = self.config.DETECTION_MAX_COVERED_FRACTION
         if max_covered is not None:
             keep = uncovered_detections(boxes, masks, scores, max_covered)
@@ -239,7 +243,7 @@ class Detector:
                 for j, i in enumerate(chunk):
                     rois, class_ids, scores, masks = self.unmold_detections(
                         out["detections"][j], out["mrcnn_mask"][j], np.asarray(images[i]).shape,
-                        molded[i][0].shape[1:], molded[i][2][0])
+                        molded[i][0].shape[1:], molded[i][2][0], image=images[i])
                     results[i] = {"rois": rois, "class_ids": class_ids, "scores": scores,
                                   "masks": masks}
                     if verbose:

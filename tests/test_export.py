@@ -21,6 +21,7 @@ class ExportConfig(TinyConfig):
     IMAGE_MIN_SCALE = 1
     IMAGE_NORMALIZATION = "nuclei"
     DETECTION_MIN_CONFIDENCE = 0.5
+    DETECTION_MASK_GROWTH_FLOOR = 0.3     # masks grown by intensity on both sides
 
 
 class UpscaledExportConfig(ExportConfig):
@@ -135,7 +136,8 @@ def _onnx_detections(model, image, tmp_path):
                     str(tmp_path / "onnx_out.npz")], check=True, cwd=str(tmp_path))
     out = np.load(tmp_path / "onnx_out.npz")
     rois, _, scores, masks = model.unmold_detections(
-        out["detections"][0], out["mrcnn_mask"][0], image.shape, molded.shape[1:], windows[0])
+        out["detections"][0], out["mrcnn_mask"][0], image.shape, molded.shape[1:], windows[0],
+        image=image)
     return rois, scores, masks
 
 

@@ -54,6 +54,7 @@ def maskrcnn_kwargs(config, mode, backbone_weights=None):
         top_down_pyramid_size=int(config.TOP_DOWN_PYRAMID_SIZE),
         mask_head_channels=int(config.MASK_HEAD_CHANNELS),
         mask_image_channels=int(config.MASK_IMAGE_CHANNELS),
+        mask_head_norm=config.MASK_HEAD_NORM,
         rpn_conv_channels=int(config.RPN_CONV_CHANNELS),
         anchor_scales=anchors["scales"],
         anchor_ratios=anchors["ratios"],

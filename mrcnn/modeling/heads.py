@@ -7,6 +7,8 @@ the cost follows the ROIs actually used.
 
 from keras import layers
 
+from backbones.normalization import FastGroupNormalization, group_count
+
 from mrcnn.layers.full_conv import WholeInputConv2D
 
 
@@ -46,17 +48,24 @@ def build_classifier_head(pooled, num_classes, fc_size=1024, pool_size=7):
     return classifier_head(num_classes, fc_size, pool_size)(pooled)
 
 
-def build_mask_head(pooled, num_classes, channels=256, image_crops=None, image_channels=0):
+def build_mask_head(pooled, num_classes, channels=256, image_crops=None, image_channels=0,
+                    norm=None):
     """ROI features [K, 14, 14, C] -> per-class mask probabilities [K, 28, 28, num_classes].
 
     With ``image_crops`` [K, 28, 28, image C] (the input image on each ROI's mask grid,
     :class:`mrcnn.layers.ImageROICrop`) and ``image_channels`` > 0, two 3x3 convolutions of
     the crops are joined to the upsampled features by a 1x1 convolution before the output.
+    ``norm`` None follows each 3x3 convolution with BatchNormalization (Matterport's
+    ``mrcnn_mask_bn{i}``), "group" with GroupNormalization of each ROI by itself
+    (``mrcnn_mask_gn{i}``).
     """
     x = pooled
     for i in range(1, 5):
         x = layers.Conv2D(channels, 3, padding="same", name=f"mrcnn_mask_conv{i}")(x)
-        x = layers.BatchNormalization(name=f"mrcnn_mask_bn{i}")(x)
+        if norm == "group":
+            x = FastGroupNormalization(group_count(channels), name=f"mrcnn_mask_gn{i}")(x)
+        else:
+            x = layers.BatchNormalization(name=f"mrcnn_mask_bn{i}")(x)
         x = layers.Activation("relu")(x)
     x = layers.Conv2DTranspose(channels, 2, strides=2, activation="relu",
                                name="mrcnn_mask_deconv")(x)

@@ -162,7 +162,7 @@ def box_features(pool_size, context=None):
 def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                  backbone_zero_init_residual=None, image_channels, image_meta_size,
                  num_classes, top_down_pyramid_size, mask_head_channels,
-                 mask_image_channels=0,
+                 mask_image_channels=0, mask_head_norm=None,
                  rpn_conv_channels, anchor_scales, anchor_ratios, anchor_strides, anchor_stride,
                  anchor_octave=(1.0,),
                  rpn_nms_threshold, pre_nms_limit, post_nms_rois, rpn_bbox_std_dev,
@@ -217,7 +217,8 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
     def mask_head(boxes, batch_index):
         crops = image_crop([boxes, batch_index, image]) if image_crop else None
         return build_mask_head(roi_align_mask([boxes, batch_index, meta] + features),
-                               num_classes, mask_head_channels, crops, mask_image_channels)
+                               num_classes, mask_head_channels, crops, mask_image_channels,
+                               mask_head_norm)
 
     if training:
         gt_boxes = NormalizeBoxes(name="gt_boxes_normalized", dtype=F32)(

@@ -1,0 +1,172 @@
+"""DETECTION_MASK_GROWTH_FLOOR: masks grow into the pixels of their box that the mask head is
+unsure of and the image's intensity assigns to the object (Otsu split over the grown box)."""
+
+import numpy as np
+import pytest
+
+from mrcnn.inference import Detector
+from mrcnn.ops.boxes import norm_boxes
+from mrcnn.ops.masks import grey_levels, grow_by_intensity, is_colour, otsu_threshold
+from tests.conftest import TinyConfig
+
+
+def _disc(shape, cy, cx, radius):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+
+
+def test_otsu_threshold_hand_computed():
+    # Two values: every split after the first bin of [0, 10] separates them perfectly, and
+    # the first such bin wins: its centre is 10 / 256 / 2.
+    assert otsu_threshold([0, 0, 0, 10, 10]) == pytest.approx(10 / 512)
+    # Three clusters 0 / 1 / 9 (two of each): splitting {0, 1} from {9} gives w0 w1 (m0 - m1)^2
+    # = 4 * 2 * 8.5^2 = 578, above {0} | {1, 9}: 2 * 4 * 5^2 = 200.
+    t = otsu_threshold([0, 0, 1, 1, 9, 9])
+    assert 1 < t < 9
+    assert otsu_threshold(np.full(7, 3.0)) is None
+
+
+def test_otsu_threshold_matches_scikit_image():
+    filters = pytest.importorskip("skimage.filters")
+    rng = np.random.RandomState(0)
+    for _ in range(5):
+        values = np.concatenate([rng.normal(50, 10, 300), rng.normal(150, 20, 100)])
+        assert otsu_threshold(values) == pytest.approx(filters.threshold_otsu(values))
+
+
+def _bright_nucleus(dark_object=False):
+    """A 30 x 30 image with a disc of radius 6 at (15, 15); the detection's box is the whole
+    image, the confident mask a disc of radius 3, the unsure pixels (probability above the
+    floor) a disc of radius 9."""
+    shape = (30, 30)
+    nucleus = _disc(shape, 15, 15, 6)
+    intensity = np.where(nucleus, 200.0, 20.0).astype(np.float32)
+    if dark_object:
+        intensity = 255.0 - intensity
+    return nucleus, intensity, _disc(shape, 15, 15, 3), _disc(shape, 15, 15, 9)
+
+
+@pytest.mark.parametrize("dark_object", [False, True])
+def test_growth_takes_the_unsure_pixels_on_the_objects_side(dark_object):
+    nucleus, intensity, inside, unsure = _bright_nucleus(dark_object)
+    grown = grow_by_intensity(inside, unsure, intensity, (0, 0, 30, 30), margin=10)
+    np.testing.assert_array_equal(grown, nucleus)          # radius 3 grown to the disc of 6
+    # Only unsure pixels join: with candidates of radius 4, radius 4 is as far as it goes.
+    limited = grow_by_intensity(inside, _disc((30, 30), 15, 15, 4), intensity, (0, 0, 30, 30), 10)
+    np.testing.assert_array_equal(limited, _disc((30, 30), 15, 15, 4))
+
+
+def test_growth_leaves_empty_full_and_flat_masks_alone():
+    nucleus, intensity, inside, unsure = _bright_nucleus()
+    empty = np.zeros_like(inside)
+    assert not grow_by_intensity(empty, unsure, intensity, (0, 0, 30, 30), 10).any()
+    full = np.ones_like(inside)
+    assert grow_by_intensity(full, unsure, intensity, (0, 0, 30, 30), 10).all()
+    flat = np.full((30, 30), 7.0, np.float32)
+    np.testing.assert_array_equal(grow_by_intensity(inside, unsure, flat, (0, 0, 30, 30), 10),
+                                  inside)
+
+
+def test_grey_levels_of_grey_images_only():
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2], rgba[..., 3] = 58, 60, 62, 255   # alpha ignored
+    np.testing.assert_allclose(grey_levels(rgba), np.full((2, 2), 60.0))     # deviation 4/3
+    np.testing.assert_allclose(grey_levels(np.full((2, 2), 5, np.uint16)), 5.0)
+    np.testing.assert_allclose(grey_levels(np.full((2, 2, 1), 9, np.uint8)), np.full((2, 2), 9))
+    assert grey_levels(None) is None
+    stained = rgba.copy()
+    stained[..., 0], stained[..., 2] = 30, 90                 # deviation (30 + 0 + 30) / 3 = 20
+    assert is_colour(stained) and grey_levels(stained) is None
+
+
+def test_colour_is_judged_like_the_savedmodel_judges_it():
+    import tensorflow as tf
+    from mrcnn.export import is_colour_tf
+    rng = np.random.RandomState(0)
+    grey = np.repeat(rng.randint(0, 255, (300, 300, 1)), 3, axis=-1)      # large: subsampled
+    tinted = np.clip(grey + np.array([0, 3, 9]), 0, 255)                  # deviation 4
+    pink = np.clip(grey * np.array([0.9, 0.6, 0.8]) + 40, 0, 255)          # stained-like
+    speckled = grey.copy()
+    speckled[1::4, 1::4, 0] = 0              # colour only off the every-4th grid: grey there
+    for image, expected in ((grey, False), (tinted, False), (pink, True), (speckled, False)):
+        assert is_colour(image) is expected
+        assert bool(is_colour_tf(tf.constant(image, tf.float32)).numpy()) is expected
+
+
+def _unmold(floor, image):
+    """Detector.unmold_detections on one detection covering a 30 x 30 image whose 28 x 28 mask
+    probability falls from 1 at the centre to 0 at radius 14 (mask-grid pixels)."""
+    class Growth(TinyConfig):
+        DETECTION_MASK_THRESHOLD = 0.5
+        DETECTION_MASK_GROWTH_FLOOR = floor
+    config = Growth()
+    shape = (30, 30, 3)
+    detections = np.zeros((config.DETECTION_MAX_INSTANCES, 6), np.float32)
+    detections[0, :4] = norm_boxes(np.array([[0, 0, 30, 30]], np.float32), shape)
+    detections[0, 4:] = 1, 0.9
+    yy, xx = np.mgrid[:28, :28]
+    radial = np.clip(1 - np.hypot(yy - 13.5, xx - 13.5) / 14, 0, 1).astype(np.float32)
+    mrcnn_mask = np.zeros((config.DETECTION_MAX_INSTANCES, 28, 28, 2), np.float32)
+    mrcnn_mask[0, ..., 1] = radial
+    return Detector(config, keras_model=None).unmold_detections(
+        detections, mrcnn_mask, shape, shape, np.array([0, 0, 30, 30]), image=image)[3][..., 0]
+
+
+def test_unmold_grows_masks_to_the_nucleus_in_the_image():
+    nucleus = _disc((30, 30), 14.5, 14.5, 10)
+    image = np.repeat(np.where(nucleus, 180, 10).astype(np.uint8)[..., None], 3, axis=-1)
+    plain = _unmold(None, image)                  # probability 0.5 reaches about radius 7.5
+    assert 100 < plain.sum() < nucleus.sum() and not (plain & ~nucleus).any()
+    grown = _unmold(0.2, image)                   # 0.2 reaches radius 12: the disc of 10 joins
+    np.testing.assert_array_equal(grown, nucleus)
+    np.testing.assert_array_equal(_unmold(0.2, None), plain)    # no image: nothing to follow
+    tinted = image.copy()
+    tinted[..., 0] = 0                                           # a colour image keeps its masks
+    np.testing.assert_array_equal(_unmold(0.2, tinted), plain)
+
+
+@pytest.mark.parametrize("field,value", [("DETECTION_MASK_GROWTH_FLOOR", -0.1),
+                                         ("DETECTION_MASK_GROWTH_FLOOR", 1.5),
+                                         ("DETECTION_MASK_GROWTH_FLOOR", True),
+                                         ("DETECTION_MASK_GROWTH_MARGIN", -1),
+                                         ("DETECTION_MASK_GROWTH_MARGIN", 2.5)])
+def test_config_rejects_bad_growth_settings(field, value):
+    config = TinyConfig()
+    config.DETECTION_MASK_THRESHOLD = 0.5
+    setattr(config, field, value)
+    with pytest.raises(ValueError, match=field):
+        config.validate()
+
+
+def test_config_accepts_growth_settings():
+    config = TinyConfig()
+    config.DETECTION_MASK_THRESHOLD = 0.5
+    for floor in (None, 0, 0.25, 0.5, 0.8):   # at or above the mask threshold: adds nothing
+        config.DETECTION_MASK_GROWTH_FLOOR = floor
+        config.validate()
+    config.DETECTION_MASK_GROWTH_MARGIN = 0
+    config.validate()
+
+
+def test_savedmodel_twin_grows_the_same_pixels():
+    """mrcnn.export.grow_by_intensity_tf (the SavedModel's) equals grow_by_intensity on noisy
+    discs, bright and dark, with boxes at the image border."""
+    import tensorflow as tf
+    from mrcnn.export import grow_by_intensity_tf
+    rng = np.random.RandomState(1)
+    shape = (40, 40)
+    for trial in range(8):
+        cy, cx, r = rng.uniform(3, 37), rng.uniform(3, 37), rng.uniform(4, 9)
+        nucleus = _disc(shape, cy, cx, r)
+        intensity = (np.where(nucleus, 150.0, 40.0) + rng.normal(0, 25, shape)).astype(np.float32)
+        if trial % 2:
+            intensity = 255 - intensity
+        y1, x1 = max(0, int(cy - r - 2)), max(0, int(cx - r - 2))
+        y2, x2 = min(40, int(cy + r + 3)), min(40, int(cx + r + 3))
+        inside = _disc(shape, cy, cx, r * 0.6)[y1:y2, x1:x2]
+        unsure = _disc(shape, cy, cx, r * 1.3)[y1:y2, x1:x2]
+        expected = grow_by_intensity(inside, unsure, intensity, (y1, x1, y2, x2), 5)
+        got = grow_by_intensity_tf(tf.constant(inside), tf.constant(unsure),
+                                   tf.constant(intensity), tf.constant([y1, x1, y2, x2]), 5)
+        np.testing.assert_array_equal(got.numpy(), expected)
+        assert expected.sum() > inside.sum()
