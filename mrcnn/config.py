@@ -151,16 +151,17 @@ class Config:
     # removed). Applied by detect() after the masks are pasted, and in the SavedModel export.
     # None = off (Matterport: every detection is returned).
     DETECTION_MAX_COVERED_FRACTION = None
-    # Inference only: a detection's mask also takes the pixels of its box whose mask
-    # probability is at least this floor (below DETECTION_MASK_THRESHOLD) and whose grey level
+    # Inference only: (low, high) mask probabilities in which the image decides. A pixel of a
+    # detection's box whose probability is in [low, high) belongs to the mask when its grey level
     # lies on the object's side of the Otsu threshold of the box grown by
-    # DETECTION_MASK_GROWTH_MARGIN pixels (original-image pixels; the side most of the mask lies
-    # on, so bright and dark objects both work): outlines follow the image where the 28x28 mask
-    # is unsure (mrcnn.ops.masks.grow_by_intensity). Grey images only: a colour image (stained
-    # tissue, photographs) keeps its masks. Applied by detect() while pasting the masks, and in
-    # the SavedModel export. None = off (Matterport's masks).
-    DETECTION_MASK_GROWTH_FLOOR = None
-    DETECTION_MASK_GROWTH_MARGIN = 10
+    # DETECTION_MASK_INTENSITY_MARGIN pixels (original-image pixels; the side most of the mask
+    # thresholded at DETECTION_MASK_THRESHOLD lies on, so bright and dark objects both work);
+    # >= high is in, < low out. Outlines then follow the image where the 28x28 mask is unsure
+    # (mrcnn.ops.masks.follow_intensity). Grey images only: a colour image (stained tissue,
+    # photographs) keeps its thresholded masks. Applied by detect() while pasting the masks, and
+    # in the SavedModel export. None = off (Matterport's masks).
+    DETECTION_MASK_INTENSITY_BAND = None
+    DETECTION_MASK_INTENSITY_MARGIN = 10
 
     LEARNING_RATE = 0.001
     LEARNING_MOMENTUM = 0.9
@@ -321,12 +322,14 @@ class Config:
                 isinstance(covered, (int, float)) and 0 <= covered <= 1)):
             fail(f"DETECTION_MAX_COVERED_FRACTION={covered!r}; use None (off) or a fraction "
                  "in [0, 1].")
-        floor = self.DETECTION_MASK_GROWTH_FLOOR
-        if floor is not None and (isinstance(floor, bool) or not (
-                isinstance(floor, (int, float)) and 0 <= floor <= 1)):
-            fail(f"DETECTION_MASK_GROWTH_FLOOR={floor!r}; use None (off) or a probability in "
-                 "[0, 1] (at or above DETECTION_MASK_THRESHOLD nothing is added).")
-        require_whole("DETECTION_MASK_GROWTH_MARGIN", 0, " (pixels around the box)")
+        band = self.DETECTION_MASK_INTENSITY_BAND
+        if band is not None and not (
+                isinstance(band, (list, tuple)) and len(band) == 2 and
+                all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in band) and
+                0 <= band[0] <= band[1] <= 1):
+            fail(f"DETECTION_MASK_INTENSITY_BAND={band!r}; use None (off) or (low, high) "
+                 "probabilities with 0 <= low <= high <= 1, such as (0.25, 0.6).")
+        require_whole("DETECTION_MASK_INTENSITY_MARGIN", 0, " (pixels around the box)")
         if self.BOX_HEAD_CONTEXT is not None and not self.BOX_HEAD_CONTEXT > 1:
             fail(f"BOX_HEAD_CONTEXT={self.BOX_HEAD_CONTEXT!r}; use None or a factor > 1 (the "
                  "pooled surroundings' side over the ROI's).")

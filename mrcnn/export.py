@@ -15,8 +15,9 @@ The signature does everything :meth:`mrcnn.inference.Detector.detect` does, in T
 channel fixing, the config's IMAGE_NORMALIZATION, resizing and padding (the config's resize
 mode: pad64, square or none), mean subtraction, image meta, anchors, the network, and unmolding
 (boxes back to image pixels, 28x28 masks pasted into their boxes at
-DETECTION_MASK_THRESHOLD and grown by intensity above DETECTION_MASK_GROWTH_FLOOR, detections
-covered by higher-scored ones beyond DETECTION_MAX_COVERED_FRACTION dropped). Resizing is
+DETECTION_MASK_THRESHOLD, their unsure pixels decided by intensity with
+DETECTION_MASK_INTENSITY_BAND, detections covered by higher-scored ones beyond
+DETECTION_MAX_COVERED_FRACTION dropped). Resizing is
 TensorFlow's bilinear instead of OpenCV's, so masks can differ from ``detect`` by a pixel at
 object borders. With OBJECT_SIZE_TARGET set, ``detect`` may run an image a second time at
 another scale; the SavedModel runs the first pass only.
@@ -134,9 +135,9 @@ class _ServingGraph:
         self.threshold = float(config.DETECTION_MASK_THRESHOLD)
         covered = config.DETECTION_MAX_COVERED_FRACTION
         self.max_covered = None if covered is None else float(covered)
-        floor = config.DETECTION_MASK_GROWTH_FLOOR
-        self.growth_floor = None if floor is None else float(floor)
-        self.growth_margin = int(config.DETECTION_MASK_GROWTH_MARGIN)
+        band = config.DETECTION_MASK_INTENSITY_BAND
+        self.band = None if band is None else (float(band[0]), float(band[1]))
+        self.margin = int(config.DETECTION_MASK_INTENSITY_MARGIN)
         self.anchors = anchor_settings(config)
 
     def _scale(self, h, w):
@@ -212,11 +213,12 @@ class _ServingGraph:
             y1, x1, y2, x2 = box[0], box[1], box[2], box[3]
             resized = tf.image.resize(mask[..., None], [y2 - y1, x2 - x1], method="bilinear")
             inside = resized[..., 0] >= self.threshold
-            if self.growth_floor is not None:
-                unsure = resized[..., 0] >= self.growth_floor
+            if self.band is not None:
+                sure = resized[..., 0] >= self.band[1]
+                possible = resized[..., 0] >= self.band[0]
                 inside = tf.cond(
                     grey_image,
-                    lambda: grow_by_intensity_tf(inside, unsure, grey, box, self.growth_margin),
+                    lambda: follow_intensity_tf(inside, sure, possible, grey, box, self.margin),
                     lambda: inside)
             return tf.pad(inside, [[y1, ih - y2], [x1, iw - x2]])
 
@@ -258,9 +260,9 @@ def otsu_threshold_tf(values, bins=256):
     return tf.gather(centres, tf.argmax(between))
 
 
-def grow_by_intensity_tf(inside, candidates, grey, box, margin):
-    """TensorFlow twin of :func:`mrcnn.ops.masks.grow_by_intensity`: ``inside`` and
-    ``candidates`` [h, w] bool over the pixel ``box`` [4] int32 of the image's ``grey`` [H, W]
+def follow_intensity_tf(inside, sure, possible, grey, box, margin):
+    """TensorFlow twin of :func:`mrcnn.ops.masks.follow_intensity`: ``inside``, ``sure`` and
+    ``possible`` [h, w] bool over the pixel ``box`` [4] int32 of the image's ``grey`` [H, W]
     float32 levels; ``margin`` a Python int."""
     y1, x1, y2, x2 = box[0], box[1], box[2], box[3]
     height, width = tf.shape(grey)[0], tf.shape(grey)[1]
@@ -277,7 +279,7 @@ def grow_by_intensity_tf(inside, candidates, grey, box, margin):
         upper_in = tf.reduce_sum(tf.cast(upper & inside, tf.float64)) / area
         upper_out = tf.reduce_sum(tf.cast(upper & ~inside, tf.float64)) / (total - area)
         objects = tf.where(upper_in >= upper_out, upper, ~upper)
-        return inside | (candidates & objects)
+        return sure | (possible & objects)
 
     return tf.cond(grow, grown, lambda: inside)
 

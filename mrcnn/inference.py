@@ -138,8 +138,9 @@ class Detector:
                           window, mask_threshold=None, image=None):
         """One image's network output -> rois (pixels of the original image), class_ids,
         scores, masks [H, W, N] bool (mask probabilities > ``mask_threshold``, by default the
-        config's DETECTION_MASK_THRESHOLD). With DETECTION_MASK_GROWTH_FLOOR set and the
-        original ``image`` given, masks grow by intensity (:func:`mrcnn.ops.masks.expand_mask`).
+        config's DETECTION_MASK_THRESHOLD). With DETECTION_MASK_INTENSITY_BAND set and the
+        original ``image`` given, the image decides the unsure pixels
+        (:func:`mrcnn.ops.masks.expand_mask`).
         With DETECTION_MAX_COVERED_FRACTION set, the detections whose masks higher-scored ones
         cover by more than it are left out (:func:`mrcnn.ops.masks.uncovered_detections`)."""
         if mask_threshold is None:
@@ -155,11 +156,11 @@ class Detector:
         boxes = denorm_boxes(boxes, original_image_shape[:2])
         keep = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
         boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
-        floor = self.config.DETECTION_MASK_GROWTH_FLOOR
-        intensity = None if floor is None else grey_levels(image)
+        band = self.config.DETECTION_MASK_INTENSITY_BAND
+        intensity = None if band is None else grey_levels(image)
         masks = expand_mask(boxes, np.moveaxis(masks, 0, -1), original_image_shape,
-                            mask_threshold, intensity=intensity, growth_floor=floor,
-                            growth_margin=self.config.DETECTION_MASK_GROWTH_MARGIN)
+                            mask_threshold, intensity=intensity, band=band,
+                            margin=self.config.DETECTION_MASK_INTENSITY_MARGIN)
         max_covered = self.config.DETECTION_MAX_COVERED_FRACTION
         if max_covered is not None:
             keep = uncovered_detections(boxes, masks, scores, max_covered)

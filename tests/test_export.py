@@ -21,7 +21,7 @@ class ExportConfig(TinyConfig):
     IMAGE_MIN_SCALE = 1
     IMAGE_NORMALIZATION = "nuclei"
     DETECTION_MIN_CONFIDENCE = 0.5
-    DETECTION_MASK_GROWTH_FLOOR = 0.3     # masks grown by intensity on both sides
+    DETECTION_MASK_INTENSITY_BAND = (0.3, 0.7)    # unsure pixels decided by intensity
 
 
 class UpscaledExportConfig(ExportConfig):

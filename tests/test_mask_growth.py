@@ -1,12 +1,12 @@
-"""DETECTION_MASK_GROWTH_FLOOR: masks grow into the pixels of their box that the mask head is
-unsure of and the image's intensity assigns to the object (Otsu split over the grown box)."""
+"""DETECTION_MASK_INTENSITY_BAND: the pixels of a box whose mask probability is unsure are
+decided by the image's intensity (the object's side of the Otsu split over the grown box)."""
 
 import numpy as np
 import pytest
 
 from mrcnn.inference import Detector
 from mrcnn.ops.boxes import norm_boxes
-from mrcnn.ops.masks import grey_levels, grow_by_intensity, is_colour, otsu_threshold
+from mrcnn.ops.masks import follow_intensity, grey_levels, is_colour, otsu_threshold
 from tests.conftest import TinyConfig
 
 
@@ -47,24 +47,38 @@ def _bright_nucleus(dark_object=False):
 
 
 @pytest.mark.parametrize("dark_object", [False, True])
-def test_growth_takes_the_unsure_pixels_on_the_objects_side(dark_object):
+def test_unsure_pixels_on_the_objects_side_join(dark_object):
     nucleus, intensity, inside, unsure = _bright_nucleus(dark_object)
-    grown = grow_by_intensity(inside, unsure, intensity, (0, 0, 30, 30), margin=10)
+    box = (0, 0, 30, 30)
+    grown = follow_intensity(inside, inside, unsure, intensity, box, margin=10)
     np.testing.assert_array_equal(grown, nucleus)          # radius 3 grown to the disc of 6
-    # Only unsure pixels join: with candidates of radius 4, radius 4 is as far as it goes.
-    limited = grow_by_intensity(inside, _disc((30, 30), 15, 15, 4), intensity, (0, 0, 30, 30), 10)
+    # Only possible pixels join: with those of radius 4, radius 4 is as far as it goes.
+    limited = follow_intensity(inside, inside, _disc((30, 30), 15, 15, 4), intensity, box, 10)
     np.testing.assert_array_equal(limited, _disc((30, 30), 15, 15, 4))
 
 
-def test_growth_leaves_empty_full_and_flat_masks_alone():
+@pytest.mark.parametrize("dark_object", [False, True])
+def test_unsure_pixels_off_the_objects_side_leave(dark_object):
+    """A mask of radius 8 around a nucleus of radius 6, sure only within radius 3: its unsure
+    ring outside the nucleus goes; sure pixels stay whatever the image says."""
+    nucleus, intensity, _, possible = _bright_nucleus(dark_object)
+    inside, sure = _disc((30, 30), 15, 15, 8), _disc((30, 30), 15, 15, 3)
+    box = (0, 0, 30, 30)
+    np.testing.assert_array_equal(follow_intensity(inside, sure, possible, intensity, box, 10),
+                                  nucleus)
+    everything = follow_intensity(inside, inside, possible, intensity, box, 10)
+    np.testing.assert_array_equal(everything, inside)      # all of radius 8 was sure
+
+
+def test_empty_full_and_flat_masks_are_left_alone():
     nucleus, intensity, inside, unsure = _bright_nucleus()
+    box, sure = (0, 0, 30, 30), _disc((30, 30), 15, 15, 1)
     empty = np.zeros_like(inside)
-    assert not grow_by_intensity(empty, unsure, intensity, (0, 0, 30, 30), 10).any()
+    assert not follow_intensity(empty, empty, unsure, intensity, box, 10).any()
     full = np.ones_like(inside)
-    assert grow_by_intensity(full, unsure, intensity, (0, 0, 30, 30), 10).all()
+    assert follow_intensity(full, sure, unsure, intensity, box, 10).all()
     flat = np.full((30, 30), 7.0, np.float32)
-    np.testing.assert_array_equal(grow_by_intensity(inside, unsure, flat, (0, 0, 30, 30), 10),
-                                  inside)
+    np.testing.assert_array_equal(follow_intensity(inside, sure, unsure, flat, box, 10), inside)
 
 
 def test_grey_levels_of_grey_images_only():
@@ -93,13 +107,13 @@ def test_colour_is_judged_like_the_savedmodel_judges_it():
         assert bool(is_colour_tf(tf.constant(image, tf.float32)).numpy()) is expected
 
 
-def _unmold(floor, image):
+def _unmold(band, image):
     """Detector.unmold_detections on one detection covering a 30 x 30 image whose 28 x 28 mask
     probability falls from 1 at the centre to 0 at radius 14 (mask-grid pixels)."""
-    class Growth(TinyConfig):
+    class Band(TinyConfig):
         DETECTION_MASK_THRESHOLD = 0.5
-        DETECTION_MASK_GROWTH_FLOOR = floor
-    config = Growth()
+        DETECTION_MASK_INTENSITY_BAND = band
+    config = Band()
     shape = (30, 30, 3)
     detections = np.zeros((config.DETECTION_MAX_INSTANCES, 6), np.float32)
     detections[0, :4] = norm_boxes(np.array([[0, 0, 30, 30]], np.float32), shape)
@@ -112,47 +126,55 @@ def _unmold(floor, image):
         detections, mrcnn_mask, shape, shape, np.array([0, 0, 30, 30]), image=image)[3][..., 0]
 
 
-def test_unmold_grows_masks_to_the_nucleus_in_the_image():
-    nucleus = _disc((30, 30), 14.5, 14.5, 10)
-    image = np.repeat(np.where(nucleus, 180, 10).astype(np.uint8)[..., None], 3, axis=-1)
+def _grey_disc_image(radius):
+    nucleus = _disc((30, 30), 14.5, 14.5, radius)
+    return nucleus, np.repeat(np.where(nucleus, 180, 10).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def test_unmold_lets_the_image_decide_the_unsure_pixels():
+    nucleus, image = _grey_disc_image(10)
     plain = _unmold(None, image)                  # probability 0.5 reaches about radius 7.5
     assert 100 < plain.sum() < nucleus.sum() and not (plain & ~nucleus).any()
-    grown = _unmold(0.2, image)                   # 0.2 reaches radius 12: the disc of 10 joins
+    grown = _unmold((0.2, 0.5), image)            # 0.2 reaches radius 12: the disc of 10 joins
     np.testing.assert_array_equal(grown, nucleus)
-    np.testing.assert_array_equal(_unmold(0.2, None), plain)    # no image: nothing to follow
+    small, image = _grey_disc_image(5)            # a nucleus smaller than the plain mask
+    assert (plain & ~small).any()
+    np.testing.assert_array_equal(_unmold((0.2, 0.8), image), small)   # 0.8: sure to radius 3
+    np.testing.assert_array_equal(_unmold((0.2, 0.8), None), plain)     # no image: plain masks
     tinted = image.copy()
     tinted[..., 0] = 0                                           # a colour image keeps its masks
-    np.testing.assert_array_equal(_unmold(0.2, tinted), plain)
+    np.testing.assert_array_equal(_unmold((0.2, 0.8), tinted), plain)
 
 
-@pytest.mark.parametrize("field,value", [("DETECTION_MASK_GROWTH_FLOOR", -0.1),
-                                         ("DETECTION_MASK_GROWTH_FLOOR", 1.5),
-                                         ("DETECTION_MASK_GROWTH_FLOOR", True),
-                                         ("DETECTION_MASK_GROWTH_MARGIN", -1),
-                                         ("DETECTION_MASK_GROWTH_MARGIN", 2.5)])
-def test_config_rejects_bad_growth_settings(field, value):
+@pytest.mark.parametrize("field,value", [("DETECTION_MASK_INTENSITY_BAND", (-0.1, 0.5)),
+                                         ("DETECTION_MASK_INTENSITY_BAND", (0.6, 0.5)),
+                                         ("DETECTION_MASK_INTENSITY_BAND", (0.2, 1.5)),
+                                         ("DETECTION_MASK_INTENSITY_BAND", (0.2,)),
+                                         ("DETECTION_MASK_INTENSITY_BAND", (True, 0.5)),
+                                         ("DETECTION_MASK_INTENSITY_BAND", 0.25),
+                                         ("DETECTION_MASK_INTENSITY_MARGIN", -1),
+                                         ("DETECTION_MASK_INTENSITY_MARGIN", 2.5)])
+def test_config_rejects_bad_band_settings(field, value):
     config = TinyConfig()
-    config.DETECTION_MASK_THRESHOLD = 0.5
     setattr(config, field, value)
     with pytest.raises(ValueError, match=field):
         config.validate()
 
 
-def test_config_accepts_growth_settings():
+def test_config_accepts_band_settings():
     config = TinyConfig()
-    config.DETECTION_MASK_THRESHOLD = 0.5
-    for floor in (None, 0, 0.25, 0.5, 0.8):   # at or above the mask threshold: adds nothing
-        config.DETECTION_MASK_GROWTH_FLOOR = floor
+    for band in (None, (0, 1), [0.25, 0.6], (0.5, 0.5)):
+        config.DETECTION_MASK_INTENSITY_BAND = band
         config.validate()
-    config.DETECTION_MASK_GROWTH_MARGIN = 0
+    config.DETECTION_MASK_INTENSITY_MARGIN = 0
     config.validate()
 
 
-def test_savedmodel_twin_grows_the_same_pixels():
-    """mrcnn.export.grow_by_intensity_tf (the SavedModel's) equals grow_by_intensity on noisy
-    discs, bright and dark, with boxes at the image border."""
+def test_savedmodel_twin_decides_the_same_pixels():
+    """mrcnn.export.follow_intensity_tf (the SavedModel's) equals follow_intensity on noisy
+    discs, bright and dark, with boxes at the image border, growing and shrinking."""
     import tensorflow as tf
-    from mrcnn.export import grow_by_intensity_tf
+    from mrcnn.export import follow_intensity_tf
     rng = np.random.RandomState(1)
     shape = (40, 40)
     for trial in range(8):
@@ -163,10 +185,12 @@ def test_savedmodel_twin_grows_the_same_pixels():
             intensity = 255 - intensity
         y1, x1 = max(0, int(cy - r - 2)), max(0, int(cx - r - 2))
         y2, x2 = min(40, int(cy + r + 3)), min(40, int(cx + r + 3))
-        inside = _disc(shape, cy, cx, r * 0.6)[y1:y2, x1:x2]
-        unsure = _disc(shape, cy, cx, r * 1.3)[y1:y2, x1:x2]
-        expected = grow_by_intensity(inside, unsure, intensity, (y1, x1, y2, x2), 5)
-        got = grow_by_intensity_tf(tf.constant(inside), tf.constant(unsure),
-                                   tf.constant(intensity), tf.constant([y1, x1, y2, x2]), 5)
+        scale = 0.6 if trial < 4 else 1.2                # masks too small, then too large
+        inside = _disc(shape, cy, cx, r * scale)[y1:y2, x1:x2]
+        sure = _disc(shape, cy, cx, r * scale * 0.5)[y1:y2, x1:x2]
+        possible = _disc(shape, cy, cx, r * 1.3)[y1:y2, x1:x2]
+        expected = follow_intensity(inside, sure, possible, intensity, (y1, x1, y2, x2), 5)
+        got = follow_intensity_tf(tf.constant(inside), tf.constant(sure), tf.constant(possible),
+                                  tf.constant(intensity), tf.constant([y1, x1, y2, x2]), 5)
         np.testing.assert_array_equal(got.numpy(), expected)
-        assert expected.sum() > inside.sum()
+        assert (expected != inside).any()

@@ -276,11 +276,13 @@ def test_config_overrides_and_fraction(dsb_dir):
     assert make_config({}).DETECTION_MAX_COVERED_FRACTION is None        # training: off
     off = parse_overrides(["DETECTION_MAX_COVERED_FRACTION=null"])
     assert make_config(off, inference=True).DETECTION_MAX_COVERED_FRACTION is None
-    assert inference.DETECTION_MASK_GROWTH_FLOOR == 0.25
-    assert inference.DETECTION_MASK_GROWTH_MARGIN == 10
-    assert make_config({}).DETECTION_MASK_GROWTH_FLOOR is None           # training: off
-    off = parse_overrides(["DETECTION_MASK_GROWTH_FLOOR=null"])
-    assert make_config(off, inference=True).DETECTION_MASK_GROWTH_FLOOR is None
+    assert tuple(inference.DETECTION_MASK_INTENSITY_BAND) == (0.25, 0.6)
+    assert inference.DETECTION_MASK_INTENSITY_MARGIN == 10
+    assert make_config({}).DETECTION_MASK_INTENSITY_BAND is None         # training: off
+    off = parse_overrides(["DETECTION_MASK_INTENSITY_BAND=null"])
+    assert make_config(off, inference=True).DETECTION_MASK_INTENSITY_BAND is None
+    band = parse_overrides(["DETECTION_MASK_INTENSITY_BAND=[0.3,0.5]"])
+    assert list(make_config(band, inference=True).DETECTION_MASK_INTENSITY_BAND) == [0.3, 0.5]
     with pytest.raises(ValueError, match="NO_SUCH"):
         parse_overrides(["NO_SUCH=1"])
     ds = NucleusDataset().load_nucleus(dsb_dir, "stage1_train")

@@ -22,8 +22,8 @@ def minimize_mask(bbox, mask, mini_shape):
     return mini
 
 
-def expand_mask(bbox, mini_mask, image_shape, threshold=0.5, intensity=None, growth_floor=None,
-                growth_margin=10):
+def expand_mask(bbox, mini_mask, image_shape, threshold=0.5, intensity=None, band=None,
+                margin=10):
     """Paste small soft or binary masks [h, w, N] into their pixel boxes [N, 4] (y1, x1, y2, x2,
     y2/x2 exclusive) of an image-sized bool stack [H, W, N], binarised at ``threshold``.
 
@@ -34,11 +34,11 @@ def expand_mask(bbox, mini_mask, image_shape, threshold=0.5, intensity=None, gro
     boxes of 400 px side: 1 ms instead of 30 ms of strided writes), and ``masks[..., i]`` reads one
     contiguous plane.
 
-    With ``intensity`` (the image's [H, W] grey levels) and ``growth_floor`` f, each mask also
-    takes the pixels of its box whose probability is at least f and that lie on the object's
-    side of :func:`otsu_threshold` over the box grown by ``growth_margin`` pixels (the side
-    most of the thresholded mask lies on, so bright and dark objects both work):
-    :func:`grow_by_intensity`.
+    With ``intensity`` (the image's [H, W] grey levels) and ``band`` = (low, high), the pixels
+    of a box whose probability is in [low, high) are unsure: they belong to the mask when they
+    lie on the object's side of :func:`otsu_threshold` over the box grown by ``margin`` pixels
+    (the side most of the mask thresholded at ``threshold`` lies on, so bright and dark objects
+    both work); probabilities >= high are in, < low out: :func:`follow_intensity`.
     """
     planes = np.zeros((mini_mask.shape[-1],) + tuple(image_shape[:2]), dtype=bool)
     for i in range(len(planes)):
@@ -47,9 +47,9 @@ def expand_mask(bbox, mini_mask, image_shape, threshold=0.5, intensity=None, gro
             continue
         resized = resize_array(mini_mask[:, :, i].astype(np.float32), (y2 - y1, x2 - x1))
         inside = resized >= threshold
-        if intensity is not None and growth_floor is not None:
-            inside = grow_by_intensity(inside, resized >= growth_floor, intensity,
-                                       (y1, x1, y2, x2), growth_margin)
+        if intensity is not None and band is not None:
+            inside = follow_intensity(inside, resized >= band[1], resized >= band[0], intensity,
+                                      (y1, x1, y2, x2), margin)
         planes[i, y1:y2, x1:x2] = inside
     return np.moveaxis(planes, 0, -1)
 
@@ -101,15 +101,24 @@ def otsu_threshold(values, bins=256):
     return float(centres[int(np.nanargmax(np.where(w0 * w1 > 0, between, np.nan)))])
 
 
-def grow_by_intensity(inside, candidates, intensity, box, margin):
-    """One detection's thresholded mask ``inside`` [h, w] bool (its box's pixels) grown by the
-    ``candidates`` [h, w] bool (pixels of lower but non-negligible probability) that lie on
-    the object's side of the Otsu threshold of ``intensity`` [H, W] over ``box`` (pixels y1,
-    x1, y2, x2 of the image) grown by ``margin`` pixels on each side (clipped to the image).
-    The object's side is the one holding the larger share of ``inside``'s pixels than of the
-    rest of the box, so nuclei brighter (fluorescence) or darker (brightfield, stains) than
-    their surroundings both work. A mask that is empty or fills its box, or a constant region,
-    is returned as it is."""
+def follow_intensity(inside, sure, possible, intensity, box, margin):
+    """One detection's mask over its box where the image decides the unsure pixels.
+
+    Args:
+        inside: [h, w] bool, the mask thresholded as usual (it tells the object's side).
+        sure: [h, w] bool, pixels in the mask whatever the image (probability >= the band's
+            top); ``possible``: [h, w] bool, pixels that may be (probability >= its bottom).
+        intensity: [H, W] grey levels of the image; box: its pixels (y1, x1, y2, x2) of the
+            detection; margin: pixels the Otsu region extends beyond the box (clipped).
+
+    Returns:
+        [h, w] bool: ``sure`` plus the ``possible`` pixels on the object's side of the Otsu
+        threshold of the grown box. The object's side is the upper one when a larger share of
+        ``inside``'s pixels than of the box's other pixels lies above the threshold, else the
+        lower one, so nuclei brighter (fluorescence) or darker (brightfield) than their
+        surroundings both work. A mask that is empty or fills its box, or a constant region,
+        gives ``inside`` unchanged.
+    """
     if not inside.any() or inside.all():
         return inside
     y1, x1, y2, x2 = box
@@ -121,7 +130,7 @@ def grow_by_intensity(inside, candidates, intensity, box, margin):
         return inside
     upper = intensity[y1:y2, x1:x2] > threshold
     objects = upper if upper[inside].mean() >= upper[~inside].mean() else ~upper
-    return inside | (candidates & objects)
+    return sure | (possible & objects)
 
 
 def unmold_mask(mask, bbox, image_shape, threshold=0.5):
