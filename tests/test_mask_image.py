@@ -2,13 +2,12 @@
 
 import math
 
-import keras
 import numpy as np
 import pytest
 
 from mrcnn import model as modellib
 from mrcnn.layers import DetectionTargetLayer, ImageROICrop
-from tests.conftest import TinyConfig, ZeroConfidenceConfig
+from tests.conftest import TinyConfig, ZeroConfidenceConfig, assert_detects_and_round_trips
 
 
 class ImageGuidedConfig(TinyConfig):
@@ -79,15 +78,7 @@ def test_image_guided_mask_head_trains(tmp_path, synthetic_dataset):
 
 
 def test_image_guided_model_detects_and_round_trips_in_safe_mode(tmp_path):
-    keras.utils.set_random_seed(0)
-    model = modellib.MaskRCNN("inference", ImageGuidedInferenceConfig(), str(tmp_path))
-    image = np.random.RandomState(4).randint(0, 255, (128, 128, 3)).astype(np.uint8)
-    expected = model.detect([image])
-    assert expected[0]["masks"].shape[:2] == (128, 128) and len(expected[0]["scores"])
-    path = model.save(str(tmp_path / "guided.keras"))
-    again = modellib.MaskRCNN.from_keras_file(path, ImageGuidedInferenceConfig()).detect([image])
-    for key in ("rois", "class_ids", "scores", "masks"):
-        np.testing.assert_array_equal(again[0][key], expected[0][key])
+    assert_detects_and_round_trips(ImageGuidedInferenceConfig(), tmp_path)
 
 
 def test_loading_across_the_option_names_it(tmp_path, trained_dir):
