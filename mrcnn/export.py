@@ -279,7 +279,8 @@ def follow_intensity_tf(inside, sure, possible, grey, box, margin):
         upper_in = tf.reduce_sum(tf.cast(upper & inside, tf.float64)) / area
         upper_out = tf.reduce_sum(tf.cast(upper & ~inside, tf.float64)) / (total - area)
         objects = tf.where(upper_in >= upper_out, upper, ~upper)
-        return sure | (possible & objects)
+        decided = sure | (possible & objects)
+        return tf.where(tf.reduce_any(decided), decided, inside)
 
     return tf.cond(grow, grown, lambda: inside)
 

@@ -79,6 +79,12 @@ def test_empty_full_and_flat_masks_are_left_alone():
     assert follow_intensity(full, sure, unsure, intensity, box, 10).all()
     flat = np.full((30, 30), 7.0, np.float32)
     np.testing.assert_array_equal(follow_intensity(inside, sure, unsure, flat, box, 10), inside)
+    # A mask the image would erase (nothing sure, its possible pixels all on the dark side)
+    # is kept as thresholded.
+    ring = _disc((30, 30), 15, 15, 12) & ~_disc((30, 30), 15, 15, 9)
+    assert not (ring & nucleus).any()
+    np.testing.assert_array_equal(
+        follow_intensity(ring | nucleus, empty, ring, intensity, box, 10), ring | nucleus)
 
 
 def test_grey_levels_of_grey_images_only():
@@ -194,3 +200,9 @@ def test_savedmodel_twin_decides_the_same_pixels():
                                   tf.constant(intensity), tf.constant([y1, x1, y2, x2]), 5)
         np.testing.assert_array_equal(got.numpy(), expected)
         assert (expected != inside).any()
+    nucleus, intensity, _, _ = _bright_nucleus()           # the erasing case: kept, as above
+    ring = _disc((30, 30), 15, 15, 12) & ~_disc((30, 30), 15, 15, 9)
+    got = follow_intensity_tf(tf.constant(ring | nucleus), tf.zeros((30, 30), tf.bool),
+                              tf.constant(ring), tf.constant(intensity),
+                              tf.constant([0, 0, 30, 30]), 10)
+    np.testing.assert_array_equal(got.numpy(), ring | nucleus)

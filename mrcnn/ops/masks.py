@@ -116,8 +116,9 @@ def follow_intensity(inside, sure, possible, intensity, box, margin):
         threshold of the grown box. The object's side is the upper one when a larger share of
         ``inside``'s pixels than of the box's other pixels lies above the threshold, else the
         lower one, so nuclei brighter (fluorescence) or darker (brightfield) than their
-        surroundings both work. A mask that is empty or fills its box, or a constant region,
-        gives ``inside`` unchanged.
+        surroundings both work. A mask that is empty or fills its box, a constant region, or a
+        result that would be empty (the image may reshape a mask, not erase it) gives
+        ``inside`` unchanged.
     """
     if not inside.any() or inside.all():
         return inside
@@ -130,7 +131,8 @@ def follow_intensity(inside, sure, possible, intensity, box, margin):
         return inside
     upper = intensity[y1:y2, x1:x2] > threshold
     objects = upper if upper[inside].mean() >= upper[~inside].mean() else ~upper
-    return sure | (possible & objects)
+    decided = sure | (possible & objects)
+    return decided if decided.any() else inside
 
 
 def unmold_mask(mask, bbox, image_shape, threshold=0.5):
