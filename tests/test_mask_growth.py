@@ -91,12 +91,18 @@ def test_grey_levels_of_grey_images_only():
     rgba = np.zeros((2, 2, 4), np.uint8)
     rgba[..., 0], rgba[..., 1], rgba[..., 2], rgba[..., 3] = 58, 60, 62, 255   # alpha ignored
     np.testing.assert_allclose(grey_levels(rgba), np.full((2, 2), 60.0))     # deviation 4/3
-    np.testing.assert_allclose(grey_levels(np.full((2, 2), 5, np.uint16)), 5.0)
+    np.testing.assert_allclose(grey_levels(np.full((2, 2), 5, np.uint8)), 5.0)
     np.testing.assert_allclose(grey_levels(np.full((2, 2, 1), 9, np.uint8)), np.full((2, 2), 9))
     assert grey_levels(None) is None
     stained = rgba.copy()
     stained[..., 0], stained[..., 2] = 30, 90                 # deviation (30 + 0 + 30) / 3 = 20
     assert is_colour(stained) and grey_levels(stained) is None
+    # 16-bit and float images are judged on their 8-bit view (as detect() molds them): a
+    # near-grey 16-bit image is grey, a float image in [0, 1] with stain colours is not.
+    deep = rgba[..., :3].astype(np.uint16) * 257
+    deep[0, 0] = 65535                                        # the view scales by the maximum
+    np.testing.assert_allclose(grey_levels(deep)[1:, 1:], 60.0, atol=0.5)
+    assert grey_levels(stained[..., :3].astype(np.float32) / 255.0) is None
 
 
 def test_colour_is_judged_like_the_savedmodel_judges_it():

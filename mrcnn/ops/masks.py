@@ -7,7 +7,7 @@ with (y2, x2) one past the last pixel.
 import numpy as np
 
 from mrcnn.ops.image import (STAIN_COLOUR_THRESHOLD, STATISTICS_MAX_PIXELS, colour_deviation,
-                             resize_array)
+                             resize_array, to_rgb_uint8)
 
 
 def minimize_mask(bbox, mask, mini_shape):
@@ -60,10 +60,14 @@ def grey_levels(image):
     their grey by more than STAIN_COLOUR_THRESHOLD on average (:func:`is_colour`), such as
     stained tissue, where the grey level mixes the stains. (On 80 stained DSB2018 training
     images, growing masks by the grey level, by any one channel or by the haematoxylin amount
-    lowered the DSB score by 0.002-0.007 per image; docs/results.md.)"""
+    lowered the DSB score by 0.002-0.007 per image; docs/results.md.) Images that are not
+    uint8 (16-bit, float) are judged and measured on their 8-bit view, the one ``detect`` molds
+    (:func:`mrcnn.ops.image.to_rgb_uint8`)."""
     if image is None:
         return None
     image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = to_rgb_uint8(image)
     if image.ndim == 2:
         return image.astype(np.float32)
     if is_colour(image):
