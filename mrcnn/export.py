@@ -90,8 +90,7 @@ def _normalize_nuclei(image, stain=False):
         return _stretch(tf.where(bright, 255.0 - gray, gray),
                         tf.where(bright, 255.0 - flat, flat), 1.0)
     if stain:
-        rgb = image[::step, ::step]
-        colourful = tf.reduce_mean(tf.abs(rgb - sample[..., None])) > STAIN_COLOUR_THRESHOLD
+        colourful = is_colour_tf(image)
         weights = tf.constant(HAEMATOXYLIN_FROM_OD, tf.float32)
 
         def stain_path():
@@ -157,8 +156,10 @@ class _ServingGraph:
         image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]),
                         lambda: image[..., :3])
         image = tf.cast(image, tf.float32)
-        grey = tf.reduce_mean(image, axis=-1)   # mrcnn.ops.masks.grey_levels of the input
-        grey_image = tf.logical_not(is_colour_tf(image))
+        grey = grey_image = None    # mrcnn.ops.masks.grey_levels of the input, for the band
+        if self.band is not None:
+            grey = tf.reduce_mean(image, axis=-1)
+            grey_image = tf.logical_not(is_colour_tf(image))
         image = normalize_image_tf(image, self.normalization)
         shape = tf.shape(image)
         h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
@@ -234,8 +235,7 @@ class _ServingGraph:
 
 def is_colour_tf(image):
     """TensorFlow twin of :func:`mrcnn.ops.masks.is_colour` for a float32 [H, W, 3] image."""
-    shape = tf.shape(image)
-    step = tf.where(shape[0] * shape[1] > STATISTICS_MAX_PIXELS, 4, 1)
+    step = _statistics_step(image)
     sample = image[::step, ::step]
     deviation = tf.reduce_mean(tf.abs(sample - tf.reduce_mean(sample, axis=-1, keepdims=True)))
     return deviation > STAIN_COLOUR_THRESHOLD

@@ -6,7 +6,8 @@ import pytest
 
 from mrcnn.inference import Detector
 from mrcnn.ops.boxes import norm_boxes
-from mrcnn.ops.masks import follow_intensity, grey_levels, is_colour, otsu_threshold
+from mrcnn.ops.image import is_colour
+from mrcnn.ops.masks import follow_intensity, grey_levels, otsu_threshold
 from tests.conftest import TinyConfig
 
 

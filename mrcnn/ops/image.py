@@ -249,16 +249,25 @@ def colour_deviation(rgb):
     return float(np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean())
 
 
-def is_stained_colour(image):
-    """Whether a uint8 image [H, W, C>=3] looks like stained histology: a bright background
-    (median grey above mid-grey) and colour deviating from grey by more than
-    STAIN_COLOUR_THRESHOLD (statistics from every 4th row and column of a large image)."""
+def is_colour(image):
+    """Whether an image [H, W, C] has colour: C >= 3 and :func:`colour_deviation` of its first
+    three channels above STAIN_COLOUR_THRESHOLD (statistics from every 4th row and column of
+    an image of more than STATISTICS_MAX_PIXELS pixels)."""
     if image.ndim != 3 or image.shape[-1] < 3:
         return False
     step = 4 if image.shape[0] * image.shape[1] > STATISTICS_MAX_PIXELS else 1
-    rgb = image[::step, ::step, :3].astype(np.float32)
-    return bool(np.median(rgb.mean(axis=-1)) > 127.5 and
-                colour_deviation(rgb) > STAIN_COLOUR_THRESHOLD)
+    return colour_deviation(image[::step, ::step, :3].astype(np.float32)) > \
+        STAIN_COLOUR_THRESHOLD
+
+
+def is_stained_colour(image):
+    """Whether a uint8 image [H, W, C>=3] looks like stained histology: colour
+    (:func:`is_colour`) on a bright background (median grey above mid-grey, from the same
+    every-4th-pixel sample of a large image)."""
+    if not is_colour(image):
+        return False
+    step = 4 if image.shape[0] * image.shape[1] > STATISTICS_MAX_PIXELS else 1
+    return bool(np.median(image[::step, ::step, :3].astype(np.float32).mean(axis=-1)) > 127.5)
 
 
 def scale_stains(image, haematoxylin=1.0, eosin=1.0):

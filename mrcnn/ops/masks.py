@@ -6,8 +6,7 @@ with (y2, x2) one past the last pixel.
 
 import numpy as np
 
-from mrcnn.ops.image import (STAIN_COLOUR_THRESHOLD, STATISTICS_MAX_PIXELS, colour_deviation,
-                             resize_array, to_rgb_uint8)
+from mrcnn.ops.image import is_colour, resize_array, to_rgb_uint8
 
 
 def minimize_mask(bbox, mask, mini_shape):
@@ -56,9 +55,10 @@ def expand_mask(bbox, mini_mask, image_shape, threshold=0.5, intensity=None, ban
 
 def grey_levels(image):
     """[H, W] float32 grey levels of an image [H, W], [H, W, 1] or [H, W, C] (the mean of its
-    first three channels), or None for None or a colour image: one whose channels deviate from
-    their grey by more than STAIN_COLOUR_THRESHOLD on average (:func:`is_colour`), such as
-    stained tissue, where the grey level mixes the stains. (On 80 stained DSB2018 training
+    first three channels), or None for None or a colour image
+    (:func:`mrcnn.ops.image.is_colour`: channels off their grey by more than
+    STAIN_COLOUR_THRESHOLD on average), such as stained tissue, where the grey level mixes the
+    stains. (On 80 stained DSB2018 training
     images, growing masks by the grey level, by any one channel or by the haematoxylin amount
     lowered the DSB score by 0.002-0.007 per image; docs/results.md.) Images that are not
     uint8 (16-bit, float) are judged and measured on their 8-bit view, the one ``detect`` molds
@@ -75,34 +75,16 @@ def grey_levels(image):
     return image[..., :3].astype(np.float32).mean(axis=-1)
 
 
-def is_colour(image):
-    """Whether an image [H, W, C] has colour: C >= 3 and :func:`colour_deviation` of its first
-    three channels above STAIN_COLOUR_THRESHOLD (statistics from every 4th row and column of
-    an image of more than STATISTICS_MAX_PIXELS pixels)."""
-    if image.ndim != 3 or image.shape[-1] < 3:
-        return False
-    step = 4 if image.shape[0] * image.shape[1] > STATISTICS_MAX_PIXELS else 1
-    return colour_deviation(image[::step, ::step, :3].astype(np.float32)) > \
-        STAIN_COLOUR_THRESHOLD
-
-
 def otsu_threshold(values, bins=256):
-    """Otsu's threshold of ``values`` (any shape): the centre of the histogram bin (``bins``
-    equal bins from min to max) after which splitting maximises the between-class variance
-    w0 * w1 * (mean0 - mean1)^2. Values above it form the upper class. None when all values
+    """Otsu's threshold of ``values`` (any shape) by scikit-image's ``threshold_otsu`` over
+    ``bins`` equal bins from min to max: the centre of the bin after which splitting maximises
+    the between-class variance. Values above it form the upper class. None when all values
     are equal."""
+    from skimage.filters import threshold_otsu   # imported on first use: 40 ms
     values = np.asarray(values, dtype=np.float64).ravel()
-    low, high = values.min(), values.max()
-    if not high > low:
+    if not values.max() > values.min():
         return None
-    counts, edges = np.histogram(values, bins=bins, range=(low, high))
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(counts)[:-1].astype(np.float64)
-    w1 = counts.sum() - w0
-    sum0 = np.cumsum(counts * centres)[:-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = w0 * w1 * (sum0 / w0 - (np.sum(counts * centres) - sum0) / w1) ** 2
-    return float(centres[int(np.nanargmax(np.where(w0 * w1 > 0, between, np.nan)))])
+    return float(threshold_otsu(values, nbins=bins))
 
 
 def follow_intensity(inside, sure, possible, intensity, box, margin):
