@@ -243,6 +243,13 @@ HAEMATOXYLIN_MIN_RANGE = 0.05
 STATISTICS_MAX_PIXELS = 1 << 16
 
 
+def statistics_step(image):
+    """4 when the image [H, W, ...] has more than STATISTICS_MAX_PIXELS pixels (its statistics
+    are taken from every 4th row and column), else 1. TensorFlow twin:
+    ``mrcnn.export._statistics_step``."""
+    return 4 if image.shape[0] * image.shape[1] > STATISTICS_MAX_PIXELS else 1
+
+
 def colour_deviation(rgb):
     """Mean absolute difference between each channel and the pixel's grey, over float
     [H, W, 3]: 0 for a grey image, about 15-35 for DSB2018's stained histology."""
@@ -255,7 +262,7 @@ def is_colour(image):
     an image of more than STATISTICS_MAX_PIXELS pixels)."""
     if image.ndim != 3 or image.shape[-1] < 3:
         return False
-    step = 4 if image.shape[0] * image.shape[1] > STATISTICS_MAX_PIXELS else 1
+    step = statistics_step(image)
     return colour_deviation(image[::step, ::step, :3].astype(np.float32)) > \
         STAIN_COLOUR_THRESHOLD
 
@@ -266,7 +273,7 @@ def is_stained_colour(image):
     every-4th-pixel sample of a large image)."""
     if not is_colour(image):
         return False
-    step = 4 if image.shape[0] * image.shape[1] > STATISTICS_MAX_PIXELS else 1
+    step = statistics_step(image)
     return bool(np.median(image[::step, ::step, :3].astype(np.float32).mean(axis=-1)) > 127.5)
 
 
@@ -332,7 +339,7 @@ def normalize_image(image, mode):
     if mode not in IMAGE_NORMALIZATIONS:
         raise ValueError(f"unknown image normalisation {mode!r}; use one of "
                          f"{IMAGE_NORMALIZATIONS}")
-    step = 4 if image.shape[0] * image.shape[1] > STATISTICS_MAX_PIXELS else 1
+    step = statistics_step(image)
     if mode == "stretch":
         sample = image[::step, ::step, :3] if image.ndim == 3 else image[::step, ::step]
         return _stretch(image.astype(np.float32), sample, 1.0)
@@ -341,8 +348,7 @@ def normalize_image(image, mode):
     gray = rgb.mean(axis=-1)
     sample = gray[::step, ::step]
     bright_background = np.median(sample) > 127.5
-    if mode == "nuclei_stain" and bright_background and rgb.shape[-1] == 3 and \
-            colour_deviation(rgb[::step, ::step]) > STAIN_COLOUR_THRESHOLD:
+    if mode == "nuclei_stain" and bright_background and is_colour(image):
         haematoxylin = -np.log((rgb + 1.0) / 256.0) @ HAEMATOXYLIN_FROM_OD.astype(np.float32)
         out = _stretch(haematoxylin, haematoxylin[::step, ::step], HAEMATOXYLIN_MIN_RANGE)
     else:
