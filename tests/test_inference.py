@@ -1,5 +1,5 @@
-"""detect(): any number of images of any size, one trace per shape, save/load round trips, the
-object-size second pass."""
+"""detect(): any number of images of any size, one trace for every shape, save/load round
+trips, the object-size second pass."""
 
 import numpy as np
 import pytest
@@ -169,6 +169,31 @@ def test_detect_runs_again_at_the_object_scale(trained_dir):
         np.testing.assert_array_equal(plain.detect([image])[0]["masks"], first["masks"])
     finally:
         PadConfig.OBJECT_SIZE_TARGET = 32.0
+
+
+def test_one_trace_for_every_image_size(trained_dir):
+    """Images molding to three shapes run through one trace of the graph, and its outputs
+    at each shape are the Keras model's own at that shape."""
+    class PadOnly(PadConfig):
+        OBJECT_SIZE_TARGET = None
+    model = modellib.MaskRCNN("inference", PadOnly(), trained_dir)
+    model.load_weights(model.find_last())
+    rng = np.random.RandomState(3)
+    images = [rng.randint(0, 255, shape).astype(np.uint8)
+              for shape in ((60, 60, 3), (40, 100, 3), (96, 70, 3))]
+    shapes = set()
+    for image in images:
+        molded, metas, _ = model.mold_inputs([image])
+        shapes.add(molded.shape)
+        out = model.detector.run(molded, metas)
+        anchors = model.detector.get_anchors(molded.shape[1:])[None]
+        direct = model.keras_model({"input_image": molded, "input_image_meta": metas,
+                                    "input_anchors": anchors}, training=False)
+        for key in ("detections", "mrcnn_mask"):
+            np.testing.assert_allclose(out[key], np.asarray(direct[key]), atol=1e-5)
+    assert len(shapes) == 3
+    model.detect(images)
+    assert model.detector._predict.experimental_get_tracing_count() == 1
 
 
 def test_a_given_scale_needs_the_pad64_mode():
