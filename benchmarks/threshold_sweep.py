@@ -97,6 +97,7 @@ def main():
     args = parser.parse_args()
 
     from mrcnn.data.loader import load_full_masks
+    from mrcnn.ops.masks import grey_levels
     from samples.nucleus.cli_eval import load_inference_model, load_subset
     from samples.nucleus.nucleus import image_kind
 
@@ -108,11 +109,12 @@ def main():
     for image_id in ids[::args.every]:
         image = dataset.load_image(image_id)
         true_masks, _ = load_full_masks(dataset, image_id, image)
+        grey = grey_levels(image)          # measured once, not once per mask threshold
         graph = model.run_graph(image)
         if model.config.OBJECT_SIZE_TARGET:   # the object-size pass of Detector.detect
             _, _, scores, masks = model.unmold_detections(
                 graph["detections"], graph["mrcnn_mask"], image.shape, graph["image"].shape,
-                graph["window"], image=image)
+                graph["window"], intensity=grey)
             scale = model.detector.object_scale(image.shape, {"scores": scores, "masks": masks})
             if scale is not None:
                 graph = model.run_graph(image, scale)
@@ -120,7 +122,7 @@ def main():
         for threshold in thresholds:
             _, _, scores, masks = model.unmold_detections(
                 graph["detections"], graph["mrcnn_mask"], image.shape, graph["image"].shape,
-                graph["window"], mask_threshold=threshold, image=image)
+                graph["window"], mask_threshold=threshold, intensity=grey)
             masks_by_threshold[threshold] = masks
         rows.append((image_kind(image), grid_scores(np.asarray(true_masks, bool), scores,
                                                     masks_by_threshold, confidences)))

@@ -140,12 +140,14 @@ class Detector:
         return result
 
     def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape,
-                          window, mask_threshold=None, image=None):
+                          window, mask_threshold=None, image=None, intensity=None):
         """One image's network output -> rois (pixels of the original image), class_ids,
         scores, masks [H, W, N] bool (mask probabilities > ``mask_threshold``, by default the
         config's DETECTION_MASK_THRESHOLD). With DETECTION_MASK_INTENSITY_BAND set and the
         original ``image`` given, the image decides the unsure pixels
-        (:func:`mrcnn.ops.masks.expand_mask`).
+        (:func:`mrcnn.ops.masks.expand_mask`); ``intensity``, the image's
+        :func:`mrcnn.ops.masks.grey_levels` [H, W], may be given instead, so that unmolding one
+        image at several thresholds measures them once (None with ``image`` None: plain masks).
         With DETECTION_MAX_COVERED_FRACTION set, the detections whose masks higher-scored ones
         cover by more than it are left out (:func:`mrcnn.ops.masks.uncovered_detections`)."""
         if mask_threshold is None:
@@ -162,7 +164,10 @@ class Detector:
         keep = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
         boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
         band = self.config.DETECTION_MASK_INTENSITY_BAND
-        intensity = None if band is None else grey_levels(image)
+        if band is None:
+            intensity = None
+        elif intensity is None:
+            intensity = grey_levels(image)
         masks = expand_mask(boxes, np.moveaxis(masks, 0, -1), original_image_shape,
                             mask_threshold, intensity=intensity, band=band,
                             margin=self.config.DETECTION_MASK_INTENSITY_MARGIN)
@@ -235,6 +240,11 @@ class Detector:
         the config's rule; a number needs the ``pad64`` inference resize mode, which ``crop``
         training configs use). Returns :meth:`detect`'s dicts."""
         results = [None] * len(images)
+        # A 16-bit or float image is brought to 8 bits once, for molding and grey levels alike
+        # (at least 3 channels, as grey_levels reads them; molding takes the config's).
+        channels = max(self.config.IMAGE_CHANNEL_COUNT, 3)
+        images = [image if np.asarray(image).dtype == np.uint8 else to_rgb_uint8(image, channels)
+                  for image in images]
         molded = [self.mold_inputs([image], [scale]) for image, scale in zip(images, scales)]
         groups = {}
         for i, (m, _, _) in enumerate(molded):

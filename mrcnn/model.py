@@ -181,10 +181,11 @@ class MaskRCNN:
         return self._detector().run_graph(image, scale)
 
     def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape,
-                          window, mask_threshold=None, image=None):
+                          window, mask_threshold=None, image=None, intensity=None):
         """See :meth:`mrcnn.inference.Detector.unmold_detections`."""
         return self._detector().unmold_detections(detections, mrcnn_mask, original_image_shape,
-                                                  image_shape, window, mask_threshold, image)
+                                                  image_shape, window, mask_threshold, image,
+                                                  intensity)
 
     def detect(self, images, verbose=0):
         """Detect instances in any number of images of any sizes.

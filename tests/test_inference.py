@@ -196,6 +196,23 @@ def test_one_trace_for_every_image_size(trained_dir):
     assert model.detector._predict.experimental_get_tracing_count() == 1
 
 
+def test_a_16_bit_image_detects_as_its_8_bit_view(trained_dir):
+    """detect() molds a 16-bit image and measures its grey levels (intensity band on) from
+    one 8-bit view: the same detections as for that view given as uint8."""
+    from mrcnn.ops.image import to_rgb_uint8
+
+    class Band(ZeroConfidenceConfig):
+        DETECTION_MASK_INTENSITY_BAND = (0.2, 0.7)
+    model = modellib.MaskRCNN("inference", Band(), trained_dir)
+    model.load_weights(model.find_last())
+    deep = (np.random.RandomState(4).randint(0, 255, (128, 128)) * 200).astype(np.uint16)
+    view = to_rgb_uint8(deep)
+    assert view.dtype == np.uint8 and view.shape == (128, 128, 3)
+    result = model.detect([deep])[0]
+    assert len(result["scores"]) > 0
+    _same([result], model.detect([view]))
+
+
 def test_a_given_scale_needs_the_pad64_mode():
     from mrcnn.inference import Detector
     image = np.zeros((40, 50, 3), np.uint8)

@@ -120,9 +120,10 @@ def test_colour_is_judged_like_the_savedmodel_judges_it():
         assert bool(is_colour_tf(tf.constant(image, tf.float32)).numpy()) is expected
 
 
-def _unmold(band, image):
+def _unmold(band, image, **given):
     """Detector.unmold_detections on one detection covering a 30 x 30 image whose 28 x 28 mask
-    probability falls from 1 at the centre to 0 at radius 14 (mask-grid pixels)."""
+    probability falls from 1 at the centre to 0 at radius 14 (mask-grid pixels); ``given``:
+    ``intensity=`` instead of the image."""
     class Band(TinyConfig):
         DETECTION_MASK_THRESHOLD = 0.5
         DETECTION_MASK_INTENSITY_BAND = band
@@ -136,7 +137,8 @@ def _unmold(band, image):
     mrcnn_mask = np.zeros((config.DETECTION_MAX_INSTANCES, 28, 28, 2), np.float32)
     mrcnn_mask[0, ..., 1] = radial
     return Detector(config, keras_model=None).unmold_detections(
-        detections, mrcnn_mask, shape, shape, np.array([0, 0, 30, 30]), image=image)[3][..., 0]
+        detections, mrcnn_mask, shape, shape, np.array([0, 0, 30, 30]), image=image,
+        **given)[3][..., 0]
 
 
 def _grey_disc_image(radius):
@@ -157,6 +159,10 @@ def test_unmold_lets_the_image_decide_the_unsure_pixels():
     tinted = image.copy()
     tinted[..., 0] = 0                                           # a colour image keeps its masks
     np.testing.assert_array_equal(_unmold((0.2, 0.8), tinted), plain)
+    # The grey levels measured once by the caller decide as the image does.
+    np.testing.assert_array_equal(_unmold((0.2, 0.8), None, intensity=grey_levels(image)), small)
+    np.testing.assert_array_equal(_unmold((0.2, 0.8), None, intensity=grey_levels(tinted)),
+                                  plain)
 
 
 @pytest.mark.parametrize("field,value", [("DETECTION_MASK_INTENSITY_BAND", (-0.1, 0.5)),
