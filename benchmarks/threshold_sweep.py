@@ -109,7 +109,8 @@ def main():
     for image_id in ids[::args.every]:
         image = dataset.load_image(image_id)
         true_masks, _ = load_full_masks(dataset, image_id, image)
-        grey = grey_levels(image)          # measured once, not once per mask threshold
+        # measured once, not once per mask threshold; only when the band uses them
+        grey = grey_levels(image) if model.config.DETECTION_MASK_INTENSITY_BAND else None
         graph = model.run_graph(image)
         if model.config.OBJECT_SIZE_TARGET:   # the object-size pass of Detector.detect
             _, _, scores, masks = model.unmold_detections(
