@@ -191,6 +191,7 @@ class Detector:
             one dict per image: rois [N, 4] (y1, x1, y2, x2) pixels of the original image,
             class_ids [N] int32, scores [N] float32, masks [H, W, N] bool.
         """
+        images = self.eight_bit(images)   # once, also for a second pass
         results = self.detect_at(images, [None] * len(images), verbose)
         if self.config.OBJECT_SIZE_TARGET:
             again = {i: self.object_scale(np.asarray(image).shape, result)
@@ -235,16 +236,20 @@ class Detector:
             return None
         return scale
 
+    def eight_bit(self, images):
+        """``images`` with each 16-bit or float image brought to uint8 (at least 3 channels, as
+        grey_levels reads them; molding takes the config's), so molding and grey levels share
+        one conversion; uint8 images are returned as they are."""
+        channels = max(self.config.IMAGE_CHANNEL_COUNT, 3)
+        return [image if np.asarray(image).dtype == np.uint8 else to_rgb_uint8(image, channels)
+                for image in images]
+
     def detect_at(self, images, scales, verbose=0):
         """:meth:`detect`'s one pass: images at ``scales``, one resize factor per image (None:
         the config's rule; a number needs the ``pad64`` inference resize mode, which ``crop``
         training configs use). Returns :meth:`detect`'s dicts."""
         results = [None] * len(images)
-        # A 16-bit or float image is brought to 8 bits once, for molding and grey levels alike
-        # (at least 3 channels, as grey_levels reads them; molding takes the config's).
-        channels = max(self.config.IMAGE_CHANNEL_COUNT, 3)
-        images = [image if np.asarray(image).dtype == np.uint8 else to_rgb_uint8(image, channels)
-                  for image in images]
+        images = self.eight_bit(images)
         molded = [self.mold_inputs([image], [scale]) for image, scale in zip(images, scales)]
         groups = {}
         for i, (m, _, _) in enumerate(molded):

@@ -213,6 +213,30 @@ def test_a_16_bit_image_detects_as_its_8_bit_view(trained_dir):
     _same([result], model.detect([view]))
 
 
+def test_a_16_bit_image_is_converted_once_for_both_passes(trained_dir, monkeypatch):
+    """With OBJECT_SIZE_TARGET's second pass, a 16-bit image is brought to 8 bits once (molding
+    passes the uint8 result through the converter too, which leaves it as it is), and detects
+    as its 8-bit view does."""
+    import mrcnn.inference as inference
+    calls = []
+    convert = inference.to_rgb_uint8
+
+    def counting(image, *args):
+        if np.asarray(image).dtype != np.uint8:
+            calls.append(np.asarray(image).dtype)
+        return convert(image, *args)
+    monkeypatch.setattr(inference, "to_rgb_uint8", counting)
+    model = modellib.MaskRCNN("inference", PadConfig(), trained_dir)
+    model.load_weights(model.find_last())
+    deep = (np.random.RandomState(1).randint(0, 255, (96, 80, 3)) * 250).astype(np.uint16)
+    result = model.detect([deep])[0]
+    assert len(calls) == 1
+    view = convert(deep, 3)
+    assert model.detector.object_scale(view.shape, model.detector.detect_at([view], [None])[0])
+    _same([result], model.detect([view]))
+    assert len(calls) == 1       # a uint8 image is never converted
+
+
 def test_a_given_scale_needs_the_pad64_mode():
     from mrcnn.inference import Detector
     image = np.zeros((40, 50, 3), np.uint8)
