@@ -111,12 +111,14 @@ def test_weights_coco_matches_matterports_architecture(data_dir, tmp_path, monke
 @pytest.mark.slow
 def test_time_budget_stops_with_a_checkpoint(data_dir, tmp_path):
     logs = str(tmp_path / "logs")
+    # No end epochs given: the budget alone ends the stages.
     nucleus_cli.main(["train", "--dataset", data_dir, "--logs", logs, "--backbone", "resnet18",
-                      "--steps-per-epoch", "50", "--heads-epochs", "100", "--all-epochs",
-                      "200", "--time-budget", "0.3", "--verbose", "0", "--val-subset", ""]
-                     + small_cli_sets())
+                      "--steps-per-epoch", "50", "--time-budget", "0.3", "--verbose", "0",
+                      "--val-subset", ""] + small_cli_sets())
     checkpoints = glob.glob(os.path.join(logs, "nucleus*", "*.weights.h5"))
     assert 1 <= len(checkpoints) <= 3
+    state = json.load(open(glob.glob(os.path.join(logs, "nucleus*", "run_state.json"))[0]))
+    assert [s["end_epoch"] for s in state["stages"]] == list(cli_common.BUDGET_END_EPOCHS)
     summary = json.load(open(os.path.join(logs, "peak_memory.json")))
     assert summary["minutes"] < 3 and summary["peak_mb"] > 100
 

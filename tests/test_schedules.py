@@ -99,7 +99,7 @@ class _StopAfterOneEpoch(keras.callbacks.Callback):
 
 
 def _plan_args(**kw):
-    args = dict(lr=None, heads_epochs=None, all_epochs=None)
+    args = dict(lr=None, heads_epochs=None, all_epochs=None, time_budget=None)
     args.update(kw)
     return argparse.Namespace(**args)
 
@@ -118,6 +118,26 @@ def test_cli_plans_one_cosine_stage_from_scratch():
     assert [s["layers"] for s in tuned["stages"]] == ["heads", "all"]
     with pytest.raises(ValueError, match="LEARNING_RATE_SCHEDULE"):
         type("Bad", (TinyConfig,), {"LEARNING_RATE_SCHEDULE": "linear"})().validate()
+
+
+def test_a_time_budget_alone_ends_the_stages():
+    """`train --time-budget 60` without end epochs is not cut at 20 + 20 epochs: the stages'
+    ends are out of reach, so the budget's shares end them; given ends still count."""
+    def ends(**kw):
+        state = cli_train.plan_stages(_plan_args(**kw), TinyConfig(), None, from_scratch=True)
+        return [(s["end_epoch"], s["share"]) for s in state["stages"]]
+    assert ends() == [(20, 0.75), (40, 1.0)]
+    budget_only = ends(time_budget=60)
+    assert budget_only == [(cli_train.BUDGET_END_EPOCHS[0], 0.75),
+                           (cli_train.BUDGET_END_EPOCHS[1], 1.0)]
+    assert budget_only[0][0] > 10000
+    assert ends(time_budget=60, heads_epochs=30) == [(30, 0.75),
+                                                     (cli_train.BUDGET_END_EPOCHS[1], 1.0)]
+    assert ends(time_budget=60, heads_epochs=30, all_epochs=50) == [(30, 0.75), (50, 1.0)]
+    # A resumed run keeps its saved ends, budget or not.
+    saved = cli_train.plan_stages(_plan_args(), TinyConfig(), None, from_scratch=True)
+    resumed = cli_train.plan_stages(_plan_args(time_budget=60), TinyConfig(), saved, True)
+    assert [s["end_epoch"] for s in resumed["stages"]] == [20, 40]
 
 
 @pytest.mark.slow

@@ -95,9 +95,8 @@ def run_one(args, model, seed, run_dir):
             cmd += ["--model", "unet"]
         else:  # equal budgets: no periodic detection metrics inside the timed training
             cmd += ["--backbone", model, "--set", "EVAL_EVERY_N_EPOCHS=0"]
-        if args.time_budget:
-            cmd += ["--time-budget", str(args.time_budget), "--heads-epochs", "100000",
-                    "--all-epochs", "200000"]
+        if args.time_budget:   # the budget alone ends the stages (cli_common.BUDGET_END_EPOCHS)
+            cmd += ["--time-budget", str(args.time_budget)]
         if args.epochs:
             cmd += ["--heads-epochs", str(int(np.ceil(0.75 * args.epochs))),
                     "--all-epochs", str(args.epochs)]

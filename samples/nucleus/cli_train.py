@@ -13,7 +13,8 @@ from mrcnn.modeling.factory import backbone_norm
 from mrcnn.optimizers import OPTIMIZERS
 from mrcnn.schedules import SCHEDULES
 from mrcnn.training import find_last_checkpoint
-from samples.nucleus.cli_common import (load_run_overrides, load_run_state, load_train_val,
+from samples.nucleus.cli_common import (BUDGET_END_EPOCHS, DEFAULT_END_EPOCHS,
+                                        load_run_overrides, load_run_state, load_train_val,
                                         make_config, parse_overrides, report_skipped,
                                         save_run_overrides, save_run_state,
                                         write_train_summary)
@@ -154,7 +155,9 @@ def plan_stages(args, config, state, from_scratch):
     """The run's stages: ``{"layers", "lr", "end_epoch", "share", "ended_at"}`` each.
 
     A new run: stage 1 trains the heads (all layers from scratch) at the learning rate to
-    --heads-epochs, stage 2 all layers at lr/10 to --all-epochs. From scratch with the cosine
+    --heads-epochs, stage 2 all layers at lr/10 to --all-epochs; an end not given is
+    DEFAULT_END_EPOCHS's, or with --time-budget BUDGET_END_EPOCHS's, so that the budget's
+    shares end the stages (75 % of it for stage 1). From scratch with the cosine
     schedule (``LEARNING_RATE_SCHEDULE``) there is one stage instead, all layers from the
     learning rate down to 0 by --all-epochs or the time budget. A resumed run keeps its
     saved regime (from scratch or not, learning rates, end epochs, the epoch a stage ended
@@ -164,9 +167,11 @@ def plan_stages(args, config, state, from_scratch):
     if state is None:
         lr = args.lr or config.LEARNING_RATE
         first = "all" if from_scratch else "heads"
+        ends = BUDGET_END_EPOCHS if getattr(args, "time_budget", None) else DEFAULT_END_EPOCHS
         state = {"from_scratch": from_scratch, "stages": [
-            {"layers": first, "lr": lr, "end_epoch": 20, "share": 0.75, "ended_at": None},
-            {"layers": "all", "lr": lr / 10, "end_epoch": 40, "share": 1.0, "ended_at": None}]}
+            {"layers": first, "lr": lr, "end_epoch": ends[0], "share": 0.75, "ended_at": None},
+            {"layers": "all", "lr": lr / 10, "end_epoch": ends[1], "share": 1.0,
+             "ended_at": None}]}
         if from_scratch and config.LEARNING_RATE_SCHEDULE == "cosine":
             del state["stages"][0]
             state["stages"][0]["lr"] = lr
@@ -275,8 +280,10 @@ def run_train(args):
                 break
             stage_end = started + stage["share"] * (deadline - started)
             budget = max(1.0, stage_end - time.time())
-        log.info("Stage: layers=%s lr=%g until epoch %d%s", stage["layers"], stage["lr"],
-                 stage["end_epoch"], f" or {budget / 60:.1f} min" if budget else "")
+        until = [f"epoch {stage['end_epoch']}"] * (stage["end_epoch"] < BUDGET_END_EPOCHS[0])
+        until += [f"{budget / 60:.1f} min"] * bool(budget)
+        log.info("Stage: layers=%s lr=%g until %s", stage["layers"], stage["lr"],
+                 " or ".join(until))
         history = model.train(train, val, learning_rate=stage["lr"],
                               epochs=stage["end_epoch"], layers=stage["layers"],
                               augmentation=augmentation, time_budget_seconds=budget,
@@ -316,10 +323,11 @@ def add_train_arguments(parser):
     parser.add_argument("--logs", default="logs", help="run folders go here")
     parser.add_argument("--heads-epochs", type=int, default=None,
                         help="end epoch of stage 1 (heads, or all layers from scratch); "
-                             "default 20, or the resumed run's")
-    parser.add_argument("--all-epochs", type=int, default=None,
-                        help="end epoch of stage 2 (all layers, lr/10); default 40, or the "
+                             "default 20 (with --time-budget: 75 %% of the budget), or the "
                              "resumed run's")
+    parser.add_argument("--all-epochs", type=int, default=None,
+                        help="end epoch of stage 2 (all layers, lr/10); default 40 (with "
+                             "--time-budget: the budget), or the resumed run's")
     parser.add_argument("--skip-unlabelled", action="store_true",
                         help="leave out (and log) training/validation images whose masks/ "
                              "folder is missing or empty, instead of stopping with an error")

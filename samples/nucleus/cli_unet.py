@@ -9,7 +9,8 @@ from mrcnn.data.augment import make_augmentation
 from mrcnn.training import find_last
 from mrcnn.unet import UNetPredictor, train_unet
 from mrcnn.unet.train import MODEL_FILE
-from samples.nucleus.cli_common import load_train_val, report_skipped
+from samples.nucleus.cli_common import (BUDGET_END_EPOCHS, DEFAULT_END_EPOCHS, load_train_val,
+                                        report_skipped)
 
 log = logging.getLogger("nucleus")
 
@@ -34,6 +35,12 @@ def unet_predictor(args):
     return predictor
 
 
+def unet_end_epoch(args):
+    """The U-Net's last epoch when --all-epochs is not given: 40, or with --time-budget out of
+    reach, so that the budget ends training (as for Mask R-CNN's stages)."""
+    return BUDGET_END_EPOCHS[1] if args.time_budget else DEFAULT_END_EPOCHS[1]
+
+
 def run_train_unet(args):
     train, val = load_train_val(args)
     out_dir = os.path.join(args.logs, f"unet{datetime.datetime.now():%Y%m%dT%H%M}")
@@ -42,7 +49,7 @@ def run_train_unet(args):
     log.info("U-Net (%s) on %d images, checkpoints and TensorBoard in %s", args.unet_variant,
              len(train.image_ids), out_dir)
     _, history = train_unet(
-        train, val, out_dir, variant=args.unet_variant, epochs=args.all_epochs or 40,
+        train, val, out_dir, variant=args.unet_variant, epochs=args.all_epochs or unet_end_epoch(args),
         steps_per_epoch=args.steps_per_epoch or 50, learning_rate=args.lr or 1e-3,
         augmentation=augmentation,
         time_budget_seconds=args.time_budget * 60 if args.time_budget else None,
