@@ -280,8 +280,11 @@ def run_train(args):
                 break
             stage_end = started + stage["share"] * (deadline - started)
             budget = max(1.0, stage_end - time.time())
-        until = [f"epoch {stage['end_epoch']}"] * (stage["end_epoch"] < BUDGET_END_EPOCHS[0])
-        until += [f"{budget / 60:.1f} min"] * bool(budget)
+        until = []
+        if stage["end_epoch"] < BUDGET_END_EPOCHS[0]:
+            until.append(f"epoch {stage['end_epoch']}")
+        if budget:
+            until.append(f"{budget / 60:.1f} min")
         log.info("Stage: layers=%s lr=%g until %s", stage["layers"], stage["lr"],
                  " or ".join(until))
         history = model.train(train, val, learning_rate=stage["lr"],
