@@ -167,7 +167,7 @@ def plan_stages(args, config, state, from_scratch):
     if state is None:
         lr = args.lr or config.LEARNING_RATE
         first = "all" if from_scratch else "heads"
-        ends = BUDGET_END_EPOCHS if getattr(args, "time_budget", None) else DEFAULT_END_EPOCHS
+        ends = BUDGET_END_EPOCHS if args.time_budget else DEFAULT_END_EPOCHS
         state = {"from_scratch": from_scratch, "stages": [
             {"layers": first, "lr": lr, "end_epoch": ends[0], "share": 0.75, "ended_at": None},
             {"layers": "all", "lr": lr / 10, "end_epoch": ends[1], "share": 1.0,

@@ -49,7 +49,8 @@ def run_train_unet(args):
     log.info("U-Net (%s) on %d images, checkpoints and TensorBoard in %s", args.unet_variant,
              len(train.image_ids), out_dir)
     _, history = train_unet(
-        train, val, out_dir, variant=args.unet_variant, epochs=args.all_epochs or unet_end_epoch(args),
+        train, val, out_dir, variant=args.unet_variant,
+        epochs=args.all_epochs or unet_end_epoch(args),
         steps_per_epoch=args.steps_per_epoch or 50, learning_rate=args.lr or 1e-3,
         augmentation=augmentation,
         time_budget_seconds=args.time_budget * 60 if args.time_budget else None,
