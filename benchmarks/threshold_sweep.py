@@ -30,22 +30,22 @@ def parse_floats(text):
     return [float(v) for v in text.split(",")]
 
 
-def grid_scores(true_masks, scores, masks_by_threshold, confidences):
+def grid_scores(true_masks, detections_by_threshold, confidences):
     """One image's DSB score at every (confidence, mask threshold) pair.
 
     Args:
         true_masks: [H, W, N] bool.
-        scores: [M] detection scores (the lowest confidence's detections).
-        masks_by_threshold: {mask threshold: [H, W, M] bool}, the detections' masks pasted
-            at that threshold.
+        detections_by_threshold: {mask threshold: (scores [M], masks [H, W, M] bool)}, the
+            lowest confidence's detections pasted at that threshold. M can differ between
+            thresholds: DETECTION_MAX_COVERED_FRACTION drops detections by their pasted masks.
         confidences: the DETECTION_MIN_CONFIDENCE values.
 
     Returns:
         {(confidence, mask threshold): DSB score}.
     """
-    scores = np.asarray(scores)
     out = {}
-    for threshold, masks in masks_by_threshold.items():
+    for threshold, (scores, masks) in detections_by_threshold.items():
+        scores = np.asarray(scores)
         for confidence in confidences:
             keep = scores >= confidence
             kept, _ = remove_overlaps(masks[..., keep], scores[keep])
@@ -119,14 +119,14 @@ def main():
             scale = model.detector.object_scale(image.shape, {"scores": scores, "masks": masks})
             if scale is not None:
                 graph = model.run_graph(image, scale)
-        masks_by_threshold = {}
+        detections_by_threshold = {}
         for threshold in thresholds:
             _, _, scores, masks = model.unmold_detections(
                 graph["detections"], graph["mrcnn_mask"], image.shape, graph["image"].shape,
                 graph["window"], mask_threshold=threshold, intensity=grey)
-            masks_by_threshold[threshold] = masks
-        rows.append((image_kind(image), grid_scores(np.asarray(true_masks, bool), scores,
-                                                    masks_by_threshold, confidences)))
+            detections_by_threshold[threshold] = (scores, masks)
+        rows.append((image_kind(image), grid_scores(np.asarray(true_masks, bool),
+                                                    detections_by_threshold, confidences)))
         names.append(dataset.image_info[image_id]["id"])
     table = summarise(rows)
     print(f"{len(rows)} {args.subset} images")

@@ -266,17 +266,23 @@ def test_threshold_sweep_hand_computed():
     t1, t2 = box_mask(shape, 0, 0, 10, 10), box_mask(shape, 20, 20, 25, 25)
     # At mask threshold 0.5 the first detection covers 80 of t1's 100 px (IoU 0.8); at 0.3
     # its mask grows to t1 exactly. The second is exact at both, scored 0.6.
-    masks = {0.5: stack(box_mask(shape, 0, 0, 10, 8), t2), 0.3: stack(t1, t2)}
-    one = sweep.grid_scores(stack(t1, t2), [0.9, 0.6], masks, [0.5, 0.7])
+    detections = {0.5: ([0.9, 0.6], stack(box_mask(shape, 0, 0, 10, 8), t2)),
+                  0.3: ([0.9, 0.6], stack(t1, t2))}
+    one = sweep.grid_scores(stack(t1, t2), detections, [0.5, 0.7])
     # Both kept: 2 TP up to IoU 0.75; at 0.8-0.95 1 TP, 1 FP, 1 FN -> 1/3.
     assert one[(0.5, 0.5)] == pytest.approx((6 + 4 / 3) / 10)
     assert one[(0.7, 0.5)] == pytest.approx(6 * 0.5 / 10)   # 1 TP, 1 FN up to 0.75, then 0
     assert one[(0.5, 0.3)] == pytest.approx(1.0)
     assert one[(0.7, 0.3)] == pytest.approx(0.5)
     # An image without nuclei and one false positive scored 0.6: 0 if kept, 1 if not.
-    fp = {t: stack(box_mask(shape, 0, 0, 3, 3)) for t in (0.5, 0.3)}
-    empty = sweep.grid_scores(np.zeros(shape + (0,), bool), [0.6], fp, [0.5, 0.7])
+    fp = {t: ([0.6], stack(box_mask(shape, 0, 0, 3, 3))) for t in (0.5, 0.3)}
+    empty = sweep.grid_scores(np.zeros(shape + (0,), bool), fp, [0.5, 0.7])
     assert empty == {(0.5, 0.5): 0.0, (0.7, 0.5): 1.0, (0.5, 0.3): 0.0, (0.7, 0.3): 1.0}
+    # Thresholds may keep different detections (the covered-share rule works on the pasted
+    # masks): at 0.3 only the second detection is left, so t1 is missed there.
+    fewer = sweep.grid_scores(stack(t1, t2), {0.5: detections[0.5], 0.3: ([0.6], stack(t2))},
+                              [0.5])
+    assert fewer[(0.5, 0.5)] == one[(0.5, 0.5)] and fewer[(0.5, 0.3)] == pytest.approx(0.5)
     table = sweep.summarise([("fluorescence", one), ("histology", empty)])
     assert table["all"][(0.7, 0.3)] == pytest.approx(0.75)
     assert table["all"][(0.5, 0.5)] == pytest.approx(((6 + 4 / 3) / 10) / 2)
