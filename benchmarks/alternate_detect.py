@@ -6,7 +6,8 @@ so both see the machine's same hour (a 2-core cloud CPU drifts by 1.5x within an
         [--common COMPUTE_DTYPE=float32] [--subset val] [--rounds 2]
 
 Both models are built from the same checkpoint (each ``--a`` / ``--b`` / ``--common`` is a
-``--set KEY=VALUE``, repeatable) and warmed up on the first images; then each round runs
+``--set KEY=VALUE``, repeatable; ``--common`` starts from COMPUTE_DTYPE=float32 and a later
+value wins) and warmed up on the first three images; then each round runs
 ``detect`` on every image with one setting and then the other (the order flips every round).
 Prints the medians, the median per-image ratio b / a, and the means (first runs of a new image
 size, about 1 s of graph preparation, lift the means, not the medians).
