@@ -38,8 +38,9 @@ class NucleusConfig(Config):
     # 500 proposals, not Matterport's 2000: the box head classifies a quarter of the ROIs. 2000
     # -> 1000 on an early model's val images: DSB 0.4928 vs 0.4925, detect 0.60 vs 0.49 s per
     # image (float32, 2-core Intel Xeon). 1000 -> 500 on all 506 training images (session 50):
-    # DSB +0.0001 +- 0.0002 per image (73-epoch model), 5.5 % less detect time (median ratio over
-    # the val images); still more than DETECTION_MAX_INSTANCES (docs/results.md).
+    # DSB +0.0001 +- 0.0002 per image (73-epoch model), detect 5 % faster in float32 and 9 % in
+    # bfloat16 (median per-image ratios 0.945-0.952 and 0.907 over the val images, Intel Xeon
+    # with AMX); still more than DETECTION_MAX_INSTANCES (docs/results.md).
     POST_NMS_ROIS_INFERENCE = 500
     RPN_NMS_THRESHOLD = 0.9
     RPN_TRAIN_ANCHORS_PER_IMAGE = 64
