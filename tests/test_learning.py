@@ -12,6 +12,14 @@ from tests.conftest import TinyConfig
 
 class LearnConfig(TinyConfig):
     STEPS_PER_EPOCH = 10
+    # GroupNorm, what the nucleus model trains from scratch with. TinyConfig's trainable
+    # BatchNorm ("batch") normalises each 2-image training batch by its own statistics but
+    # inference by the running ones; with batches this small they disagree (a failing run's
+    # first BatchNorm had moving variance at 0.6x the images' own), and 2 of 10 seeds found
+    # 24 and 40 of 56 nuclei, the classifier calling well-placed proposals (IoU 0.8)
+    # background; re-estimating the statistics on the 8 images brought one back to 51. With
+    # GroupNorm 10 of 10 seeds found 55 of 56 (2 test workers' thread setting, Intel Xeon).
+    BACKBONE_NORM = "group"
     LEARNING_RATE_WARMUP_STEPS = 50
 
 
@@ -30,7 +38,8 @@ def test_short_training_finds_most_nuclei(tmp_path):
     # the CLI's recipe: lr 0.01 after a 50-step warm-up, then a quarter of the steps at lr/10.
     # At a constant lr 0.02 after 10 warm-up steps, 2 of 5 seeds found under half the nuclei
     # (1 and 28 of 56; TensorFlow's CPU kernels are not bit-reproducible, so a seed does not
-    # fix the outcome); with this recipe seeds 3-6 found 53-55 of 56.
+    # fix the outcome). With this recipe and TinyConfig's BatchNorm seeds 1-10 found 24-55 of
+    # 56; with GroupNorm (LearnConfig) all found 55.
     first = model.train(dataset, None, 0.01, 45, "all", verbose=0).history
     last = model.train(dataset, None, 0.001, 60, "all", verbose=0).history
     assert last["loss"][-1] < first["loss"][0] / 4
@@ -44,12 +53,11 @@ def test_short_training_finds_most_nuclei(tmp_path):
         f, t, _ = mask_recall(dataset.load_mask(image_id)[0], result["masks"])
         found, total = found + f, total + t
     assert total > 30
-    assert found / total > 0.5, f"found {found} of {total} nuclei"
+    assert found / total > 0.85, f"found {found} of {total} nuclei"
 
 
 class MobileNetGroupConfig(LearnConfig):
     BACKBONE = "mobilenet_v2"
-    BACKBONE_NORM = "group"
     STEPS_PER_EPOCH = 10
     # deep backbones from scratch need the gentler start the nucleus CLI uses (lr 0.01 and a
     # long warm-up); at lr 0.02 after 10 warm-up steps their RPN did not learn
