@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from samples.nucleus.cli_eval import add_checkpoint_arguments, load_inference_model, load_subset
+
 
 def timed_detect(model, image):
     start = time.perf_counter()
@@ -28,10 +30,7 @@ def timed_detect(model, image):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--logs", required=True, help="nucleus run folder parent")
-    parser.add_argument("--weights", default="last")
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--subset", default="val")
+    add_checkpoint_arguments(parser, overrides=False)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--a", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--b", action="append", default=[], metavar="KEY=VALUE")
@@ -40,12 +39,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    from samples.nucleus.cli_eval import load_inference_model, load_subset
-
     def model_for(sets):
-        return load_inference_model(argparse.Namespace(
-            weights=args.weights, logs=args.logs, backbone=None, min_confidence=None,
-            set=args.common + sets))
+        return load_inference_model(argparse.Namespace(**{**vars(args),
+                                                          "set": args.common + sets}))
 
     models = {"a": model_for(args.a), "b": model_for(args.b)}
     dataset, ids = load_subset(args.dataset, args.subset, args.limit)

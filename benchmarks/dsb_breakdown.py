@@ -24,6 +24,7 @@ import numpy as np
 from mrcnn.metrics import DSB_THRESHOLDS, dsb_true_positives, mask_iou_matrix, remove_overlaps
 from mrcnn.metrics.dsb import SIZE_EDGES, precisions_from_counts, size_buckets
 from mrcnn.ops.boxes import compute_overlaps, denorm_boxes, extract_bboxes, norm_boxes
+from samples.nucleus.cli_eval import add_checkpoint_arguments, load_inference_model, load_subset
 
 
 def image_record(true_masks, masks, scores, min_confidence, proposals=None, boxes=None,
@@ -184,21 +185,16 @@ def print_report(report):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--logs", required=True, help="nucleus run folder parent")
-    parser.add_argument("--weights", default="last")
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--subset", default="val")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--floor", type=float, default=0.05,
                         help="lowest detection score kept for the 'only below' column")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE")
     parser.add_argument("--out", default=None, help="also write the report as JSON")
     args = parser.parse_args()
 
     from mrcnn.data.loader import load_full_masks
     from samples.nucleus.cli_common import (load_run_overrides, make_config,
                                             parse_overrides, resolve_checkpoint)
-    from samples.nucleus.cli_eval import load_inference_model, load_subset
     from samples.nucleus.nucleus import image_kind
 
     # The scored threshold is the one evaluate would use with the same --set; the floor is
@@ -206,7 +202,6 @@ def main():
     overrides = {**load_run_overrides(resolve_checkpoint(args.weights, args.logs)),
                  **parse_overrides(args.set)}
     min_confidence = make_config(overrides, inference=True).DETECTION_MIN_CONFIDENCE
-    args.backbone, args.min_confidence = None, None
     args.set = (args.set or []) + [f"DETECTION_MIN_CONFIDENCE={min(args.floor, min_confidence)}"]
     model = load_inference_model(args)
     dataset, ids = load_subset(args.dataset, args.subset, args.limit)

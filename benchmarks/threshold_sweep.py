@@ -24,6 +24,7 @@ import json
 import numpy as np
 
 from mrcnn.metrics import dsb_image_score, remove_overlaps
+from samples.nucleus.cli_eval import add_checkpoint_arguments, load_inference_model, load_subset
 
 
 def parse_floats(text):
@@ -85,24 +86,19 @@ def print_table(table, confidences, thresholds):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--logs", required=True, help="nucleus run folder parent")
-    parser.add_argument("--weights", default="last")
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--subset", default="train")
+    add_checkpoint_arguments(parser, subset="train")
     parser.add_argument("--every", type=int, default=1, help="every n-th image of the subset")
     parser.add_argument("--confidences", type=parse_floats, default=[0.5, 0.6, 0.7, 0.8, 0.9])
     parser.add_argument("--mask-thresholds", type=parse_floats, default=[0.3, 0.4, 0.5, 0.6])
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE")
     parser.add_argument("--out", default=None, help="also write the table as JSON")
     args = parser.parse_args()
 
     from mrcnn.data.loader import load_full_masks
     from mrcnn.ops.masks import grey_levels
-    from samples.nucleus.cli_eval import load_inference_model, load_subset
     from samples.nucleus.nucleus import image_kind
 
     confidences, thresholds = sorted(args.confidences), sorted(args.mask_thresholds)
-    args.backbone, args.min_confidence = None, confidences[0]
+    args.min_confidence = confidences[0]
     model = load_inference_model(args)
     dataset, ids = load_subset(args.dataset, args.subset)
     rows, names = [], []

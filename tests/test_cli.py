@@ -283,3 +283,22 @@ def test_evaluate_stain_scale_takes_two_numbers(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["evaluate", "--dataset", "d", "--stain-scale", "0.7"])
     assert "expected two numbers H,E" in capsys.readouterr().err
+
+
+def test_checkpoint_arguments_give_what_load_inference_model_reads():
+    """The benchmarks' shared options (samples/nucleus/cli_eval.add_checkpoint_arguments)."""
+    import argparse
+    from samples.nucleus.cli_eval import add_checkpoint_arguments
+    parser = argparse.ArgumentParser()
+    add_checkpoint_arguments(parser, subset="train")
+    args = parser.parse_args(["--logs", "runs", "--dataset", "d", "--set", "A=1", "--set", "B=2"])
+    assert (args.logs, args.weights, args.dataset, args.subset) == ("runs", "last", "d", "train")
+    assert args.set == ["A=1", "B=2"]
+    assert args.backbone is None and args.min_confidence is None
+    bare = argparse.ArgumentParser()
+    add_checkpoint_arguments(bare, overrides=False)
+    assert bare.parse_args(["--logs", "r", "--dataset", "d"]).subset == "val"
+    with pytest.raises(SystemExit):
+        bare.parse_args(["--logs", "r", "--dataset", "d", "--set", "A=1"])
+    with pytest.raises(SystemExit):          # --logs and --dataset are required
+        bare.parse_args(["--dataset", "d"])

@@ -288,3 +288,35 @@ def test_threshold_sweep_hand_computed():
     assert table["all"][(0.5, 0.5)] == pytest.approx(((6 + 4 / 3) / 10) / 2)
     assert table["best"] == (0.7, 0.3)
     assert table["fluorescence"][(0.5, 0.3)] == 1.0 and table["histology"][(0.5, 0.3)] == 0.0
+
+
+def test_tta_views_hand_computed():
+    """benchmarks/tta_views.py: each variant's DSB score from its detections, the scales fused
+    by votes, and the paired per-image summary."""
+    views = load_benchmark("tta_views")
+    shape = (30, 30)
+    a, b = box_mask(shape, 0, 0, 10, 10), box_mask(shape, 20, 20, 25, 25)
+
+    def result(*masks):
+        masks = stack(*masks)
+        return {"rois": np.zeros((masks.shape[-1], 4), np.int32),
+                "class_ids": np.ones(masks.shape[-1], np.int32),
+                "scores": np.linspace(0.9, 0.8, masks.shape[-1]).astype(np.float32),
+                "masks": masks}
+    plain, half = result(a, b), result(a)
+    scores = views.view_scores(stack(a, b), plain, {0.5: half}, flipped=plain)
+    # the half-scale view misses b: 1 TP, 1 FN at every IoU threshold -> 1/2. Fused with the
+    # plain view, b has one vote of two: gone when 2 must agree, kept when 1 may.
+    assert scores == {"plain": 1.0, "x0.5": 0.5, "scales_2votes": 0.5, "scales_1vote": 1.0,
+                      "flips": 1.0}
+    assert "scales_2votes" not in views.view_scores(stack(a, b), plain, {})
+
+    rows = [{"kind": "fluorescence", "scores": {"plain": 0.5, "v": 0.7}},
+            {"kind": "histology", "scores": {"plain": 0.6, "v": 0.5}}]
+    summary = views.paired_summary(rows)
+    assert summary["plain"]["diff"] == 0 and summary["plain"]["better"] == 0
+    v = summary["v"]
+    assert v["mean"] == pytest.approx(0.6) and v["diff"] == pytest.approx(0.05)
+    assert v["se"] == pytest.approx(0.15)      # differences 0.2 and -0.1: sd 0.212 / sqrt(2)
+    assert (v["better"], v["worse"]) == (1, 1)
+    assert v["by_kind"] == pytest.approx({"fluorescence": 0.2, "histology": -0.1})

@@ -100,6 +100,21 @@ def make_predictor(args):
     return maskrcnn_predictor(args)
 
 
+def add_checkpoint_arguments(parser, subset="val", overrides=True):
+    """The benchmarks' shared options: ``--logs`` and ``--weights`` (the checkpoint
+    :func:`load_inference_model` loads), ``--dataset`` and ``--subset`` (the images
+    :func:`load_subset` reads) and, with ``overrides``, ``--set KEY=VALUE``. The namespace
+    also gets ``backbone`` and ``min_confidence`` (None: the run's own), which
+    :func:`load_inference_model` reads."""
+    parser.add_argument("--logs", required=True, help="nucleus run folder parent")
+    parser.add_argument("--weights", default="last")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--subset", default=subset)
+    if overrides:
+        parser.add_argument("--set", action="append", metavar="KEY=VALUE")
+    parser.set_defaults(backbone=None, min_confidence=None)
+
+
 def load_subset(dataset_dir, subset, limit=None, unlabelled="allow"):
     dataset = NucleusDataset().load_nucleus(dataset_dir, subset, unlabelled)
     dataset.prepare()
