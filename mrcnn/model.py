@@ -23,7 +23,7 @@ from mrcnn.data.dataset import Dataset  # noqa: F401  (Matterport: modellib.Data
 from mrcnn.data.loader import load_image_gt  # noqa: F401  (Matterport re-export)
 from mrcnn import export as export_lib
 from mrcnn.inference import Detector
-from mrcnn.modeling.factory import backbone_norm, build_maskrcnn
+from mrcnn.modeling.factory import backbone_norm, build_maskrcnn, small_batch_norm_warning
 from mrcnn.training import find_last_checkpoint  # noqa: F401  (modellib.find_last_checkpoint)
 from mrcnn.weights import load_weights_by_name, save_weights_by_name
 
@@ -136,6 +136,9 @@ class MaskRCNN:
         assert self.mode == "training", "Create the model in training mode to train it."
         log.info("Starting at epoch %d, LR=%s, layers=%s, checkpoints in %s",
                  self.epoch, learning_rate, layers, self.log_dir)
+        norm_warning = small_batch_norm_warning(self.config)
+        if norm_warning:
+            log.warning(norm_warning)
         history = training_lib.fit(
             self.keras_model, self.config, strategy=self.strategy,
             regex=training_lib.layers_regex(self.spec, layers),

@@ -39,6 +39,25 @@ def test_frozen_batchnorm_by_default():
     assert bns and not any(layer.trainable for layer in bns)
 
 
+def test_small_batch_norm_warning_only_for_trainable_batchnorm_on_small_batches():
+    from mrcnn.config import Config
+    from mrcnn.modeling.factory import SMALL_BATCH_NORM_BATCH, small_batch_norm_warning
+
+    def config(**fields):
+        c = Config()
+        for key, value in fields.items():
+            setattr(c, key, value)
+        return c
+    warning = small_batch_norm_warning(config(TRAIN_BN=True, IMAGES_PER_GPU=2))
+    assert "batches of 2 image(s)" in warning and "BACKBONE_NORM='group'" in warning
+    assert small_batch_norm_warning(config(BACKBONE_NORM="batch", IMAGES_PER_GPU=1))
+    assert small_batch_norm_warning(
+        config(TRAIN_BN=True, IMAGES_PER_GPU=SMALL_BATCH_NORM_BATCH)) is None
+    assert small_batch_norm_warning(config(TRAIN_BN=False, IMAGES_PER_GPU=1)) is None
+    assert small_batch_norm_warning(config(BACKBONE_NORM="group", IMAGES_PER_GPU=1)) is None
+    assert small_batch_norm_warning(config(BACKBONE="resnet18_gn", TRAIN_BN=True)) is None
+
+
 MISSION = ["resnet18", "resnet34", "resnet50", "resnet101", "mobilenet", "mobilenet_v2",
            "densenet121", "densenet169", "densenet201"]
 

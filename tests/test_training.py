@@ -36,13 +36,15 @@ def _check_total(history):
             assert all(math.isfinite(history[prefix + k][i]) for k in LOSS_NAMES)
 
 
-def test_staged_training_losses_checkpoints_and_logs(tmp_path, synthetic_dataset):
+def test_staged_training_losses_checkpoints_and_logs(tmp_path, synthetic_dataset, caplog):
     model = modellib.MaskRCNN("training", WeightedConfig(), str(tmp_path))
     backbone_before = _weights(model, "tiny3_conv") + _weights(model, "tiny3_bn")
     head_before = _weights(model, "mrcnn_class_logits") + _weights(model, "rpn_conv_shared")
 
     first = model.train(synthetic_dataset, synthetic_dataset, 1e-2, 1, "heads", verbose=0)
     assert model.epoch == 1
+    # TinyConfig trains the backbone's BatchNorm on 2-image batches: the user is warned
+    assert "BatchNorm on batches of 2 image(s)" in caplog.text
     for a, b in zip(backbone_before, _weights(model, "tiny3_conv") + _weights(model, "tiny3_bn")):
         np.testing.assert_array_equal(a, b)
     assert any(not np.allclose(a, b) for a, b in zip(

@@ -30,6 +30,29 @@ def backbone_norm(config):
     return backbones.resolve_norm(spec, norm)
 
 
+# Fewer images than this per replica make trainable BatchNorm's batch statistics a poor guide
+# to the running statistics inference uses.
+SMALL_BATCH_NORM_BATCH = 8
+
+
+def small_batch_norm_warning(config):
+    """A warning (str) when the backbone trains BatchNorm ("batch") on fewer than
+    SMALL_BATCH_NORM_BATCH images per replica (IMAGES_PER_GPU), else None.
+
+    Training normalises each batch by its own statistics, inference by running averages of
+    them; with batches of 1-2 images they disagree. Measured on the synthetic-nuclei learning
+    test (2 images per step): 2 of 10 seeds found 24 and 40 of 56 nuclei after training, the box
+    head calling well-placed proposals background; with GroupNorm all 10 found 55.
+    """
+    if backbone_norm(config) != "batch" or config.IMAGES_PER_GPU >= SMALL_BATCH_NORM_BATCH:
+        return None
+    return (f"training the backbone's BatchNorm on batches of {config.IMAGES_PER_GPU} "
+            f"image(s) per replica: inference uses running statistics that batches under "
+            f"{SMALL_BATCH_NORM_BATCH} images estimate poorly, and detection can fail. From "
+            "scratch use BACKBONE_NORM='group'; with pretrained weights 'frozen' "
+            "(TRAIN_BN=False).")
+
+
 def maskrcnn_kwargs(config, mode, backbone_weights=None):
     """Config -> keyword arguments of :func:`build_maskrcnn_graph`."""
     if mode not in ("training", "inference"):
