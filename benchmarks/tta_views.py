@@ -64,9 +64,9 @@ def paired_summary(rows, baseline="plain"):
     of {"kind", "scores": {variant: score}}; ``diff`` is the mean per-image difference to
     ``baseline`` and ``se`` its standard error (0 for fewer than two images)."""
     out = {}
+    kinds = sorted({r["kind"] for r in rows})
     for variant in rows[0]["scores"]:
         diffs = np.array([r["scores"][variant] - r["scores"][baseline] for r in rows])
-        kinds = sorted({r["kind"] for r in rows})
         out[variant] = {
             "mean": float(np.mean([r["scores"][variant] for r in rows])),
             "diff": float(diffs.mean()),

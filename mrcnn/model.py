@@ -57,6 +57,9 @@ class MaskRCNN:
         self.strategy = strategy
         self.keras_model = keras_model
         self.detector = Detector(config, keras_model) if mode == "inference" else None
+        norm_warning = small_batch_norm_warning(config) if mode == "training" else None
+        if norm_warning:      # once per training model, not once per train() stage
+            log.warning(norm_warning)
         self._optimizer_state = None
         self.set_log_dir()
 
@@ -136,9 +139,6 @@ class MaskRCNN:
         assert self.mode == "training", "Create the model in training mode to train it."
         log.info("Starting at epoch %d, LR=%s, layers=%s, checkpoints in %s",
                  self.epoch, learning_rate, layers, self.log_dir)
-        norm_warning = small_batch_norm_warning(self.config)
-        if norm_warning:
-            log.warning(norm_warning)
         history = training_lib.fit(
             self.keras_model, self.config, strategy=self.strategy,
             regex=training_lib.layers_regex(self.spec, layers),

@@ -43,7 +43,7 @@ def test_staged_training_losses_checkpoints_and_logs(tmp_path, synthetic_dataset
 
     first = model.train(synthetic_dataset, synthetic_dataset, 1e-2, 1, "heads", verbose=0)
     assert model.epoch == 1
-    # TinyConfig trains the backbone's BatchNorm on 2-image batches: the user is warned
+    # TinyConfig trains the backbone's BatchNorm on 2-image batches: the user was warned
     assert "BatchNorm on batches of 2 image(s)" in caplog.text
     for a, b in zip(backbone_before, _weights(model, "tiny3_conv") + _weights(model, "tiny3_bn")):
         np.testing.assert_array_equal(a, b)
@@ -52,6 +52,7 @@ def test_staged_training_losses_checkpoints_and_logs(tmp_path, synthetic_dataset
     _check_total(first.history)
 
     second = model.train(synthetic_dataset, synthetic_dataset, 1e-2, 2, "all", verbose=0)
+    assert caplog.text.count("BatchNorm on batches of 2 image(s)") == 1   # once, not per stage
     assert second.epoch == [1] and model.epoch == 2
     _check_total(second.history)
     assert any(not np.allclose(a, b) for a, b in zip(backbone_before,
