@@ -32,6 +32,17 @@ def parse_floats(text):
     return [float(v) for v in text.split(",") if v]
 
 
+def reusing_plain(detect_fn, plain, views):
+    """``detect_fn`` for :func:`mrcnn.tta.detect_with_flips`'s views, except that the unflipped
+    view ("none") gets ``plain``, the detections already made on the image, instead of a
+    second identical detect."""
+    def detect_views(images):
+        others = [image for image, view in zip(images, views) if view != "none"]
+        detected = iter(detect_fn(others) if others else [])
+        return [plain if view == "none" else next(detected) for view in views]
+    return detect_views
+
+
 def view_scores(true_masks, plain, by_scale, flipped=None):
     """One image's DSB score for each variant.
 
@@ -100,7 +111,8 @@ def main():
         rule = detector.default_scale(image.shape)
         plain = model.detect([image])[0]
         by_scale = {f: detector.detect_at([image], [rule * f])[0] for f in args.scales}
-        flipped = detect_with_flips(model.detect, image, flip_views) if flip_views else None
+        flipped = (detect_with_flips(reusing_plain(model.detect, plain, flip_views), image,
+                                     flip_views) if flip_views else None)
         rows.append({"id": dataset.image_info[image_id]["id"], "kind": image_kind(image),
                      "scores": view_scores(true_masks, plain, by_scale, flipped)})
     summary = paired_summary(rows)

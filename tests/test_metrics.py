@@ -320,3 +320,14 @@ def test_tta_views_hand_computed():
     assert v["se"] == pytest.approx(0.15)      # differences 0.2 and -0.1: sd 0.212 / sqrt(2)
     assert (v["better"], v["worse"]) == (1, 1)
     assert v["by_kind"] == pytest.approx({"fluorescence": 0.2, "histology": -0.1})
+
+    # The unflipped view reuses the plain detections; only the flipped views are detected.
+    calls = []
+
+    def detect(images):
+        calls.append(len(images))
+        return [{"tag": "detected"} for _ in images]
+    got = views.reusing_plain(detect, {"tag": "plain"}, ["h", "none", "hv"])(["x", "y", "z"])
+    assert [r["tag"] for r in got] == ["detected", "plain", "detected"] and calls == [2]
+    assert views.reusing_plain(detect, {"tag": "plain"}, ["none"])(["y"]) == [{"tag": "plain"}]
+    assert calls == [2]

@@ -227,6 +227,33 @@ def test_with_exposure_scales_pixel_values_within_the_dtype():
     assert halved.num_params == 7
 
 
+def test_with_blur_spreads_a_bright_pixel_as_a_gaussian_in_every_channel():
+    """One 255 pixel in a dark uint8 RGB image, blurred with sigma 1: the centre keeps
+    255 / (2 pi) = 40.6 -> 41 and each 4-neighbour 255 exp(-1/2) / (2 pi) = 24.6 -> 25 (computed
+    by hand), every channel alike, the dtype kept; sigma 0 changes nothing."""
+    from mrcnn.evaluation import with_blur
+    seen = []
+
+    def predict(image):
+        seen.append(image)
+        return {"masks": np.zeros(image.shape[:2] + (0,), bool), "scores": np.zeros(0)}
+    predict.num_params = 5
+    image = np.zeros((15, 15, 3), np.uint8)
+    image[7, 7] = 255
+    blurred = with_blur(predict, 1.0)
+    blurred(image)
+    with_blur(predict, 0.0)(image)
+    out = seen[0]
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    assert out[7, 7].tolist() == [41, 41, 41]
+    assert out[7, 8, 0] == out[6, 7, 1] == out[8, 7, 2] == 25
+    assert abs(int(out[..., 0].sum()) - 255) <= 10            # the light is spread, not lost
+    np.testing.assert_array_equal(seen[1], image)
+    assert blurred.num_params == 5
+    with pytest.raises(ValueError, match="sigma"):
+        with_blur(predict, -1.0)
+
+
 def test_scale_stains_recomposes_a_pixel_from_its_scaled_stain_amounts():
     """A white slide with a patch of 0.5 haematoxylin + 0.3 eosin (optical density, Ruifrok &
     Johnston's vectors): doubling the haematoxylin gives the colour of 1.0 + 0.3 computed by

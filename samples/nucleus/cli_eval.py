@@ -17,8 +17,8 @@ from skimage.io import imsave
 
 from mrcnn import model as modellib
 from mrcnn.atomic import atomic_target
-from mrcnn.evaluation import (evaluate_dataset, format_metrics, with_exposure, with_rescale,
-                              with_stain_scale, write_json)
+from mrcnn.evaluation import (evaluate_dataset, format_metrics, with_blur, with_exposure,
+                              with_rescale, with_stain_scale, write_json)
 from mrcnn.metrics import coco_results, mask_to_rle, remove_overlaps, write_submission
 from mrcnn.ops.image import resize_array
 from mrcnn.predict import LABEL_FORMATS, find_images, predict_images
@@ -155,6 +155,10 @@ def run_evaluate(args):
         log.info("haematoxylin x%g and eosin x%g in every stained image before prediction",
                  *stain_scale)
         predict = with_stain_scale(predict, *stain_scale)
+    blur = getattr(args, "blur", 0.0) or 0.0
+    if blur:
+        log.info("every image blurred by a Gaussian of sigma %g px before prediction", blur)
+        predict = with_blur(predict, blur)
     metrics = evaluate_dataset(dataset, predict, ids, group_fn=image_kind)
     if getattr(args, "time_sizes", None):
         sizes = [int(s) for s in args.time_sizes.split(",") if s.strip()]
@@ -162,7 +166,7 @@ def run_evaluate(args):
     metrics.update(model=getattr(args, "model", "maskrcnn"), weights=args.weights,
                    subset=args.subset, params=int(getattr(predict, "num_params", 0)),
                    tta=bool(getattr(args, "tta", False)), exposure=exposure,
-                   rescale=rescale, stain_scale=list(stain_scale),
+                   rescale=rescale, stain_scale=list(stain_scale), blur=blur,
                    peak_mb=peak_memory_mb())
     print(format_metrics(metrics))
     if args.out:

@@ -159,6 +159,9 @@ def build_parser():
                           help="scale the haematoxylin and eosin amounts of every stained "
                                "(H&E colour) image by H and E before prediction, e.g. 0.7,1.3 "
                                "(robustness to staining; other images unchanged)")
+    evaluate.add_argument("--blur", type=float, default=0.0, metavar="SIGMA",
+                          help="blur every image by a Gaussian of SIGMA pixels before "
+                               "prediction (robustness to focus; default 0, none)")
     detect = add("detect", help="submission.csv, COCO results, overlay PNGs")
     add_predictor_arguments(detect, "stage1_test")
     detect.add_argument("--out", required=True, help="output folder")
