@@ -82,6 +82,18 @@ def test_albumentations_keeps_masks_aligned():
     assert aug_mask.sum() == mask.sum() and aug_image.shape == image.shape
 
 
+def test_default_augmentation_leaves_about_a_third_of_the_crops_unchanged():
+    """Matterport's SomeOf((0, 2), ...): none, one or two of the five augmenters, each count a
+    third of the time, so about a third of the crops come out unchanged (a little more: a
+    rotation by 0 or 360 degrees changes nothing); always two would change every crop."""
+    image = np.random.RandomState(0).randint(0, 256, (32, 32, 3)).astype(np.uint8)
+    mask = np.zeros((32, 32, 1), bool)
+    augment = default_augmentation(seed=3)
+    unchanged = sum(np.array_equal(apply_augmentation(augment, image, mask)[0], image)
+                    for _ in range(300))
+    assert 0.25 * 300 < unchanged < 0.5 * 300
+
+
 def test_albumentations_moves_separate_and_overlapping_masks_alike():
     """Non-overlapping masks travel as one label image, overlapping ones as a list: both come
     back as the flipped masks, in their order."""
