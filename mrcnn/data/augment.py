@@ -98,6 +98,7 @@ def default_augmentation(seed=None):
 
 
 def _nucleus_ops():
+    """Fresh instances of Matterport's five nucleus augmenters, each applied when drawn."""
     import albumentations as A
     return [A.HorizontalFlip(p=1.0), A.VerticalFlip(p=1.0), A.RandomRotate90(p=1.0),
             A.MultiplicativeNoise(multiplier=(0.8, 1.5), per_channel=False, elementwise=False,
