@@ -96,17 +96,22 @@ def _keeping_num_params(wrapper, predict):
     return wrapper
 
 
+def _in_dtype(values, dtype):
+    """Float ``values`` cast to ``dtype``, rounded and clipped to its range when it is an
+    integer dtype (so bright pixels saturate instead of wrapping)."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        values = np.clip(np.round(values), info.min, info.max)
+    return values.astype(dtype)
+
+
 def with_exposure(predict, factor):
     """``predict`` on every image with its pixel values multiplied by ``factor`` (rounded and
     clipped to the range of an integer dtype, which is kept): how much a model's score depends
     on the exposure it was trained on (factor 0.5 = half the light)."""
     def predict_exposed(image):
         image = np.asarray(image)
-        exposed = image.astype(np.float64) * factor
-        if np.issubdtype(image.dtype, np.integer):
-            info = np.iinfo(image.dtype)
-            exposed = np.clip(np.round(exposed), info.min, info.max)
-        return predict(exposed.astype(image.dtype))
+        return predict(_in_dtype(image.astype(np.float64) * factor, image.dtype))
     return _keeping_num_params(predict_exposed, predict)
 
 
@@ -134,10 +139,7 @@ def with_blur(predict, sigma):
         image = np.asarray(image)
         sigmas = (sigma, sigma) + (0,) * (image.ndim - 2)
         blurred = gaussian_filter(image.astype(np.float64), sigmas, mode="reflect")
-        if np.issubdtype(image.dtype, np.integer):
-            info = np.iinfo(image.dtype)
-            blurred = np.clip(np.round(blurred), info.min, info.max)
-        return predict(blurred.astype(image.dtype))
+        return predict(_in_dtype(blurred, image.dtype))
     return _keeping_num_params(predict_blurred, predict)
 
 
