@@ -13,7 +13,7 @@ TPUs; mrcnn's detect does not use it either): the median of 5 after 2 warm-ups, 
 bench_detect.py, and the same for the backbone and FPN alone. The class logits get a foreground
 bias so that the 100 detection slots hold real detections, as bench_detect.py does for mrcnn.
 Model Garden returns 28x28 masks per detection and does not paste them into the image; mrcnn's
-``detect`` does (README, "Tests and benchmarks"). So ``detect_paste_s`` also times the whole
+``detect`` does (docs/speed.md). So ``detect_paste_s`` also times the whole
 job as mrcnn's ``detect`` does it, image in and image-sized masks out: the graph, then Model
 Garden's own ``mask_ops.paste_instance_masks`` on the detections (what its COCO evaluator calls).
 

@@ -98,7 +98,7 @@ class Detector:
         Traced once for every image size and batch size (height, width and batch are dynamic
         in its signature). TensorFlow 2.21 runs it as fast as a graph traced for one shape
         (nucleus model, float32, 57 DSB2018 val images of 7 sizes alternated: median ratio
-        1.003), and a new image size no longer costs a 3-4 s trace (README, Inference time).
+        1.003), and a new image size no longer costs a 3-4 s trace (docs/speed.md).
         """
         if self._predict is None:
             model, config = self.keras_model, self.config
