@@ -15,6 +15,7 @@ from mrcnn.data.loader import load_full_masks
 from mrcnn.metrics import (coco_evaluate, compute_ap, dice, dsb_image_score, pixel_iou,
                            remove_overlaps)
 from mrcnn.ops.image import resize_array, scale_stains
+from mrcnn.tiling import result_masks
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,8 @@ def evaluate_dataset(dataset, predict, image_ids=None, warmup=1, group_fn=None,
     Args:
         dataset: a prepared Dataset whose load_mask gives the truth.
         predict: ``fn(image [H, W, C] uint8) -> {"masks": [H, W, N] bool, "scores": [N]}``
-            at the image's original resolution.
+            at the image's original resolution (or {"labels": [H, W], "scores": [K]}, see
+            :func:`mrcnn.tiling.result_masks`).
         image_ids: subset of dataset.image_ids (default all).
         warmup: untimed predictions on the first image before timing (graph tracing).
         group_fn: optional ``fn(image) -> str`` (e.g. the image kind) for per-group scores.
@@ -52,8 +54,9 @@ def evaluate_dataset(dataset, predict, image_ids=None, warmup=1, group_fn=None,
         start = time.perf_counter()
         result = predict(image)
         times.append(time.perf_counter() - start)
-        masks, kept = remove_overlaps(result["masks"], result["scores"])
-        score = np.asarray(result["scores"])[kept]
+        masks, score = result_masks(result)
+        masks, kept = remove_overlaps(masks, score)
+        score = score[kept]
         ap50 = compute_ap(None, np.ones(true.shape[-1], np.int32), true, None,
                           np.ones(len(kept), np.int32), score, masks, 0.5)[0]
         row = {"image": str(dataset.image_info[image_id].get("id", image_id)),
@@ -155,14 +158,13 @@ def with_rescale(predict, factor):
         image = np.asarray(image)
         h, w = image.shape[:2]
         size = (max(1, round(h * factor)), max(1, round(w * factor)))
-        result = dict(predict(resize_array(image, size)))
-        masks = np.asarray(result["masks"], bool)
+        masks, scores = result_masks(predict(resize_array(image, size)))
+        masks = np.asarray(masks, bool)
         back = np.zeros((h, w, masks.shape[-1]), bool)
         for start in range(0, masks.shape[-1], 64):     # bounded float memory
             chunk = masks[..., start:start + 64].astype(np.float32)
             back[..., start:start + 64] = resize_array(chunk, (h, w)).reshape(h, w, -1) > 0.5
-        result["masks"] = back
-        return result
+        return {"masks": back, "scores": scores}
     return _keeping_num_params(predict_rescaled, predict)
 
 

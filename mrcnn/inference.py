@@ -39,14 +39,17 @@ class Detector:
         self.keras_model = keras_model
         self._predict = None
         self._anchors = {}
+        self._warned_cap = False
 
-    def mold_inputs(self, images, scales=None):
+    def mold_inputs(self, images, scales=None, normalized=False):
         """Resize and mean-subtract images for the network.
 
         Grayscale, RGBA, 16-bit and float images are brought to IMAGE_CHANNEL_COUNT uint8
         channels first (:func:`mrcnn.ops.image.to_rgb_uint8`). ``scales``: one resize factor
         per image (None: the config's rule) for the ``pad64`` mode (:meth:`detect`'s
-        object-size pass); other modes raise ValueError when given one.
+        object-size pass); other modes raise ValueError when given one. ``normalized``: the
+        images are already normalised (:meth:`normalize`, e.g. tiles of one normalised image),
+        so IMAGE_NORMALIZATION is not applied again.
 
         Returns:
             molded_images [N, H, W, C] float32, image_metas [N, META], windows [N, 4] pixels.
@@ -67,7 +70,8 @@ class Detector:
             if image.shape[-1] != config.IMAGE_CHANNEL_COUNT:
                 raise ValueError(f"image has {image.shape[-1]} channels; the config "
                                  f"expects {config.IMAGE_CHANNEL_COUNT}.")
-            image = normalize_image(image, config.IMAGE_NORMALIZATION)
+            if not normalized:
+                image = normalize_image(image, config.IMAGE_NORMALIZATION)
             out, window, scale, _, _ = resize_image(
                 image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
                 max_dim=config.IMAGE_MAX_DIM, mode=mode, scale=fixed_scale)
@@ -244,13 +248,24 @@ class Detector:
         return [image if np.asarray(image).dtype == np.uint8 else to_rgb_uint8(image, channels)
                 for image in images]
 
-    def detect_at(self, images, scales, verbose=0):
+    def normalize(self, image):
+        """``image`` as molding normalises it: uint8 [H, W, IMAGE_CHANNEL_COUNT] after
+        IMAGE_NORMALIZATION. Tiles cut from it (:mod:`mrcnn.tiling`) and detected with
+        ``normalized=True`` share the whole image's intensity stretch; a tile normalised on
+        its own would stretch the noise of an empty tile to full contrast."""
+        image = to_rgb_uint8(image, self.config.IMAGE_CHANNEL_COUNT)
+        return normalize_image(image, self.config.IMAGE_NORMALIZATION)
+
+    def detect_at(self, images, scales, verbose=0, normalized=False):
         """:meth:`detect`'s one pass: images at ``scales``, one resize factor per image (None:
         the config's rule; a number needs the ``pad64`` inference resize mode, which ``crop``
-        training configs use). Returns :meth:`detect`'s dicts."""
+        training configs use). ``normalized``: see :meth:`mold_inputs`. Returns
+        :meth:`detect`'s dicts. Logs a warning (once per Detector) when an image's detections
+        reach DETECTION_MAX_INSTANCES, where objects beyond the cap are lost."""
         results = [None] * len(images)
         images = self.eight_bit(images)
-        molded = [self.mold_inputs([image], [scale]) for image, scale in zip(images, scales)]
+        molded = [self.mold_inputs([image], [scale], normalized)
+                  for image, scale in zip(images, scales)]
         groups = {}
         for i, (m, _, _) in enumerate(molded):
             groups.setdefault(m.shape[1:], []).append(i)
@@ -262,6 +277,7 @@ class Detector:
                 out = self.run(np.concatenate([molded[i][0] for i in padded]),
                                np.concatenate([molded[i][1] for i in padded]))
                 for j, i in enumerate(chunk):
+                    self._warn_at_cap(out["detections"][j], np.asarray(images[i]).shape)
                     rois, class_ids, scores, masks = self.unmold_detections(
                         out["detections"][j], out["mrcnn_mask"][j], np.asarray(images[i]).shape,
                         molded[i][0].shape[1:], molded[i][2][0], image=images[i])
@@ -270,3 +286,14 @@ class Detector:
                     if verbose:
                         log.info("image %d: %d detections", i, len(class_ids))
         return results
+
+    def _warn_at_cap(self, detections, image_shape):
+        """Warn once when one image's detections [N, 6] fill DETECTION_MAX_INSTANCES."""
+        cap = self.config.DETECTION_MAX_INSTANCES
+        if self._warned_cap or int(np.sum(detections[:, 4] > 0)) < cap:
+            return
+        self._warned_cap = True
+        log.warning("an image of %dx%d pixels gave DETECTION_MAX_INSTANCES = %d detections, "
+                    "so objects beyond the cap were left out; predict large images in tiles "
+                    "(mrcnn.tiling.predict_tiled, `train.py predict --tile`) or raise "
+                    "DETECTION_MAX_INSTANCES", image_shape[0], image_shape[1], cap)

@@ -34,7 +34,7 @@ from mrcnn.atomic import atomic_target
 from mrcnn.evaluation import write_json
 from mrcnn.metrics import coco_results, remove_overlaps
 from mrcnn.ops.image import to_rgb_uint8
-from mrcnn.visualize import overlay_instances
+from mrcnn.visualize import overlay_labels
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,9 @@ def _read_csv(path):
 
 def _write_label(path, labels):
     if path.endswith(".png"):
+        if labels.dtype != np.uint16:
+            raise ValueError(f"{path}: {int(labels.max())} objects do not fit a 16-bit PNG "
+                             "label image; use the tif label format")
         with atomic_target(path, ".tmp.png") as tmp:
             skimage.io.imsave(tmp, labels, check_contrast=False)
     else:
@@ -162,29 +165,45 @@ def _write_label(path, labels):
             tifffile.imwrite(tmp, labels, compression="zlib")
 
 
-def _as_predict_fn(model):
-    """A MaskRCNN (its ``detect``) or a ``predict(image) -> {"masks", "scores"}`` callable."""
+def _as_predict_fn(model, tile=None, tile_overlap=128):
+    """A MaskRCNN (its ``detect``, or :func:`mrcnn.tiling.predict_tiled` with ``tile``) or a
+    ``predict(image) -> dict`` callable."""
     if hasattr(model, "detect"):
+        if tile:
+            from mrcnn.tiling import predict_tiled
+            return lambda image: predict_tiled(model, image, tile, tile_overlap)
         return lambda image: model.detect([image])[0]
     if callable(model):
         return model
     raise TypeError(f"{model!r} is neither a MaskRCNN nor a predict(image) callable")
 
 
+def labels_of(result):
+    """(labels [H, W], scores of labels 1..K) of a prediction: its own label image when it has
+    one (:func:`mrcnn.tiling.predict_tiled`), else :func:`label_image` of its masks."""
+    if "labels" in result:
+        return result["labels"], np.asarray(result["scores"], dtype=np.float64)
+    return label_image(result["masks"], result["scores"])
+
+
 def predict_images(model, inputs, out_dir, recursive=False, channels=None,
-                   label_format="tif", overwrite=False, coco=False, progress=True):
+                   label_format="tif", overwrite=False, coco=False, progress=True,
+                   tile=None, tile_overlap=128):
     """Segment every image of ``inputs`` and write the outputs described in the module
     docstring under ``out_dir``.
 
     Args:
         model: a MaskRCNN in inference mode, or ``predict(image uint8 [H, W, 3]) ->
-            {"masks": [H, W, N] bool, "scores": [N]}`` (the U-Net and Otsu predictors).
+            {"masks": [H, W, N] bool, "scores": [N]}`` (the U-Net and Otsu predictors) or
+            ``{"labels": [H, W], "scores": [K]}`` (a tiled predictor).
         inputs: a file, a folder or a glob (see :func:`find_images`), or a list of paths.
         recursive: include sub-folders. channels: see :func:`read_image`.
         label_format: "tif" (uint16 TIFF) or "png" (uint16 PNG).
         overwrite: redo images whose label image exists.
         coco: also write ``coco_results.json`` (RLE masks of every image).
         progress: a progress bar with rate and ETA on stderr.
+        tile, tile_overlap: a MaskRCNN predicts images larger than ``tile`` pixels on a side
+            in overlapping tiles (:func:`mrcnn.tiling.predict_tiled`); None: whole images.
 
     Returns:
         dict: images, done (predicted now), already_done, failed (list of (path, reason)),
@@ -192,7 +211,7 @@ def predict_images(model, inputs, out_dir, recursive=False, channels=None,
     """
     if label_format not in LABEL_FORMATS:
         raise ValueError(f"label format {label_format!r}; use one of {LABEL_FORMATS}")
-    predict = _as_predict_fn(model)
+    predict = _as_predict_fn(model, tile, tile_overlap)
     paths = list(inputs) if isinstance(inputs, (list, tuple)) else find_images(inputs, recursive)
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
     names = [os.path.splitext(os.path.relpath(os.path.abspath(p), root))[0] for p in paths]
@@ -220,8 +239,7 @@ def predict_images(model, inputs, out_dir, recursive=False, channels=None,
                     bar.update(n + 1)
                 continue
             image = to_rgb_uint8(raw)
-            result = predict(image)
-            labels, scores = label_image(result["masks"], result["scores"])
+            labels, scores = labels_of(predict(image))
             intensity = raw.astype(np.float64)
             intensity = intensity if intensity.ndim == 2 else intensity.mean(axis=-1)
             rows = object_rows(name, labels, scores, intensity)
@@ -231,7 +249,7 @@ def predict_images(model, inputs, out_dir, recursive=False, channels=None,
             _write_overlay(os.path.join(out_dir, "overlays", f"{name}.png"), image, labels)
             _write_label(label_path, labels)         # last: its presence marks the image done
             if coco:  # RLE now, so memory stays flat however many images there are
-                coco_rows += coco_results([name], [_masks_of(labels)], [scores])
+                coco_rows += _coco_rows(name, labels, scores)
             done += 1
             summary.append({"image": name, "count": len(rows),
                             "seconds": round(time.perf_counter() - started, 3), "status": "ok"})
@@ -250,13 +268,17 @@ def predict_images(model, inputs, out_dir, recursive=False, channels=None,
             "objects": len(objects), "objects_csv": objects_csv, "summary_csv": summary_csv}
 
 
-def _masks_of(labels):
-    """uint16 labels [H, W] -> masks [H, W, K] bool of labels 1..K."""
-    ids = np.arange(1, int(labels.max()) + 1, dtype=labels.dtype)
-    return labels[..., None] == ids if len(ids) else np.zeros(labels.shape + (0,), bool)
+def _coco_rows(name, labels, scores, chunk=32):
+    """COCO result rows (RLE masks) of labels 1..K, ``chunk`` masks at a time so a tiled image
+    with thousands of objects never holds them all as full-size masks."""
+    rows = []
+    for start in range(1, int(labels.max()) + 1, chunk):
+        ids = np.arange(start, min(start + chunk, int(labels.max()) + 1), dtype=labels.dtype)
+        rows += coco_results([name], [labels[..., None] == ids], [scores[start - 1:ids[-1]]])
+    return rows
 
 
 def _write_overlay(path, image, labels):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with atomic_target(path, ".tmp.png") as tmp:
-        skimage.io.imsave(tmp, overlay_instances(image, _masks_of(labels)), check_contrast=False)
+        skimage.io.imsave(tmp, overlay_labels(image, labels), check_contrast=False)

@@ -31,6 +31,21 @@ def overlay_instances(image, masks, colors=None, alpha=0.5):
     return out
 
 
+def overlay_labels(image, labels, alpha=0.5):
+    """Image [H, W, 3] with every object of a label image [H, W] (0 = background) tinted ->
+    uint8 [H, W, 3]; the same picture as :func:`overlay_instances` of the label masks 1..K
+    (label k gets colour k - 1 of ``random_colors(K)``), in one pass however many objects."""
+    labels = np.asarray(labels)
+    count = int(labels.max()) if labels.size else 0
+    out = np.asarray(image)[..., :3].astype(np.uint8)
+    if count == 0:
+        return out.copy()
+    table = np.zeros((count + 1, 3), np.float32)
+    table[1:] = np.array(random_colors(count), np.float32) * 255
+    tinted = out.astype(np.float32) * (1 - alpha) + alpha * table[labels]
+    return np.where((labels > 0)[..., None], tinted, out).astype(np.uint8)
+
+
 def display_instances(image, boxes, masks, class_ids, class_names, scores=None, title="",
                       figsize=(16, 16), ax=None, show_bbox=True, show_mask=True):
     """Matterport's display_instances: boxes (pixels), masks [H, W, N], labels, scores."""

@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 import pytest
+import skimage.io
+import tifffile
 
 from mrcnn.data.synthetic import write_synthetic_dsb
 from mrcnn.metrics import read_submission
@@ -84,6 +86,21 @@ def test_train_resume_evaluate_detect(data_dir, tmp_path):
     assert len({r[0] for r in rows[1:]}) == 2           # every image has a line
     assert len(glob.glob(os.path.join(det, "overlays", "*.png"))) == 2
     assert isinstance(json.load(open(os.path.join(det, "coco_results.json"))), list)
+
+    # predict in tiles smaller than the images: a label image per image, the same size
+    pred = tmp_path / "pred"
+    images = sorted(glob.glob(os.path.join(data_dir, "stage1_test", "*", "images", "*.png")))
+    nucleus_cli.main(["predict", "--input", os.path.join(data_dir, "stage1_test", "*", "images",
+                                                         "*.png"), "--logs", logs, "--out",
+                      str(pred), "--min-confidence", "0.1", "--tile", "64", "--tile-overlap",
+                      "16"])
+    for path in images:
+        name = os.path.splitext(os.path.basename(path))[0]
+        labels = tifffile.imread(pred / "labels" / name / "images" / f"{name}.tif")
+        assert labels.shape == skimage.io.imread(path).shape[:2] and labels.dtype == np.uint16
+    with pytest.raises(SystemExit, match="--tile 16 must be larger than --tile-overlap"):
+        nucleus_cli.main(["predict", "--input", images[0], "--logs", logs, "--out", str(pred),
+                          "--tile", "16"])
 
 
 def test_weights_coco_matches_matterports_architecture(data_dir, tmp_path, monkeypatch):

@@ -11,7 +11,9 @@ import tifffile
 
 from mrcnn import model as modellib
 from mrcnn.data.synthetic import make_nuclei_image
+from mrcnn.inference import Detector
 from mrcnn.predict import find_images, label_image, predict_images, read_image
+from mrcnn.tiling import predict_tiled, tile_spans
 from samples.nucleus import train as nucleus_cli
 from tests.conftest import ZeroConfidenceConfig
 
@@ -123,3 +125,87 @@ def test_labels_match_detect(image_folder, tmp_path, trained_dir):
     np.testing.assert_array_equal(labels, want)
     scores = [float(r["score"]) for r in _read_rows(out / "objects.csv")]
     np.testing.assert_allclose(scores, np.round(want_scores[:len(scores)], 4), atol=1e-4)
+
+
+class TiledConfig(ZeroConfidenceConfig):
+    """Whole images padded to multiples of 64 at the rule's scale (x1.28 for a 75 px tile, x1
+    for 192 px), stretched intensities, every detection slot kept and a small cap."""
+    IMAGES_PER_GPU = 1
+    IMAGE_RESIZE_MODE = "pad64"
+    IMAGE_MIN_DIM = 96
+    IMAGE_NORMALIZATION = "stretch"
+    DETECTION_MAX_INSTANCES = 8
+
+
+@pytest.fixture(scope="module")
+def tiled_model(trained_dir):
+    model = modellib.MaskRCNN("inference", TiledConfig(), trained_dir)
+    model.load_weights(model.find_last())
+    return model
+
+
+def _mosaic(images):
+    """A 192 x 192 RGB image of four 96 px ones, dimmed so the stretch matters."""
+    top, bottom = np.concatenate(images[:2], axis=1), np.concatenate(images[2:4], axis=1)
+    return (np.concatenate([top, bottom], axis=0)[..., :3] // 2).astype(np.uint8)
+
+
+def test_tiles_are_detected_at_the_whole_images_scale_and_stretch(image_folder, tiled_model,
+                                                                  monkeypatch):
+    _, images = image_folder
+    mosaic = _mosaic([np.asarray(i)[..., :3] for i in images])
+    detector = tiled_model.detector
+    normalized = detector.normalize(mosaic)
+    assert detector.default_scale(mosaic.shape) == 1.0 and detector.default_scale((75, 75)) > 1
+    calls = []
+    original = detector.detect_at
+
+    def recording(tiles, scales, verbose=0, normalized=False):
+        calls.append((tiles[0].copy(), list(scales), normalized))
+        return original(tiles, scales, verbose, normalized)
+    monkeypatch.setattr(detector, "detect_at", recording)
+    result = predict_tiled(tiled_model, mosaic, tile=80, overlap=16)
+    assert result["tiles"] == len(calls) == 9 and result["labels"].shape == (192, 192)
+    starts = [s for s, _, _, _ in tile_spans(192, 80, 16)]
+    for n, (tile, scales, was_normalized) in enumerate(calls):
+        y, x = starts[n // 3], starts[n % 3]
+        assert scales == [1.0] and was_normalized and tile.shape == (75, 75, 3)
+        np.testing.assert_array_equal(tile, normalized[y:y + 75, x:x + 75])
+    assert result["labels"].max() == len(result["scores"]) > 8     # more than one call's cap
+
+
+def test_normalized_detect_matches_detect(image_folder, tiled_model, caplog):
+    """Detecting the image normalised beforehand gives detect()'s result; filling
+    DETECTION_MAX_INSTANCES is warned about, once."""
+    _, images = image_folder
+    image = (np.asarray(images[1])[..., :3] // 2).astype(np.uint8)
+    detector = Detector(tiled_model.config, tiled_model.keras_model)   # not warned before
+    with caplog.at_level("WARNING", logger="mrcnn.inference"):
+        want = detector.detect([image])[0]
+        got = detector.detect_at([detector.normalize(image)], [None], normalized=True)[0]
+    assert len(want["scores"]) == 8
+    np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-5)
+    np.testing.assert_array_equal(got["masks"], want["masks"])
+    warnings = [r for r in caplog.records if "DETECTION_MAX_INSTANCES = 8" in r.getMessage()]
+    assert len(warnings) == 1 and "tiles" in warnings[0].getMessage()
+
+
+def test_one_tile_is_detect_and_predict_images_tiles(image_folder, tiled_model, tmp_path):
+    root, images = image_folder
+    result = predict_tiled(tiled_model, images[2], tile=128, overlap=32)
+    detected = tiled_model.detect([images[2]])[0]
+    want, want_scores = label_image(detected["masks"], detected["scores"])
+    assert result["tiles"] == 1
+    np.testing.assert_array_equal(result["labels"], want)
+    np.testing.assert_allclose(result["scores"], want_scores, rtol=1e-6)
+    mosaic_path = tmp_path / "mosaic.tif"
+    tifffile.imwrite(mosaic_path, _mosaic([np.asarray(i)[..., :3] for i in images]))
+    out = tmp_path / "out"
+    summary = predict_images(tiled_model, [str(mosaic_path)], str(out), progress=False,
+                             tile=80, tile_overlap=16, coco=True)
+    labels = tifffile.imread(out / "labels" / "mosaic.tif")
+    rows = _read_rows(out / "objects.csv")
+    assert summary["done"] == 1 and labels.shape == (192, 192)
+    assert len(rows) == labels.max() > 8
+    assert [int(r["area"]) for r in rows] == [int((labels == k).sum())
+                                              for k in range(1, labels.max() + 1)]

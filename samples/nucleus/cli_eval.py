@@ -22,6 +22,7 @@ from mrcnn.evaluation import (evaluate_dataset, format_metrics, with_blur, with_
 from mrcnn.metrics import coco_results, mask_to_rle, remove_overlaps, write_submission
 from mrcnn.ops.image import resize_array
 from mrcnn.predict import LABEL_FORMATS, find_images, predict_images
+from mrcnn.tiling import predict_tiled, result_masks
 from mrcnn.tta import detect_with_flips
 from mrcnn.visualize import overlay_instances
 from samples.nucleus.cli_common import (load_run_overrides, make_config, parse_overrides,
@@ -66,7 +67,11 @@ def maskrcnn_predictor(args):
     if tta:
         log.info("test-time augmentation: 4 flips per image, objects at least 2 views agree on")
 
+    tile = getattr(args, "tile", None)
+
     def predict(image):
+        if tile:   # a label image; the whole image in one call when it fits in a tile
+            return predict_tiled(model, image, tile, args.tile_overlap, tta=tta)
         r = detect_with_flips(model.detect, image) if tta else model.detect([image])[0]
         return {"masks": r["masks"], "scores": r["scores"]}
     predict.num_params = model.keras_model.count_params()
@@ -92,6 +97,10 @@ def otsu_predictor(args=None):
 
 
 def make_predictor(args):
+    tile, overlap = getattr(args, "tile", 0), getattr(args, "tile_overlap", 0)
+    if tile and tile <= overlap:
+        raise SystemExit(f"--tile {tile} must be larger than --tile-overlap {overlap} "
+                         "(or 0 for whole images)")
     model = getattr(args, "model", "maskrcnn")
     if model == "otsu":
         return otsu_predictor(args)
@@ -184,9 +193,9 @@ def run_detect(args):
     for n, image_id in enumerate(ids):
         name = dataset.image_info[image_id]["id"]
         image = dataset.load_image(image_id)
-        r = predict(image)
-        masks, kept = remove_overlaps(r["masks"], r["scores"])
-        scores = np.asarray(r["scores"])[kept]
+        masks, scores = result_masks(predict(image))
+        masks, kept = remove_overlaps(masks, scores)
+        scores = scores[kept]
         rows += mask_to_rle(name, masks, scores)
         results += coco_results([name], [masks], [scores])
         with atomic_target(os.path.join(overlay_dir, f"{name}.png"), ".tmp.png") as tmp:
@@ -228,13 +237,21 @@ def add_predict_arguments(parser):
     parser.add_argument("--overwrite", action="store_true",
                         help="redo images whose outputs exist (a rerun skips them otherwise)")
     parser.add_argument("--coco", action="store_true", help="also write coco_results.json")
-    add_predictor_arguments(parser, None, dataset=False)
+    add_predictor_arguments(parser, None, dataset=False, tile=1024)
 
 
-def add_predictor_arguments(parser, default_subset, dataset=True):
+def add_predictor_arguments(parser, default_subset, dataset=True, tile=0):
     if dataset:
         parser.add_argument("--dataset", required=True)
         parser.add_argument("--subset", default=default_subset)
+    parser.add_argument("--tile", type=int, default=tile, metavar="PIXELS",
+                        help="Mask R-CNN: predict images larger than this on a side in "
+                             "overlapping tiles of at most this size (memory stays bounded and "
+                             "DETECTION_MAX_INSTANCES applies per tile); 0: whole images "
+                             "(default %(default)s)")
+    parser.add_argument("--tile-overlap", type=int, default=128, metavar="PIXELS",
+                        help="pixels neighbouring tiles share; objects up to this size across "
+                             "are never cut (default %(default)s)")
     parser.add_argument("--model", choices=("maskrcnn", "unet", "otsu"), default="maskrcnn")
     parser.add_argument("--weights", default="last", help="last | PATH (default %(default)s)")
     parser.add_argument("--logs", default="logs")
