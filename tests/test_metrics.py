@@ -53,6 +53,29 @@ def test_dsb_hand_computed_partial_overlap():
     assert metrics.dsb_image_score(stack(t), stack(p, extra)) == pytest.approx(expected)
 
 
+def test_dsb_label_score_hand_computed_and_as_masks():
+    """The label-image score: the partial-overlap case above (0.3), numbering gaps ignored,
+    and the masks' score on random label images."""
+    t = np.zeros((20, 20), np.uint16)
+    t[0:10, 0:10] = 7                            # one true object, numbered 7
+    p = np.zeros((20, 20), np.uint16)
+    p[0:10, 0:8] = 2                             # IoU 0.8
+    p[15:18, 15:18] = 5                          # a false positive
+    assert metrics.dsb_label_score(t, p) == pytest.approx((6 * 0.5 + 4 * 0.0) / 10)
+    assert metrics.dsb_label_score(t, np.zeros_like(p)) == 0.0
+    assert metrics.dsb_label_score(np.zeros_like(t), np.zeros_like(p)) == 1.0
+    rng = np.random.RandomState(0)
+    true = rng.randint(0, 6, (30, 30))
+    pred = np.where(rng.rand(30, 30) < 0.2, rng.randint(0, 6, (30, 30)), true)
+    masks = [(labels[..., None] == np.arange(1, 6)) for labels in (true, pred)]
+    assert metrics.dsb_label_score(true, pred) == \
+        pytest.approx(metrics.dsb_image_score(*masks))
+    np.testing.assert_allclose(metrics.label_iou_matrix(true, pred),
+                               metrics.mask_iou_matrix(*masks))
+    with pytest.raises(ValueError, match="different sizes"):
+        metrics.label_iou_matrix(true, pred[:5])
+
+
 def test_dsb_true_positives_per_threshold():
     t = box_mask((20, 20), 0, 0, 10, 10)
     p = box_mask((20, 20), 0, 0, 10, 8)         # IoU 0.8 with t

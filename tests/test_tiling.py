@@ -125,3 +125,18 @@ def test_overlay_labels_matches_overlay_instances():
     assert np.abs(got.astype(int) - want).max() <= 1
     assert (got != image).any() and (got[labels == 0] == image[labels == 0]).all()
     np.testing.assert_array_equal(overlay_labels(image, np.zeros_like(labels)), image)
+
+
+def test_bench_tiling_builds_a_field_with_its_truth():
+    from mrcnn.data.synthetic import SyntheticNucleiDataset
+    from tests.conftest import load_benchmark
+    bench = load_benchmark("bench_tiling")
+    dataset = SyntheticNucleiDataset().load_synthetic(3, size=256, seed=4)
+    dataset.prepare()
+    image, truth = bench.build_mosaic(dataset, list(dataset.image_ids), 512)
+    assert image.shape == (512, 512, 3) and truth.shape == (512, 512)
+    counts = [dataset.load_mask(i)[0].shape[-1] for i in dataset.image_ids]
+    order = np.random.RandomState(0).permutation(list(dataset.image_ids))
+    fourth = order[3 % 3]                      # 4 blocks from 3 images: the first comes again
+    assert truth.max() == sum(counts) + counts[fourth] == len(np.unique(truth)) - 1
+    np.testing.assert_array_equal(image[256:, 256:], dataset.load_image(fourth)[..., :3])

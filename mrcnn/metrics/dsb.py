@@ -10,7 +10,7 @@ one with objects on one side only scores 0.
 
 import numpy as np
 
-from mrcnn.metrics.matching import mask_iou_matrix
+from mrcnn.metrics.matching import label_iou_matrix, mask_iou_matrix
 
 DSB_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
 
@@ -72,6 +72,18 @@ def dsb_precisions(true_masks, pred_masks, thresholds=DSB_THRESHOLDS):
 def dsb_image_score(true_masks, pred_masks, thresholds=DSB_THRESHOLDS):
     """Mean over thresholds of TP / (TP + FP + FN) for one image."""
     return float(dsb_precisions(true_masks, pred_masks, thresholds).mean())
+
+
+def dsb_label_score(true_labels, pred_labels, thresholds=DSB_THRESHOLDS):
+    """:func:`dsb_image_score` of two label images [H, W] (0 = background, objects 1..N;
+    numbers with no pixels are not objects), for images with too many objects for masks."""
+    iou = label_iou_matrix(true_labels, pred_labels)
+    iou = iou[np.isin(np.arange(1, iou.shape[0] + 1), np.unique(true_labels))]
+    iou = iou[:, np.isin(np.arange(1, iou.shape[1] + 1), np.unique(pred_labels))]
+    n_true, n_pred = iou.shape
+    tp = np.array([_one_to_one_matches(iou, t) for t in thresholds], dtype=int) \
+        if n_true and n_pred else np.zeros(len(thresholds), dtype=int)
+    return float(precisions_from_counts(tp, n_true, n_pred).mean())
 
 
 def dsb_score(true_mask_list, pred_mask_list, thresholds=DSB_THRESHOLDS):

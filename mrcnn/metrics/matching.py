@@ -38,6 +38,23 @@ def mask_iou_matrix(true_masks, pred_masks):
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
+def label_iou_matrix(true_labels, pred_labels):
+    """IoU of every true object with every predicted object of two label images [H, W]
+    (0 = background, objects numbered 1..N and 1..M; absent numbers give empty rows or
+    columns) -> [N, M], through one joint histogram: large images with thousands of objects
+    never become [H, W, N] masks."""
+    t = np.asarray(true_labels).astype(np.int64).ravel()
+    p = np.asarray(pred_labels).astype(np.int64).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"label images of different sizes: {np.shape(true_labels)} and "
+                         f"{np.shape(pred_labels)}")
+    n, m = int(t.max(initial=0)), int(p.max(initial=0))
+    joint = np.bincount(t * (m + 1) + p, minlength=(n + 1) * (m + 1)).reshape(n + 1, m + 1)
+    inter = joint[1:, 1:].astype(np.float64)
+    union = joint[1:, :].sum(1)[:, None] + joint[:, 1:].sum(0)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
 def mask_recall(true_masks, pred_masks, threshold=0.5):
     """(found, total, best IoU of each true mask): a true mask is found when some prediction
     overlaps it with IoU > threshold."""
