@@ -172,6 +172,10 @@ def test_tiles_are_detected_at_the_whole_images_scale_and_stretch(image_folder, 
         assert scales == [1.0] and was_normalized and tile.shape == (75, 75, 3)
         np.testing.assert_array_equal(tile, normalized[y:y + 75, x:x + 75])
     assert result["labels"].max() == len(result["scores"]) > 8     # more than one call's cap
+    calls.clear()       # with test-time flips: each tile's 4 views in one call, same scale
+    flipped = predict_tiled(tiled_model, mosaic, tile=80, overlap=16, tta=True)
+    assert len(calls) == 9 and all(scales == [1.0] * 4 for _, scales, _ in calls)
+    assert flipped["labels"].shape == (192, 192) and flipped["tiles"] == 9
 
 
 def test_normalized_detect_matches_detect(image_folder, tiled_model, caplog):
