@@ -20,7 +20,9 @@ All coordinates are pixels of the original image; boxes are (y1, x1, y2, x2), y2
 
 import numpy as np
 
+from mrcnn.config import inference_resize_mode
 from mrcnn.ops.boxes import extract_bboxes
+from mrcnn.tta import detect_with_flips
 
 # Objects whose box centre lies this many pixels outside a tile's core are still taken from that
 # tile, so that an object whose two detections' centres fall on either side of a core boundary
@@ -65,8 +67,6 @@ def _tile_predictor(model, image, tta):
         return lambda y0, y1, x0, x1: model(image[y0:y1, x0:x1])
     if model.mode != "inference":
         raise ValueError("predict_tiled needs a MaskRCNN created in inference mode")
-    from mrcnn.config import inference_resize_mode
-    from mrcnn.tta import detect_with_flips
     detector = model.detector
     normalized = detector.normalize(detector.eight_bit([image])[0])
     pad64 = inference_resize_mode(detector.config.IMAGE_RESIZE_MODE) == "pad64"
@@ -85,7 +85,6 @@ def _whole_image(model, image, tta):
     """One call on the whole image, exactly as without tiling."""
     if hasattr(model, "detect"):
         if tta:
-            from mrcnn.tta import detect_with_flips
             return detect_with_flips(model.detect, image)
         return model.detect([image])[0]
     if tta:
@@ -93,7 +92,7 @@ def _whole_image(model, image, tta):
     return model(image)
 
 
-def predict_tiled(model, image, tile=1024, overlap=128, max_covered=0.5, tta=False):
+def predict_tiled(model, image, tile=1024, overlap=128, max_covered=None, tta=False):
     """Predict ``image`` tile by tile and join the objects into one label image.
 
     Args:
@@ -106,7 +105,9 @@ def predict_tiled(model, image, tile=1024, overlap=128, max_covered=0.5, tta=Fal
         overlap: pixels shared by neighbouring tiles; objects up to this size across are never
             cut (default 128: nuclei are far smaller at DSB2018 magnifications).
         max_covered: an object covered by higher-scored ones beyond this fraction of its
-            pixels is dropped (a duplicate from the neighbouring tile, or a fragment).
+            pixels is dropped (a duplicate from the neighbouring tile, or a fragment); None:
+            a MaskRCNN's DETECTION_MAX_COVERED_FRACTION when it has one (so tiles drop what
+            one call would), else 0.5.
         tta: a MaskRCNN detects each tile on its 4 flips (:func:`mrcnn.tta.detect_with_flips`).
 
     A MaskRCNN detects the tiles at the scale its config gives the whole image, on the whole
@@ -139,6 +140,10 @@ def predict_tiled(model, image, tile=1024, overlap=128, max_covered=0.5, tta=Fal
                     and core_x0 - CORE_MARGIN <= centre_x < core_x1 + CORE_MARGIN):
                 candidates.append((scores[i], class_ids[i], y0 + by1, x0 + bx1,
                                    masks[by1:by2, bx1:bx2, i].copy()))
+    if max_covered is None:
+        config = getattr(model, "config", None)
+        max_covered = getattr(config, "DETECTION_MAX_COVERED_FRACTION", None)
+        max_covered = 0.5 if max_covered is None else max_covered
     # One tile has no neighbour to duplicate its objects: keep whatever is not fully covered.
     return _join(candidates, (height, width), max_covered if len(spans) > 1 else 1.0,
                  len(spans))
