@@ -76,8 +76,8 @@ def run_mode(args):
         labels = np.zeros(image.shape[:2], np.int32)
         for y in range(0, image.shape[0], BLOCK):
             for x in range(0, image.shape[1], BLOCK):
-                block, _ = label_image(*_masks_scores(model.detect([image[y:y + BLOCK,
-                                                                           x:x + BLOCK]])[0]))
+                detected = model.detect([image[y:y + BLOCK, x:x + BLOCK]])[0]
+                block, _ = label_image(detected["masks"], detected["scores"])
                 labels[y:y + BLOCK, x:x + BLOCK] = np.where(block > 0, block + labels.max(), 0)
     seconds = time.perf_counter() - start
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
@@ -85,10 +85,6 @@ def run_mode(args):
                       "peak_rss_gb": round(peak_gb, 2), "objects": int(len(np.unique(labels)) - 1),
                       "true_objects": int(truth.max()),
                       "dsb": round(dsb_label_score(truth, labels), 4)}))
-
-
-def _masks_scores(result):
-    return result["masks"], result["scores"]
 
 
 def main():
