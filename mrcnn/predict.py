@@ -271,9 +271,9 @@ def predict_images(model, inputs, out_dir, recursive=False, channels=None,
 def _coco_rows(name, labels, scores, chunk=32):
     """COCO result rows (RLE masks) of labels 1..K, ``chunk`` masks at a time so a tiled image
     with thousands of objects never holds them all as full-size masks."""
-    rows = []
-    for start in range(1, int(labels.max()) + 1, chunk):
-        ids = np.arange(start, min(start + chunk, int(labels.max()) + 1), dtype=labels.dtype)
+    rows, count = [], int(labels.max())
+    for start in range(1, count + 1, chunk):
+        ids = np.arange(start, min(start + chunk, count + 1), dtype=labels.dtype)
         rows += coco_results([name], [labels[..., None] == ids], [scores[start - 1:ids[-1]]])
     return rows
 

@@ -60,10 +60,6 @@ def _tile_predictor(model, image, tta):
     tiles of the whole image normalised once (``Detector.normalize``), so that tiles look to
     the network as the image would; a callable gets the tiles as they are."""
     if not hasattr(model, "detect"):
-        if not callable(model):
-            raise TypeError(f"{model!r} is neither a MaskRCNN nor a predict(image) callable")
-        if tta:
-            raise ValueError("test-time flips (tta) need a MaskRCNN, not a predict callable")
         return lambda y0, y1, x0, x1: model(image[y0:y1, x0:x1])
     if model.mode != "inference":
         raise ValueError("predict_tiled needs a MaskRCNN created in inference mode")
@@ -84,11 +80,7 @@ def _tile_predictor(model, image, tta):
 def _whole_image(model, image, tta):
     """One call on the whole image, exactly as without tiling."""
     if hasattr(model, "detect"):
-        if tta:
-            return detect_with_flips(model.detect, image)
-        return model.detect([image])[0]
-    if tta:
-        raise ValueError("test-time flips (tta) need a MaskRCNN, not a predict callable")
+        return detect_with_flips(model.detect, image) if tta else model.detect([image])[0]
     return model(image)
 
 
@@ -120,6 +112,11 @@ def predict_tiled(model, image, tile=1024, overlap=128, max_covered=None, tta=Fa
         object's box before overlaps were removed, pixels) of labels 1..K; tiles (the number of
         predict calls).
     """
+    if not hasattr(model, "detect"):
+        if not callable(model):
+            raise TypeError(f"{model!r} is neither a MaskRCNN nor a predict(image) callable")
+        if tta:
+            raise ValueError("test-time flips (tta) need a MaskRCNN, not a predict callable")
     image = np.asarray(image)
     height, width = image.shape[:2]
     candidates = []   # (score, class_id, y, x, mask cropped to its box)
