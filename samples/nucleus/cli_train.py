@@ -239,7 +239,9 @@ def train_overrides(args):
     return overrides, resumed, state, from_scratch
 
 
-def run_train(args):
+def run_train(args, callbacks=()):
+    """The ``train`` command; ``callbacks`` (Keras callbacks, the same objects for every
+    stage) are added to each stage's fit, as ``MaskRCNN.train(custom_callbacks=...)``."""
     started = time.time()
     if getattr(args, "model", "maskrcnn") == "unet":
         out_dir, epochs = run_train_unet(args)
@@ -289,8 +291,9 @@ def run_train(args):
                  " or ".join(until))
         history = model.train(train, val, learning_rate=stage["lr"],
                               epochs=stage["end_epoch"], layers=stage["layers"],
-                              augmentation=augmentation, time_budget_seconds=budget,
-                              seed=args.seed, verbose=args.verbose)
+                              augmentation=augmentation, custom_callbacks=list(callbacks),
+                              time_budget_seconds=budget, seed=args.seed,
+                              verbose=args.verbose)
         skipped.update(history.skipped_images)
         stage["ended_at"] = model.epoch
         if chief:
