@@ -7,7 +7,8 @@ them pairs the averages with the weights they come from: the same run, no seed n
         --dataset ../shared/data/dsb2018 --subset train --weights none --time-budget 58 \\
         --heads-epochs 100 --all-epochs 200 --seed 5 --logs runs/ema --set EVAL_EVERY_N_EPOCHS=0
     python samples/nucleus/train.py evaluate --dataset ../shared/data/dsb2018 --subset val \\
-        --logs runs/ema --weights runs/ema/ema/ema0.998_stage2.weights.h5 --set COMPUTE_DTYPE=float32
+        --logs runs/ema --weights runs/ema/ema/ema0.998_stage2.weights.h5 \\
+        --set COMPUTE_DTYPE=float32
 
 Everything after ``--`` is the ``train`` command's arguments. Writes
 ``<logs>/ema/raw_stage<k>.weights.h5`` and ``<logs>/ema/ema<decay>_stage<k>.weights.h5``
