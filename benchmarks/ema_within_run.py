@@ -24,6 +24,7 @@ weights after the lr/10 stage.
 """
 
 import argparse
+import logging
 import os
 import shutil
 
@@ -103,7 +104,6 @@ def main():
     args = parser.parse_args()
     train_argv = [a for a in args.train_args if a != "--"]
 
-    import logging
     from samples.nucleus.cli_common import RUN_CONFIG_FILE
     from samples.nucleus.cli_train import run_train
     from samples.nucleus.train import build_parser
