@@ -98,7 +98,7 @@ def default_augmentation(seed=None):
     pooled), better on the training images it fitted (+0.007 +- 0.003) and worse on blurred val
     images (-0.007 +- 0.004), so two on every crop stays the default."""
     import albumentations as A
-    return A.Compose([_two_nucleus_ops()], seed=seed)
+    return A.Compose([_some_nucleus_ops(2)], seed=seed)
 
 
 def matterport_augmentation(seed=None):
@@ -106,9 +106,8 @@ def matterport_augmentation(seed=None):
     one or two (each count a third of the time) of :func:`_nucleus_ops`, so a third of the
     crops go in unchanged."""
     import albumentations as A
-    return A.Compose([A.OneOf([A.NoOp(p=1.0), A.SomeOf(_nucleus_ops(), n=1, replace=False, p=1.0),
-                               A.SomeOf(_nucleus_ops(), n=2, replace=False, p=1.0)], p=1.0)],
-                     seed=seed)
+    return A.Compose([A.OneOf([A.NoOp(p=1.0), _some_nucleus_ops(1), _some_nucleus_ops(2)],
+                              p=1.0)], seed=seed)
 
 
 def _nucleus_ops():
@@ -120,10 +119,10 @@ def _nucleus_ops():
             A.GaussianBlur(sigma_limit=(0.0, 5.0), p=1.0)]
 
 
-def _two_nucleus_ops():
-    """Two different ones of :func:`_nucleus_ops` on every crop."""
+def _some_nucleus_ops(n):
+    """``n`` different ones of :func:`_nucleus_ops` on every crop."""
     import albumentations as A
-    return A.SomeOf(_nucleus_ops(), n=2, replace=False, p=1.0)
+    return A.SomeOf(_nucleus_ops(), n=n, replace=False, p=1.0)
 
 
 def colour_augmentation(seed=None):
@@ -136,7 +135,7 @@ def colour_augmentation(seed=None):
     colour = [A.ChannelShuffle(p=1.0), A.InvertImg(p=1.0), A.ToGray(p=1.0),
               A.HueSaturationValue(hue_shift_limit=20, sat_shift_limit=30, val_shift_limit=0,
                                    p=1.0)]
-    return A.Compose([_two_nucleus_ops(), A.OneOf(colour, p=0.5)], seed=seed)
+    return A.Compose([_some_nucleus_ops(2), A.OneOf(colour, p=0.5)], seed=seed)
 
 
 # The command line's --augment choices.
