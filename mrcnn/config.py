@@ -169,6 +169,11 @@ class Config:
     # Extra weight of the mask loss at the pixels within one pixel of each target outline
     # (mrcnn.losses.mrcnn_mask_loss): 0 is Matterport's plain binary cross-entropy.
     MASK_BOUNDARY_WEIGHT = 0.0
+    # Weight of an auxiliary contour output of the mask head (training only): a 1x1 sigmoid
+    # layer ``mrcnn_mask_contour`` beside ``mrcnn_mask`` learns each target's outline band
+    # (the pixels within one pixel of it), the border target of the 2018 DSB winners, as
+    # ``mrcnn_contour_loss``. Inference models do not build it. 0 = off (Matterport's head).
+    MASK_CONTOUR_WEIGHT = 0.0
     # "sgd": Matterport's SGD with LEARNING_MOMENTUM, and WEIGHT_DECAY as an L2 loss term
     # (decay * ||w||^2 / size(w) per kernel). "adamw": AdamW (Loshchilov & Hutter), with
     # WEIGHT_DECAY decoupled (w -= lr * WEIGHT_DECAY * w each step; not on biases or norm
@@ -305,6 +310,8 @@ class Config:
                  "or 'group'.")
         if self.MASK_BOUNDARY_WEIGHT < 0:
             fail(f"MASK_BOUNDARY_WEIGHT={self.MASK_BOUNDARY_WEIGHT!r} must be >= 0.")
+        if self.MASK_CONTOUR_WEIGHT < 0:
+            fail(f"MASK_CONTOUR_WEIGHT={self.MASK_CONTOUR_WEIGHT!r} must be >= 0 (0 = off).")
         if self.OPTIMIZER not in OPTIMIZERS:
             fail(f"OPTIMIZER={self.OPTIMIZER!r}; use one of {OPTIMIZERS}.")
         if self.LEARNING_RATE_SCHEDULE not in SCHEDULES:

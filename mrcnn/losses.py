@@ -120,6 +120,18 @@ def mrcnn_mask_loss(target_masks, target_class_ids, pred_masks, boundary_weight=
     return _mean(bce, weights)
 
 
+def mrcnn_contour_loss(target_masks, target_class_ids, pred_contours):
+    """Binary cross-entropy of the true class's contour map over positive ROIs, against each
+    target's outline band (:func:`mask_outline_band`: 1 within one pixel of the outline).
+
+    Args:
+        target_masks: [K, h, w] in {0, 1}.
+        target_class_ids: [K] int; rows with class 0 are ignored.
+        pred_contours: [K, h, w, num_classes] probabilities.
+    """
+    return mrcnn_mask_loss(mask_outline_band(target_masks), target_class_ids, pred_contours)
+
+
 def l2_weight_decay(weights, decay):
     """Matterport's weight decay: sum of decay * ||w||^2 / size(w) over kernels (not BN)."""
     terms = [decay * tf.reduce_sum(tf.square(w)) / tf.cast(tf.size(w), tf.float32)

@@ -1,11 +1,12 @@
-"""The mask loss's outline weighting, checked against hand-computed values."""
+"""The mask loss's outline weighting and the auxiliary contour loss, checked against
+hand-computed values; the contour output trained and left out of inference."""
 
 import math
 
 import numpy as np
 import pytest
 
-from mrcnn.losses import mask_outline_band, mrcnn_mask_loss
+from mrcnn.losses import LOSS_NAMES, mask_outline_band, mrcnn_contour_loss, mrcnn_mask_loss
 
 
 def _square_target():
@@ -45,4 +46,55 @@ def test_config_boundary_weight_reaches_the_model_and_negative_is_refused():
     assert maskrcnn_kwargs(config.validate(), "training")["mask_boundary_weight"] == 2.0
     config.MASK_BOUNDARY_WEIGHT = -1.0
     with pytest.raises(ValueError, match="MASK_BOUNDARY_WEIGHT=-1.0 must be >= 0"):
+        config.validate()
+
+
+def test_contour_loss_is_the_cross_entropy_against_the_outline_band():
+    target = np.concatenate([_square_target(), np.ones((1, 7, 7), np.float32)])
+    class_ids = np.array([1, 0])
+    pred = np.full((2, 7, 7, 2), 0.8, np.float32)
+    pred[0, 3, 3, 1] = 0.1                  # the centre, outside the band: a true negative
+    a, b = -math.log(0.8), -math.log(0.2)
+    # the band's 24 pixels are the positives, the other 24 + the centre negatives
+    expected = (24 * a + 24 * b - math.log(0.9)) / 49
+    assert float(mrcnn_contour_loss(target, class_ids, pred)) == pytest.approx(expected, rel=1e-5)
+    assert float(mrcnn_contour_loss(target, np.array([0, 0]), pred)) == 0.0
+
+
+def test_contour_output_trains_adds_its_weighted_loss_and_stays_out_of_inference(
+        tmp_path, synthetic_dataset):
+    from mrcnn import model as modellib
+    from tests.conftest import TinyConfig
+
+    class ContourConfig(TinyConfig):
+        MASK_CONTOUR_WEIGHT = 2.0
+        STEPS_PER_EPOCH = 2
+
+    model = modellib.MaskRCNN("training", ContourConfig(), str(tmp_path))
+    layer = model.keras_model.get_layer("mrcnn_mask_contour")
+    before = [w.copy() for w in layer.get_weights()]
+    history = model.train(synthetic_dataset, synthetic_dataset, 1e-2, 1, "heads", verbose=0).history
+    for prefix in ("", "val_"):
+        contour = history[prefix + "mrcnn_contour_loss"][0]
+        assert math.isfinite(contour) and contour > 0
+        total = (sum(history[prefix + k][0] for k in LOSS_NAMES) + 2.0 * contour
+                 + history[prefix + "weight_decay_loss"][0])
+        assert history[prefix + "loss"][0] == pytest.approx(total, rel=1e-4, abs=1e-5)
+    assert any(not np.allclose(a, b) for a, b in zip(before, layer.get_weights()))
+
+    inference = modellib.MaskRCNN("inference", ContourConfig(), str(tmp_path))
+    names = {lay.name for lay in inference.keras_model.layers}
+    assert "mrcnn_mask_contour" not in names and "mrcnn_mask" in names
+    inference.load_weights(model.find_last())          # the extra layer in the file is ignored
+    np.testing.assert_array_equal(inference.keras_model.get_layer("mrcnn_mask").get_weights()[0],
+                                  model.keras_model.get_layer("mrcnn_mask").get_weights()[0])
+
+
+def test_default_training_model_has_no_contour_layer_and_negative_weight_is_refused():
+    from mrcnn.modeling.factory import maskrcnn_kwargs
+    from tests.conftest import TinyConfig
+    config = TinyConfig()
+    assert maskrcnn_kwargs(config.validate(), "training")["mask_contour_weight"] == 0.0
+    config.MASK_CONTOUR_WEIGHT = -0.5
+    with pytest.raises(ValueError, match="MASK_CONTOUR_WEIGHT=-0.5 must be >= 0"):
         config.validate()

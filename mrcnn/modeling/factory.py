@@ -112,6 +112,7 @@ def maskrcnn_kwargs(config, mode, backbone_weights=None):
         loss_weights={k: float(v) for k, v in config.LOSS_WEIGHTS.items()},
         weight_decay=l2_loss_decay(config),
         mask_boundary_weight=float(config.MASK_BOUNDARY_WEIGHT),
+        mask_contour_weight=float(config.MASK_CONTOUR_WEIGHT),
         compute_dtype=resolve_compute_dtype(config.COMPUTE_DTYPE),
     )
 

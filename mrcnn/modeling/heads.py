@@ -49,7 +49,7 @@ def build_classifier_head(pooled, num_classes, fc_size=1024, pool_size=7):
 
 
 def build_mask_head(pooled, num_classes, channels=256, image_crops=None, image_channels=0,
-                    norm=None):
+                    norm=None, contour=False):
     """ROI features [K, 14, 14, C] -> per-class mask probabilities [K, 28, 28, num_classes].
 
     With ``image_crops`` [K, 28, 28, image C] (the input image on each ROI's mask grid,
@@ -57,7 +57,9 @@ def build_mask_head(pooled, num_classes, channels=256, image_crops=None, image_c
     the crops are joined to the upsampled features by a 1x1 convolution before the output.
     ``norm`` None follows each 3x3 convolution with BatchNormalization (Matterport's
     ``mrcnn_mask_bn{i}``), "group" with GroupNormalization of each ROI by itself
-    (``mrcnn_mask_gn{i}``).
+    (``mrcnn_mask_gn{i}``). ``contour`` True also returns per-class contour probabilities
+    [K, 28, 28, num_classes] from a 1x1 layer ``mrcnn_mask_contour`` on the same features
+    (the auxiliary border target, ``MASK_CONTOUR_WEIGHT``): ``(masks, contours)``.
     """
     x = pooled
     for i in range(1, 5):
@@ -76,5 +78,9 @@ def build_mask_head(pooled, num_classes, channels=256, image_crops=None, image_c
                               name=f"mrcnn_mask_image_conv{i}")(g)
         x = layers.Concatenate(name="mrcnn_mask_image_join")([x, g])
         x = layers.Conv2D(channels, 1, activation="relu", name="mrcnn_mask_image_fuse")(x)
-    return layers.Conv2D(num_classes, 1, activation="sigmoid", name="mrcnn_mask",
-                         dtype="float32")(x)
+    masks = layers.Conv2D(num_classes, 1, activation="sigmoid", name="mrcnn_mask",
+                          dtype="float32")(x)
+    if not contour:
+        return masks
+    return masks, layers.Conv2D(num_classes, 1, activation="sigmoid", name="mrcnn_mask_contour",
+                                dtype="float32")(x)

@@ -54,13 +54,16 @@ class MaskRCNNModel(keras.Model):
     """
 
     def __init__(self, *args, loss_weights=None, weight_decay=0.0, mask_boundary_weight=0.0,
-                 **kwargs):
+                 mask_contour_weight=0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_weights = {k: float(v) for k, v in (loss_weights or {}).items()}
         self.weight_decay = float(weight_decay)
         self.mask_boundary_weight = float(mask_boundary_weight)
-        self.loss_trackers = {name: keras.metrics.Mean(name=name)
-                              for name in losses.LOSS_NAMES + ("weight_decay_loss",)}
+        self.mask_contour_weight = float(mask_contour_weight)
+        tracked = losses.LOSS_NAMES + ("weight_decay_loss",)
+        if self.mask_contour_weight:
+            tracked += ("mrcnn_contour_loss",)
+        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in tracked}
 
     @property
     def metrics(self):
@@ -91,6 +94,11 @@ class MaskRCNNModel(keras.Model):
         for name, value in parts.items():
             total = total + self.loss_weights.get(name, 1.0) * value
             self.loss_trackers[name].update_state(value)
+        if "mrcnn_mask_contour" in y_pred:
+            contour = losses.mrcnn_contour_loss(y_pred["mask_targets"], y_pred["mask_class_ids"],
+                                                y_pred["mrcnn_mask_contour"])
+            total = total + self.mask_contour_weight * contour
+            self.loss_trackers["mrcnn_contour_loss"].update_state(contour)
         self.loss_trackers["weight_decay_loss"].update_state(decay)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         return total / replicas if replicas > 1 else total
@@ -98,7 +106,8 @@ class MaskRCNNModel(keras.Model):
     def get_config(self):
         config = super().get_config()
         config.update(loss_weights=self.loss_weights, weight_decay=self.weight_decay,
-                      mask_boundary_weight=self.mask_boundary_weight)
+                      mask_boundary_weight=self.mask_boundary_weight,
+                      mask_contour_weight=self.mask_contour_weight)
         return config
 
 
@@ -172,7 +181,8 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                  max_gt_instances, proposals_include_gt, detection_max_instances,
                  detection_min_confidence, detection_nms_threshold, loss_weights,
                  detection_box_refinements=0, box_head_context=None,
-                 weight_decay, mask_boundary_weight=0.0, name="mask_rcnn"):
+                 weight_decay, mask_boundary_weight=0.0, mask_contour_weight=0.0,
+                 name="mask_rcnn"):
     """Build the training or inference Mask R-CNN (under the current dtype policy).
 
     See :mod:`mrcnn.modeling.factory` for how each argument comes from the Config.
@@ -187,7 +197,9 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
         mrcnn_class [B, N, C], mrcnn_bbox [B, N, C, 4], rpn_rois [B, N, 4], rois [B, N, 4]
         (what the box head's last pass saw: rpn_rois refined detection_box_refinements
         times; mrcnn_class is the mean over the passes, mrcnn_bbox the last pass's),
-        rpn_class [B, A, 2], rpn_bbox [B, A, 4].
+        rpn_class [B, A, 2], rpn_bbox [B, A, 4]. Training outputs add mrcnn_mask_contour
+        [P, 28, 28, C] over the P positive ROIs when mask_contour_weight > 0 (an auxiliary
+        target only; inference models have no contour layer).
     """
     training = mode == "training"
     inputs = _inputs(image_channels, image_meta_size, training, max_gt_instances, gt_mask_shape)
@@ -214,11 +226,11 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
     image_crop = (ImageROICrop(mask_shape, name="roi_image_crop", dtype=F32)
                   if mask_image_channels else None)
 
-    def mask_head(boxes, batch_index):
+    def mask_head(boxes, batch_index, contour=False):
         crops = image_crop([boxes, batch_index, image]) if image_crop else None
         return build_mask_head(roi_align_mask([boxes, batch_index, meta] + features),
                                num_classes, mask_head_channels, crops, mask_image_channels,
-                               mask_head_norm)
+                               mask_head_norm, contour=contour)
 
     if training:
         gt_boxes = NormalizeBoxes(name="gt_boxes_normalized", dtype=F32)(
@@ -236,7 +248,11 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                                                          per_image_limit=mask_train_rois,
                                                          name="positive_rois", dtype=F32)(
             [rois, target_class_ids])
-        masks = mask_head(pos_boxes, pos_batch)
+        contours = None
+        if mask_contour_weight:
+            masks, contours = mask_head(pos_boxes, pos_batch, contour=True)
+        else:
+            masks = mask_head(pos_boxes, pos_batch)
         outputs = {
             "rpn_class_logits": rpn_class_logits, "rpn_bbox": rpn_bbox,
             "rois": rois, "target_class_ids": target_class_ids, "target_bbox": target_bbox,
@@ -248,6 +264,8 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
             "mask_class_ids": GatherRows(name="mask_class_ids", dtype=F32)(
                 [target_class_ids, pos_index]),
         }
+        if contours is not None:
+            outputs["mrcnn_mask_contour"] = contours
     else:
         head = classifier_head(num_classes, fc_layers_size, pool_size)
         unflatten = UnflattenRois(name="unflatten_rois", dtype=F32)
@@ -280,4 +298,6 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
         }
     return MaskRCNNModel(inputs=inputs, outputs=outputs, loss_weights=loss_weights,
                          weight_decay=weight_decay,
-                         mask_boundary_weight=mask_boundary_weight, name=name)
+                         mask_boundary_weight=mask_boundary_weight,
+                         mask_contour_weight=mask_contour_weight if training else 0.0,
+                         name=name)
