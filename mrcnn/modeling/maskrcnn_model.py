@@ -50,7 +50,8 @@ class MaskRCNNModel(keras.Model):
     In training mode the graph's outputs hold predictions and the sampled targets, so one
     forward pass serves both. Each loss and the weight decay are tracked by their own
     ``keras.metrics.Mean`` and logged by name; ``loss`` equals
-    ``sum(LOSS_WEIGHTS[k] * k) + weight_decay`` on every call.
+    ``sum(LOSS_WEIGHTS[k] * k) + weight_decay`` on every call, plus
+    ``mask_contour_weight * mrcnn_contour_loss`` when the graph has the contour output.
     """
 
     def __init__(self, *args, loss_weights=None, weight_decay=0.0, mask_boundary_weight=0.0,
