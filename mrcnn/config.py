@@ -308,10 +308,9 @@ class Config:
         if self.MASK_HEAD_NORM not in (None, "group"):
             fail(f"MASK_HEAD_NORM={self.MASK_HEAD_NORM!r}; use None (BatchNorm, Matterport's) "
                  "or 'group'.")
-        if self.MASK_BOUNDARY_WEIGHT < 0:
-            fail(f"MASK_BOUNDARY_WEIGHT={self.MASK_BOUNDARY_WEIGHT!r} must be >= 0.")
-        if self.MASK_CONTOUR_WEIGHT < 0:
-            fail(f"MASK_CONTOUR_WEIGHT={self.MASK_CONTOUR_WEIGHT!r} must be >= 0 (0 = off).")
+        for field in ("MASK_BOUNDARY_WEIGHT", "MASK_CONTOUR_WEIGHT"):
+            if getattr(self, field) < 0:
+                fail(f"{field}={getattr(self, field)!r} must be >= 0 (0 = off).")
         if self.OPTIMIZER not in OPTIMIZERS:
             fail(f"OPTIMIZER={self.OPTIMIZER!r}; use one of {OPTIMIZERS}.")
         if self.LEARNING_RATE_SCHEDULE not in SCHEDULES:

@@ -90,7 +90,7 @@ def test_contour_output_trains_adds_its_weighted_loss_and_stays_out_of_inference
                                   model.keras_model.get_layer("mrcnn_mask").get_weights()[0])
 
 
-def test_default_training_model_has_no_contour_layer_and_negative_weight_is_refused():
+def test_contour_weight_defaults_to_off_and_negative_is_refused():
     from mrcnn.modeling.factory import maskrcnn_kwargs
     from tests.conftest import TinyConfig
     config = TinyConfig()

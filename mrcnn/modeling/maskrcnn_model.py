@@ -89,17 +89,16 @@ class MaskRCNNModel(keras.Model):
                 y_pred["mask_targets"], y_pred["mask_class_ids"], y_pred["mrcnn_mask"],
                 self.mask_boundary_weight),
         }
+        if "mrcnn_mask_contour" in y_pred:
+            parts["mrcnn_contour_loss"] = losses.mrcnn_contour_loss(
+                y_pred["mask_targets"], y_pred["mask_class_ids"], y_pred["mrcnn_mask_contour"])
+        loss_weights = dict(self.loss_weights, mrcnn_contour_loss=self.mask_contour_weight)
         decay = losses.l2_weight_decay(
             [w for w in self.trainable_weights if len(w.shape) > 1], self.weight_decay)
         total = decay
         for name, value in parts.items():
-            total = total + self.loss_weights.get(name, 1.0) * value
+            total = total + loss_weights.get(name, 1.0) * value
             self.loss_trackers[name].update_state(value)
-        if "mrcnn_mask_contour" in y_pred:
-            contour = losses.mrcnn_contour_loss(y_pred["mask_targets"], y_pred["mask_class_ids"],
-                                                y_pred["mrcnn_mask_contour"])
-            total = total + self.mask_contour_weight * contour
-            self.loss_trackers["mrcnn_contour_loss"].update_state(contour)
         self.loss_trackers["weight_decay_loss"].update_state(decay)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         return total / replicas if replicas > 1 else total
@@ -249,7 +248,6 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                                                          per_image_limit=mask_train_rois,
                                                          name="positive_rois", dtype=F32)(
             [rois, target_class_ids])
-        contours = None
         if mask_contour_weight:
             masks, contours = mask_head(pos_boxes, pos_batch, contour=True)
         else:
@@ -265,7 +263,7 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
             "mask_class_ids": GatherRows(name="mask_class_ids", dtype=F32)(
                 [target_class_ids, pos_index]),
         }
-        if contours is not None:
+        if mask_contour_weight:
             outputs["mrcnn_mask_contour"] = contours
     else:
         head = classifier_head(num_classes, fc_layers_size, pool_size)
