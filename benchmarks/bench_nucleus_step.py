@@ -21,10 +21,11 @@ spread (about 5 % between rounds) hides.
 ``--data-loading`` measures the training data path: the CPU seconds of one batch (crops,
 augmentation, RPN targets) with the decoded-image cache (``IMAGE_CACHE_MB``) and without, and
 the median step inside ``fit`` fed by the data generator with and without the cache and by
-the same batches prepared beforehand (no data work during the step), alternated ``--rounds``
-times in one process:
+the same batches prepared beforehand (no data work during the step), and those prepared
+batches through ``train_on_batch`` (no ``fit`` machinery: iterator, callbacks), alternated
+``--rounds`` times in one process, in ``--compute-dtype`` (default float32):
 
-    python benchmarks/bench_nucleus_step.py --data-loading --rounds 5 \
+    python benchmarks/bench_nucleus_step.py --data-loading --rounds 5 --compute-dtype bfloat16 \
         --weights runs/dsb58/nucleus.../mask_rcnn_nucleus_0108.weights.h5
 
 ``--weights`` starts every variant from a trained checkpoint (by layer name), so the RPN
@@ -110,10 +111,11 @@ def measure_optimizer_update(repeats=40):
     return len(variables), {k: float(np.median(v)) for k, v in seconds.items()}
 
 
-def measure_data_loading(dataset, weights=None, rounds=3, steps=40):
-    """(CPU seconds per batch by cache setting, median fit-step seconds by feed over the
-    rounds): feeds "cache", "no cache" (IMAGE_CACHE_MB=0) and "prepared" (batches made
-    beforehand), the nucleus augmentation on, every generator warmed first."""
+def measure_data_loading(dataset, weights=None, rounds=3, steps=40, compute_dtype="float32"):
+    """(CPU seconds per batch by cache setting, median step seconds by feed over the rounds):
+    ``fit`` fed by "cache", "no cache" (IMAGE_CACHE_MB=0) and "prepared" (batches made
+    beforehand), and "train_on_batch" of the prepared batches; the nucleus augmentation on,
+    every generator warmed first."""
     import keras
     from samples.nucleus.cli_common import make_config
     from samples.nucleus.cli_train import SCRATCH_OVERRIDES
@@ -121,7 +123,7 @@ def measure_data_loading(dataset, weights=None, rounds=3, steps=40):
     from mrcnn import training as training_lib
     from mrcnn.data.augment import default_augmentation
     from mrcnn.data.generator import DataGenerator
-    configs = {name: make_config(dict(SCRATCH_OVERRIDES, COMPUTE_DTYPE="float32",
+    configs = {name: make_config(dict(SCRATCH_OVERRIDES, COMPUTE_DTYPE=compute_dtype,
                                       IMAGE_CACHE_MB=megabytes))
                for name, megabytes in (("cache", 1024), ("no cache", 0))}
     model = modellib.MaskRCNN("training", configs["cache"], tempfile.mkdtemp(prefix="bench_"))
@@ -161,8 +163,17 @@ def measure_data_loading(dataset, weights=None, rounds=3, steps=40):
         def on_train_batch_end(self, batch, logs=None):
             self.seconds.append(time.perf_counter() - self.start)
 
-    medians = {name: [] for name in feeds}
+    def train_on_batch_seconds():
+        seconds = []
+        for (batch,) in prepared:
+            start = time.perf_counter()
+            model.keras_model.train_on_batch(batch)
+            seconds.append(time.perf_counter() - start)
+        return seconds
+
+    medians = {name: [] for name in list(feeds) + ["train_on_batch"]}
     for _ in range(rounds):
+        medians["train_on_batch"].append(float(np.median(train_on_batch_seconds()[3:])))
         for name, feed in feeds.items():
             timer = StepTimes()
             timer.seconds = []
@@ -187,16 +198,20 @@ def main(argv=None):
     parser.add_argument("--data-loading", action="store_true",
                         help="time the data path: CPU per batch, and fit steps fed by the "
                              "generator with and without the image cache or by prepared "
-                             "batches")
+                             "batches, and those batches through train_on_batch")
+    parser.add_argument("--compute-dtype", default="float32",
+                        help="COMPUTE_DTYPE of --data-loading (float32, bfloat16, auto)")
     args = parser.parse_args(argv)
     if args.data_loading:
         cpu, steps = measure_data_loading(load_dataset(args.dataset), args.weights,
-                                          args.rounds)
+                                          args.rounds, compute_dtype=args.compute_dtype)
         for name, seconds in cpu.items():
             print(f"data work per batch, {name}: {1000 * seconds:.1f} ms CPU", flush=True)
         for name, seconds in steps.items():
-            print(f"fit step fed by {name}: {seconds:.3f} s (median over {args.rounds} "
-                  "rounds)", flush=True)
+            what = "train_on_batch of the prepared batches" if name == "train_on_batch" \
+                else f"fit step fed by {name}"
+            print(f"{what}: {seconds:.3f} s (median over {args.rounds} rounds, "
+                  f"{args.compute_dtype})", flush=True)
         return
     if args.optimizer_update:
         count, seconds = measure_optimizer_update()

@@ -226,7 +226,9 @@ class Config:
     # EVAL_IMAGES validation images and log the DSB score, AP50, IoU, Dice and overlays.
     EVAL_EVERY_N_EPOCHS = 0
     EVAL_IMAGES = 4
-    # Data loading: worker processes for keras.utils.PyDataset (0 = in the main thread).
+    # Data loading: worker processes for keras.utils.PyDataset (0 = one thread of the training
+    # process). A process was slower on 2 cores: nucleus steps of 0.35-0.39 s instead of
+    # 0.27-0.28 s (AMD EPYC family 26, bfloat16, docs/results.md).
     WORKERS = 0
     # Training and validation images are kept in memory, decoded and normalised, after their
     # first read, up to this many megabytes per data loader (0 = read every time). DSB2018's
