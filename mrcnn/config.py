@@ -151,6 +151,10 @@ class Config:
     # removed). Applied by detect() after the masks are pasted, and in the SavedModel export.
     # None = off (Matterport: every detection is returned).
     DETECTION_MAX_COVERED_FRACTION = None
+    # Inference only: a detection left with fewer than this many pixels of the original image
+    # outside the masks of higher-scored detections is dropped (instance-level scores count
+    # such specks as false positives). Applied with DETECTION_MAX_COVERED_FRACTION. 0 = off.
+    DETECTION_MIN_MASK_AREA = 0
     # Inference only: (low, high) mask probabilities in which the image decides. A pixel of a
     # detection's box whose probability is in [low, high) belongs to the mask when its grey level
     # lies on the object's side of the Otsu threshold of the box grown by
@@ -325,6 +329,7 @@ class Config:
         if self.DETECTION_MAX_INSTANCES > self.POST_NMS_ROIS_INFERENCE:
             fail("DETECTION_MAX_INSTANCES cannot exceed POST_NMS_ROIS_INFERENCE.")
         require_whole("DETECTION_BOX_REFINEMENTS", 0, " (extra box-head passes)")
+        require_whole("DETECTION_MIN_MASK_AREA", 0, " (pixels; 0 = off)")
         covered = self.DETECTION_MAX_COVERED_FRACTION
         if covered is not None and (isinstance(covered, bool) or not (
                 isinstance(covered, (int, float)) and 0 <= covered <= 1)):

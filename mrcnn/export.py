@@ -134,6 +134,7 @@ class _ServingGraph:
         self.threshold = float(config.DETECTION_MASK_THRESHOLD)
         covered = config.DETECTION_MAX_COVERED_FRACTION
         self.max_covered = None if covered is None else float(covered)
+        self.min_area = int(config.DETECTION_MIN_MASK_AREA)
         band = config.DETECTION_MASK_INTENSITY_BAND
         self.band = None if band is None else (float(band[0]), float(band[1]))
         self.margin = int(config.DETECTION_MASK_INTENSITY_MARGIN)
@@ -226,8 +227,10 @@ class _ServingGraph:
         full = tf.map_fn(paste, (small, boxes),
                          fn_output_signature=tf.TensorSpec([None, None], tf.bool))
         full = tf.reshape(full, tf.stack([tf.shape(boxes)[0], ih, iw]))
-        if self.max_covered is not None:
-            keep = uncovered_detections_tf(full, scores, self.max_covered)
+        if self.max_covered is not None or self.min_area:
+            keep = uncovered_detections_tf(
+                full, scores, 1.0 if self.max_covered is None else self.max_covered,
+                self.min_area)
             boxes, class_ids = tf.gather(boxes, keep), tf.gather(class_ids, keep)
             scores, full = tf.gather(scores, keep), tf.gather(full, keep)
         return {"boxes": boxes, "class_ids": class_ids, "scores": scores, "masks": full}
@@ -285,15 +288,17 @@ def follow_intensity_tf(inside, sure, possible, grey, box, margin):
     return tf.cond(grow, grown, lambda: inside)
 
 
-def uncovered_detections_tf(masks, scores, max_covered):
+def uncovered_detections_tf(masks, scores, max_covered, min_area=0):
     """TensorFlow twin of :func:`mrcnn.ops.masks.uncovered_detections` for the SavedModel.
 
     Args:
         masks: [N, H, W] bool, image-sized. scores: [N] float32. max_covered: a Python float.
+        min_area: a Python int, pixels (0 = no minimum).
 
     Returns:
         [K] int64 indices of the kept detections, ascending: in score order, a detection is
-        dropped when more than ``max_covered`` of its pixels lie in the masks kept before it.
+        dropped when more than ``max_covered`` of its pixels lie in the masks kept before it,
+        or fewer than ``min_area`` outside them.
     """
     order = tf.argsort(scores, direction="DESCENDING", stable=True)
     count = tf.shape(masks)[0]
@@ -303,7 +308,8 @@ def uncovered_detections_tf(masks, scores, max_covered):
         own = masks[i]
         area = tf.reduce_sum(tf.cast(own, tf.float64))
         covered = tf.reduce_sum(tf.cast(own & claimed, tf.float64))
-        keep = tf.logical_or(area == 0, covered <= max_covered * area)
+        keep = tf.logical_and(tf.logical_or(area == 0, covered <= max_covered * area),
+                              area - covered >= min_area)
         claimed = claimed | (own & keep)
         kept = tf.tensor_scatter_nd_update(kept, [[i]], [keep])
         return k + 1, claimed, kept

@@ -153,7 +153,8 @@ class Detector:
         :func:`mrcnn.ops.masks.grey_levels` [H, W], may be given instead, so that unmolding one
         image at several thresholds measures them once (None with ``image`` None: plain masks).
         With DETECTION_MAX_COVERED_FRACTION set, the detections whose masks higher-scored ones
-        cover by more than it are left out (:func:`mrcnn.ops.masks.uncovered_detections`)."""
+        cover by more than it are left out, and with DETECTION_MIN_MASK_AREA those with fewer
+        pixels outside them (:func:`mrcnn.ops.masks.uncovered_detections`)."""
         if mask_threshold is None:
             mask_threshold = self.config.DETECTION_MASK_THRESHOLD
         n = int(np.sum(detections[:, 4] > 0))
@@ -176,8 +177,10 @@ class Detector:
                             mask_threshold, intensity=intensity, band=band,
                             margin=self.config.DETECTION_MASK_INTENSITY_MARGIN)
         max_covered = self.config.DETECTION_MAX_COVERED_FRACTION
-        if max_covered is not None:
-            keep = uncovered_detections(boxes, masks, scores, max_covered)
+        min_area = self.config.DETECTION_MIN_MASK_AREA
+        if max_covered is not None or min_area:
+            keep = uncovered_detections(boxes, masks, scores,
+                                        1.0 if max_covered is None else max_covered, min_area)
             if len(keep) < len(scores):
                 boxes, class_ids, scores = boxes[keep], class_ids[keep], scores[keep]
                 masks = masks[..., keep]

@@ -47,6 +47,8 @@ def test_computed_fields_and_display(capsys):
     ("BACKBONE_ZERO_INIT_RESIDUAL", "False", "null/true/false"),
     ("VALIDATION_EVERY_N_EPOCHS", 0, "whole number >= 1"),
     ("IMAGE_CACHE_MB", -1, "megabytes >= 0"),
+    ("DETECTION_MIN_MASK_AREA", -1, "whole number >= 0 \\(pixels"),
+    ("DETECTION_MIN_MASK_AREA", 2.5, "whole number >= 0 \\(pixels"),
     ("ROI_POSITIVE_SAMPLING", "balanced", "ROI_POSITIVE_SAMPLING='balanced'; use one of"),
 ])
 def test_validate_rejects(field, value, message):

@@ -1,4 +1,5 @@
-"""DETECTION_MAX_COVERED_FRACTION: detections that higher-scored ones cover are dropped."""
+"""DETECTION_MAX_COVERED_FRACTION: detections that higher-scored ones cover are dropped;
+DETECTION_MIN_MASK_AREA: so are those left with fewer pixels outside them."""
 
 import numpy as np
 import pytest
@@ -36,11 +37,30 @@ def test_hand_computed_cover():
     np.testing.assert_array_equal(uncovered_detections(same, full, [0.8, 0.9], 0.99), [1])
 
 
-def _unmold(max_covered):
+def test_hand_computed_min_area():
+    # a: 16 px (best score); b: 16 px, 8 under a; c: 4 px apart; e: empty.
+    boxes, masks = _boxes_and_masks([(0, 0, 4, 4), (2, 0, 6, 4), (6, 6, 8, 8), (0, 8, 0, 8)])
+    scores = np.array([0.9, 0.8, 0.7, 0.5])
+    # 5 px: c (4 px) and the empty e go; b keeps 8 px outside a.
+    np.testing.assert_array_equal(uncovered_detections(boxes, masks, scores, 1.0, 5), [0, 1])
+    # 9 px: b's 8 free pixels are too few, though its whole mask has 16.
+    np.testing.assert_array_equal(uncovered_detections(boxes, masks, scores, 1.0, 9), [0])
+    # 4 px: c stays (4 is not fewer than 4); the empty one goes once a minimum is set.
+    np.testing.assert_array_equal(uncovered_detections(boxes, masks, scores, 1.0, 4), [0, 1, 2])
+    np.testing.assert_array_equal(uncovered_detections(boxes, masks, scores, 1.0), [0, 1, 2, 3])
+    # With the cover rule as well: at 0.4 b goes for its cover, so it claims nothing.
+    np.testing.assert_array_equal(uncovered_detections(boxes, masks, scores, 0.4, 4), [0, 2])
+    # A dropped speck claims no pixels: the lower-scored detection under it keeps them.
+    speck, both = _boxes_and_masks([(0, 0, 2, 2), (0, 0, 4, 4)])
+    np.testing.assert_array_equal(uncovered_detections(speck, both, [0.9, 0.8], 0.2, 5), [1])
+
+
+def _unmold(max_covered, min_area=0):
     """Detector.unmold_detections on three hand-made detections of a 40 x 40 image: a (0.9),
     b (0.8) three quarters inside a, c (0.7) apart; every mask probability 1 (full boxes)."""
     class Covered(TinyConfig):
         DETECTION_MAX_COVERED_FRACTION = max_covered
+        DETECTION_MIN_MASK_AREA = min_area
     config = Covered()
     pixel_boxes = np.array([[0, 0, 20, 20], [0, 5, 20, 25], [30, 30, 38, 38]], np.float32)
     shape = (40, 40, 3)
@@ -63,6 +83,14 @@ def test_unmold_drops_covered_detections():
     np.testing.assert_array_equal(class_ids, [1, 1])
     assert masks.shape == (40, 40, 2) and masks[..., 1].sum() == 64
     assert len(_unmold(0.8)[2]) == 3                    # 0.75 is not more than 0.8
+
+
+def test_unmold_drops_small_detections_without_the_cover_rule():
+    """DETECTION_MIN_MASK_AREA alone: b keeps 100 of its 400 px outside a, c has 64."""
+    assert TinyConfig().DETECTION_MIN_MASK_AREA == 0
+    np.testing.assert_allclose(_unmold(None, 64)[2], [0.9, 0.8, 0.7])
+    np.testing.assert_allclose(_unmold(None, 65)[2], [0.9, 0.8])
+    np.testing.assert_allclose(_unmold(None, 101)[2], [0.9])
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5, True, "0.3"])
@@ -91,10 +119,12 @@ def test_savedmodel_twin_keeps_the_same_detections():
         masks[..., 3] = False                                   # an empty one is kept
         boxes = np.array([[0, 0, 48, 48]] * n)
         scores = rng.permutation(n).astype(np.float32) / n
-        for fraction in (0.0, 0.2, 0.5):
-            expected = uncovered_detections(boxes, masks, scores, fraction)
+        for fraction, min_area in ((0.0, 0), (0.2, 0), (0.5, 0), (0.2, 40), (1.0, 60)):
+            expected = uncovered_detections(boxes, masks, scores, fraction, min_area)
             got = uncovered_detections_tf(tf.constant(np.moveaxis(masks, -1, 0)),
-                                          tf.constant(scores), fraction).numpy()
+                                          tf.constant(scores), fraction, min_area).numpy()
             np.testing.assert_array_equal(got, expected)
             if fraction == 0.2:
-                assert 3 in got and 0 < len(got) < n
+                assert (3 in got) == (min_area == 0) and 0 < len(got) < n
+        assert len(uncovered_detections(boxes, masks, scores, 0.2, 40)) < \
+            len(uncovered_detections(boxes, masks, scores, 0.2))

@@ -301,6 +301,10 @@ def test_config_overrides_and_fraction(dsb_dir):
                        inference=True).DETECTION_MASK_THRESHOLD == 0.5      # --set wins
     assert inference.DETECTION_MAX_COVERED_FRACTION == 0.2
     assert make_config({}).DETECTION_MAX_COVERED_FRACTION is None        # training: off
+    assert inference.DETECTION_MIN_MASK_AREA == 20
+    assert make_config({}).DETECTION_MIN_MASK_AREA == 0                  # training: off
+    off = parse_overrides(["DETECTION_MIN_MASK_AREA=0"])
+    assert make_config(off, inference=True).DETECTION_MIN_MASK_AREA == 0
     off = parse_overrides(["DETECTION_MAX_COVERED_FRACTION=null"])
     assert make_config(off, inference=True).DETECTION_MAX_COVERED_FRACTION is None
     assert tuple(inference.DETECTION_MASK_INTENSITY_BAND) == (0.25, 0.6)

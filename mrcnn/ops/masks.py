@@ -127,23 +127,27 @@ def unmold_mask(mask, bbox, image_shape, threshold=0.5):
                        threshold)[..., 0]
 
 
-def uncovered_detections(bbox, masks, scores, max_covered):
+def uncovered_detections(bbox, masks, scores, max_covered, min_area=0):
     """The detections that higher-scored ones do not cover by more than ``max_covered``.
 
     In score order, a detection is dropped when more than ``max_covered`` of its mask's pixels
     lie in the masks of the higher-scored detections kept before it; a kept detection's mask
     then covers the later ones. (Mask NMS by intersection over the lower-scored mask, not IoU: a
-    fragment of a neighbour or a duplicate half inside it is dropped however small it is.)
+    fragment of a neighbour or a duplicate half inside it is dropped however small it is.) With
+    ``min_area``, a detection is also dropped when fewer than ``min_area`` of its pixels lie
+    outside those masks (the pixels an instance-level score such as the DSB score would give it
+    once overlaps are removed by score).
 
     Args:
         bbox: [N, 4] pixel boxes (y1, x1, y2, x2, y2/x2 exclusive) holding each mask's pixels.
         masks: [H, W, N] bool, image-sized.
         scores: [N].
         max_covered: a fraction in [0, 1].
+        min_area: pixels; 0 = no minimum.
 
     Returns:
         [K] int indices of the kept detections, in their input order. A detection with an
-        empty mask is kept (nothing of it is covered).
+        empty mask is kept when ``min_area`` is 0 (nothing of it is covered).
     """
     scores = np.asarray(scores)
     claimed = np.zeros(masks.shape[:2], dtype=bool)
@@ -153,7 +157,8 @@ def uncovered_detections(bbox, masks, scores, max_covered):
         own = masks[y1:y2, x1:x2, i]
         area = np.count_nonzero(own)
         window = claimed[y1:y2, x1:x2]
-        if area and np.count_nonzero(own & window) > max_covered * area:
+        covered = np.count_nonzero(own & window)
+        if (area and covered > max_covered * area) or area - covered < min_area:
             continue
         window |= own
         keep.append(i)
