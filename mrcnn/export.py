@@ -228,9 +228,7 @@ class _ServingGraph:
                          fn_output_signature=tf.TensorSpec([None, None], tf.bool))
         full = tf.reshape(full, tf.stack([tf.shape(boxes)[0], ih, iw]))
         if self.max_covered is not None or self.min_area:
-            keep = uncovered_detections_tf(
-                full, scores, 1.0 if self.max_covered is None else self.max_covered,
-                self.min_area)
+            keep = uncovered_detections_tf(full, scores, self.max_covered, self.min_area)
             boxes, class_ids = tf.gather(boxes, keep), tf.gather(class_ids, keep)
             scores, full = tf.gather(scores, keep), tf.gather(full, keep)
         return {"boxes": boxes, "class_ids": class_ids, "scores": scores, "masks": full}
@@ -292,8 +290,8 @@ def uncovered_detections_tf(masks, scores, max_covered, min_area=0):
     """TensorFlow twin of :func:`mrcnn.ops.masks.uncovered_detections` for the SavedModel.
 
     Args:
-        masks: [N, H, W] bool, image-sized. scores: [N] float32. max_covered: a Python float.
-        min_area: a Python int, pixels (0 = no minimum).
+        masks: [N, H, W] bool, image-sized. scores: [N] float32. max_covered: a Python float,
+        or None for no cover rule. min_area: a Python int, pixels (0 = no minimum).
 
     Returns:
         [K] int64 indices of the kept detections, ascending: in score order, a detection is
@@ -308,8 +306,9 @@ def uncovered_detections_tf(masks, scores, max_covered, min_area=0):
         own = masks[i]
         area = tf.reduce_sum(tf.cast(own, tf.float64))
         covered = tf.reduce_sum(tf.cast(own & claimed, tf.float64))
-        keep = tf.logical_and(tf.logical_or(area == 0, covered <= max_covered * area),
-                              area - covered >= min_area)
+        keep = area - covered >= min_area
+        if max_covered is not None:
+            keep = keep & tf.logical_or(area == 0, covered <= max_covered * area)
         claimed = claimed | (own & keep)
         kept = tf.tensor_scatter_nd_update(kept, [[i]], [keep])
         return k + 1, claimed, kept

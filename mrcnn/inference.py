@@ -179,8 +179,7 @@ class Detector:
         max_covered = self.config.DETECTION_MAX_COVERED_FRACTION
         min_area = self.config.DETECTION_MIN_MASK_AREA
         if max_covered is not None or min_area:
-            keep = uncovered_detections(boxes, masks, scores,
-                                        1.0 if max_covered is None else max_covered, min_area)
+            keep = uncovered_detections(boxes, masks, scores, max_covered, min_area)
             if len(keep) < len(scores):
                 boxes, class_ids, scores = boxes[keep], class_ids[keep], scores[keep]
                 masks = masks[..., keep]

@@ -119,7 +119,7 @@ def test_savedmodel_twin_keeps_the_same_detections():
         masks[..., 3] = False                                   # an empty one is kept
         boxes = np.array([[0, 0, 48, 48]] * n)
         scores = rng.permutation(n).astype(np.float32) / n
-        for fraction, min_area in ((0.0, 0), (0.2, 0), (0.5, 0), (0.2, 40), (1.0, 60)):
+        for fraction, min_area in ((0.0, 0), (0.2, 0), (0.5, 0), (0.2, 40), (1.0, 60), (None, 60)):
             expected = uncovered_detections(boxes, masks, scores, fraction, min_area)
             got = uncovered_detections_tf(tf.constant(np.moveaxis(masks, -1, 0)),
                                           tf.constant(scores), fraction, min_area).numpy()

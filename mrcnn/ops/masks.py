@@ -142,7 +142,7 @@ def uncovered_detections(bbox, masks, scores, max_covered, min_area=0):
         bbox: [N, 4] pixel boxes (y1, x1, y2, x2, y2/x2 exclusive) holding each mask's pixels.
         masks: [H, W, N] bool, image-sized.
         scores: [N].
-        max_covered: a fraction in [0, 1].
+        max_covered: a fraction in [0, 1]; None = no cover rule (only ``min_area``).
         min_area: pixels; 0 = no minimum.
 
     Returns:
@@ -158,7 +158,8 @@ def uncovered_detections(bbox, masks, scores, max_covered, min_area=0):
         area = np.count_nonzero(own)
         window = claimed[y1:y2, x1:x2]
         covered = np.count_nonzero(own & window)
-        if (area and covered > max_covered * area) or area - covered < min_area:
+        if (max_covered is not None and area and covered > max_covered * area) \
+                or area - covered < min_area:
             continue
         window |= own
         keep.append(i)
