@@ -178,6 +178,10 @@ class Config:
     # (the pixels within one pixel of it), the border target of the 2018 DSB winners, as
     # ``mrcnn_contour_loss``. Inference models do not build it. 0 = off (Matterport's head).
     MASK_CONTOUR_WEIGHT = 0.0
+    # Weight of a soft-Dice term beside the mask's cross-entropy (training only): 1 - Dice of
+    # each positive ROI's mask probabilities with its target, averaged over the ROIs, as
+    # ``mrcnn_mask_dice_loss`` (mrcnn.losses.mrcnn_mask_dice_loss). 0 = off (Matterport's loss).
+    MASK_DICE_WEIGHT = 0.0
     # "sgd": Matterport's SGD with LEARNING_MOMENTUM, and WEIGHT_DECAY as an L2 loss term
     # (decay * ||w||^2 / size(w) per kernel). "adamw": AdamW (Loshchilov & Hutter), with
     # WEIGHT_DECAY decoupled (w -= lr * WEIGHT_DECAY * w each step; not on biases or norm
@@ -314,7 +318,7 @@ class Config:
         if self.MASK_HEAD_NORM not in (None, "group"):
             fail(f"MASK_HEAD_NORM={self.MASK_HEAD_NORM!r}; use None (BatchNorm, Matterport's) "
                  "or 'group'.")
-        for field in ("MASK_BOUNDARY_WEIGHT", "MASK_CONTOUR_WEIGHT"):
+        for field in ("MASK_BOUNDARY_WEIGHT", "MASK_CONTOUR_WEIGHT", "MASK_DICE_WEIGHT"):
             if getattr(self, field) < 0:
                 fail(f"{field}={getattr(self, field)!r} must be >= 0 (0 = off).")
         if self.OPTIMIZER not in OPTIMIZERS:

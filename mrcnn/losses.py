@@ -132,6 +132,28 @@ def mrcnn_contour_loss(target_masks, target_class_ids, pred_contours):
     return mrcnn_mask_loss(mask_outline_band(target_masks), target_class_ids, pred_contours)
 
 
+def mrcnn_mask_dice_loss(target_masks, target_class_ids, pred_masks, smooth=1.0):
+    """1 - soft Dice of the true class's mask probabilities with the target, per positive ROI,
+    averaged over them: an overlap term beside the per-pixel cross-entropy, which weighs a
+    small mask's outline as much as a large one's (the DSB score's IoU per object).
+
+    Args:
+        target_masks: [K, h, w] in {0, 1}.
+        target_class_ids: [K] int; rows with class 0 are ignored.
+        pred_masks: [K, h, w, num_classes] probabilities.
+        smooth: added to the overlap and the total, so an empty target with an empty
+            prediction scores Dice 1.
+    """
+    ids = tf.cast(target_class_ids, tf.int32)
+    pred = tf.gather(tf.transpose(pred_masks, [0, 3, 1, 2]), ids, batch_dims=1)  # [K, h, w]
+    pred = tf.cast(pred, tf.float32)
+    target = tf.cast(target_masks, tf.float32)
+    overlap = tf.reduce_sum(pred * target, axis=[1, 2])
+    total = tf.reduce_sum(pred + target, axis=[1, 2])
+    dice = (2.0 * overlap + smooth) / (total + smooth)
+    return _mean(1.0 - dice, tf.cast(ids > 0, tf.float32))
+
+
 def l2_weight_decay(weights, decay):
     """Matterport's weight decay: sum of decay * ||w||^2 / size(w) over kernels (not BN)."""
     terms = [decay * tf.reduce_sum(tf.square(w)) / tf.cast(tf.size(w), tf.float32)

@@ -1,12 +1,14 @@
-"""The mask loss's outline weighting and the auxiliary contour loss, checked against
-hand-computed values; the contour output trained and left out of inference."""
+"""The mask loss's outline weighting, the auxiliary contour loss and the soft-Dice term,
+checked against hand-computed values; the contour output trained and left out of inference,
+the Dice term added to the trained total."""
 
 import math
 
 import numpy as np
 import pytest
 
-from mrcnn.losses import LOSS_NAMES, mask_outline_band, mrcnn_contour_loss, mrcnn_mask_loss
+from mrcnn.losses import (LOSS_NAMES, mask_outline_band, mrcnn_contour_loss,
+                          mrcnn_mask_dice_loss, mrcnn_mask_loss)
 
 
 def _square_target():
@@ -97,4 +99,39 @@ def test_contour_weight_defaults_to_off_and_negative_is_refused():
     assert maskrcnn_kwargs(config.validate(), "training")["mask_contour_weight"] == 0.0
     config.MASK_CONTOUR_WEIGHT = -0.5
     with pytest.raises(ValueError, match="MASK_CONTOUR_WEIGHT=-0.5 must be >= 0"):
+        config.validate()
+
+
+def test_dice_loss_is_one_minus_the_soft_dice_per_roi_averaged_over_positives():
+    target = np.concatenate([_square_target(), _square_target(), np.ones((1, 7, 7), np.float32)])
+    class_ids = np.array([1, 1, 0])          # the third row is a placeholder: ignored
+    pred = np.zeros((3, 7, 7, 2), np.float32)
+    pred[0, 2:5, 2:5, 1] = 1.0               # exact: Dice 1
+    pred[1, :, :, 1] = 0.5                   # 0.5 everywhere: overlap 4.5, total 24.5 + 9
+    pred[1, :, :, 0] = 1.0                   # another class's channel: not read
+    second = 1.0 - (2 * 4.5 + 1.0) / (24.5 + 9 + 1.0)
+    assert float(mrcnn_mask_dice_loss(target, class_ids, pred)) == \
+        pytest.approx(second / 2, rel=1e-5)
+    assert float(mrcnn_mask_dice_loss(target, np.array([0, 0, 0]), pred)) == 0.0
+
+
+def test_dice_term_trains_and_adds_its_weighted_loss(tmp_path, synthetic_dataset):
+    from mrcnn import model as modellib
+    from tests.conftest import TinyConfig
+
+    class DiceConfig(TinyConfig):
+        MASK_DICE_WEIGHT = 0.5
+        STEPS_PER_EPOCH = 2
+
+    model = modellib.MaskRCNN("training", DiceConfig(), str(tmp_path))
+    history = model.train(synthetic_dataset, synthetic_dataset, 1e-2, 1, "heads", verbose=0).history
+    for prefix in ("", "val_"):
+        dice = history[prefix + "mrcnn_mask_dice_loss"][0]
+        assert 0 < dice < 1
+        total = (sum(history[prefix + k][0] for k in LOSS_NAMES) + 0.5 * dice
+                 + history[prefix + "weight_decay_loss"][0])
+        assert history[prefix + "loss"][0] == pytest.approx(total, rel=1e-4, abs=1e-5)
+    config = DiceConfig()
+    config.MASK_DICE_WEIGHT = -1
+    with pytest.raises(ValueError, match="MASK_DICE_WEIGHT=-1 must be >= 0"):
         config.validate()

@@ -113,6 +113,7 @@ def maskrcnn_kwargs(config, mode, backbone_weights=None):
         weight_decay=l2_loss_decay(config),
         mask_boundary_weight=float(config.MASK_BOUNDARY_WEIGHT),
         mask_contour_weight=float(config.MASK_CONTOUR_WEIGHT),
+        mask_dice_weight=float(config.MASK_DICE_WEIGHT),
         compute_dtype=resolve_compute_dtype(config.COMPUTE_DTYPE),
     )
 

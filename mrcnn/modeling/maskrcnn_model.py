@@ -51,19 +51,23 @@ class MaskRCNNModel(keras.Model):
     forward pass serves both. Each loss and the weight decay are tracked by their own
     ``keras.metrics.Mean`` and logged by name; ``loss`` equals
     ``sum(LOSS_WEIGHTS[k] * k) + weight_decay`` on every call, plus
-    ``mask_contour_weight * mrcnn_contour_loss`` when the graph has the contour output.
+    ``mask_contour_weight * mrcnn_contour_loss`` when the graph has the contour output, plus
+    ``mask_dice_weight * mrcnn_mask_dice_loss`` when that weight is set.
     """
 
     def __init__(self, *args, loss_weights=None, weight_decay=0.0, mask_boundary_weight=0.0,
-                 mask_contour_weight=0.0, **kwargs):
+                 mask_contour_weight=0.0, mask_dice_weight=0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_weights = {k: float(v) for k, v in (loss_weights or {}).items()}
         self.weight_decay = float(weight_decay)
         self.mask_boundary_weight = float(mask_boundary_weight)
         self.mask_contour_weight = float(mask_contour_weight)
+        self.mask_dice_weight = float(mask_dice_weight)
         tracked = losses.LOSS_NAMES + ("weight_decay_loss",)
         if self.mask_contour_weight:
             tracked += ("mrcnn_contour_loss",)
+        if self.mask_dice_weight:
+            tracked += ("mrcnn_mask_dice_loss",)
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in tracked}
 
     @property
@@ -92,7 +96,11 @@ class MaskRCNNModel(keras.Model):
         if "mrcnn_mask_contour" in y_pred:
             parts["mrcnn_contour_loss"] = losses.mrcnn_contour_loss(
                 y_pred["mask_targets"], y_pred["mask_class_ids"], y_pred["mrcnn_mask_contour"])
-        loss_weights = dict(self.loss_weights, mrcnn_contour_loss=self.mask_contour_weight)
+        if self.mask_dice_weight:
+            parts["mrcnn_mask_dice_loss"] = losses.mrcnn_mask_dice_loss(
+                y_pred["mask_targets"], y_pred["mask_class_ids"], y_pred["mrcnn_mask"])
+        loss_weights = dict(self.loss_weights, mrcnn_contour_loss=self.mask_contour_weight,
+                            mrcnn_mask_dice_loss=self.mask_dice_weight)
         decay = losses.l2_weight_decay(
             [w for w in self.trainable_weights if len(w.shape) > 1], self.weight_decay)
         total = decay
@@ -107,7 +115,8 @@ class MaskRCNNModel(keras.Model):
         config = super().get_config()
         config.update(loss_weights=self.loss_weights, weight_decay=self.weight_decay,
                       mask_boundary_weight=self.mask_boundary_weight,
-                      mask_contour_weight=self.mask_contour_weight)
+                      mask_contour_weight=self.mask_contour_weight,
+                      mask_dice_weight=self.mask_dice_weight)
         return config
 
 
@@ -182,6 +191,7 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                  detection_min_confidence, detection_nms_threshold, loss_weights,
                  detection_box_refinements=0, box_head_context=None,
                  weight_decay, mask_boundary_weight=0.0, mask_contour_weight=0.0,
+                 mask_dice_weight=0.0,
                  name="mask_rcnn"):
     """Build the training or inference Mask R-CNN (under the current dtype policy).
 
@@ -299,4 +309,5 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                          weight_decay=weight_decay,
                          mask_boundary_weight=mask_boundary_weight,
                          mask_contour_weight=mask_contour_weight if training else 0.0,
+                         mask_dice_weight=mask_dice_weight if training else 0.0,
                          name=name)
