@@ -87,6 +87,14 @@ def mrcnn_bbox_loss(target_bbox, target_class_ids, pred_bbox):
                            tf.boolean_mask(pred, positive)))
 
 
+def _true_class_masks(pred_masks, target_class_ids):
+    """Each ROI's mask for its true class, [K, h, w], from ``pred_masks`` [K, h, w,
+    num_classes], and [K] float32 1 for positive ROIs (class > 0), 0 for placeholders."""
+    ids = tf.cast(target_class_ids, tf.int32)
+    pred = tf.gather(tf.transpose(pred_masks, [0, 3, 1, 2]), ids, batch_dims=1)
+    return pred, tf.cast(ids > 0, tf.float32)
+
+
 def mask_outline_band(target):
     """1 at the pixels of ``target`` ([K, h, w] in {0, 1}) within one pixel of its outline,
     on either side (3x3 dilation minus 3x3 erosion), else 0; [K, h, w] float32."""
@@ -108,13 +116,12 @@ def mrcnn_mask_loss(target_masks, target_class_ids, pred_masks, boundary_weight=
         target_class_ids: [K] int; rows with class 0 (a placeholder row) are ignored.
         pred_masks: [K, h, w, num_classes] probabilities.
     """
-    ids = tf.cast(target_class_ids, tf.int32)
-    pred = tf.gather(tf.transpose(pred_masks, [0, 3, 1, 2]), ids, batch_dims=1)  # [K, h, w]
+    pred, positive = _true_class_masks(pred_masks, target_class_ids)
     eps = 1e-7
     pred = tf.clip_by_value(pred, eps, 1.0 - eps)
     target = tf.cast(target_masks, tf.float32)
     bce = -(target * tf.math.log(pred) + (1.0 - target) * tf.math.log(1.0 - pred))
-    weights = tf.zeros_like(bce) + tf.cast(ids > 0, tf.float32)[:, None, None]
+    weights = tf.zeros_like(bce) + positive[:, None, None]
     if boundary_weight:
         weights = weights * (1.0 + float(boundary_weight) * mask_outline_band(target))
     return _mean(bce, weights)
@@ -144,14 +151,12 @@ def mrcnn_mask_dice_loss(target_masks, target_class_ids, pred_masks, smooth=1.0)
         smooth: added to the overlap and the total, so an empty target with an empty
             prediction scores Dice 1.
     """
-    ids = tf.cast(target_class_ids, tf.int32)
-    pred = tf.gather(tf.transpose(pred_masks, [0, 3, 1, 2]), ids, batch_dims=1)  # [K, h, w]
-    pred = tf.cast(pred, tf.float32)
+    pred, positive = _true_class_masks(pred_masks, target_class_ids)
     target = tf.cast(target_masks, tf.float32)
     overlap = tf.reduce_sum(pred * target, axis=[1, 2])
     total = tf.reduce_sum(pred + target, axis=[1, 2])
     dice = (2.0 * overlap + smooth) / (total + smooth)
-    return _mean(1.0 - dice, tf.cast(ids > 0, tf.float32))
+    return _mean(1.0 - dice, positive)
 
 
 def l2_weight_decay(weights, decay):
