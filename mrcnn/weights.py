@@ -57,9 +57,18 @@ _WIDTH_FIELDS = (
     (r"mrcnn_class_conv\d", "FPN_CLASSIF_FC_LAYERS_SIZE", -1),
 )
 
+# The layers SEPARABLE_PYRAMID_CONVS makes depthwise-separable (3 weights instead of 2).
+_SEPARABLE_LAYERS = r"fpn_p[2-5]|rpn_conv_shared"
+
 
 def _width_hint(layer_name, file_shapes, model_shapes):
-    """The Config width field that makes ``layer_name`` match the file, or None."""
+    """The Config field (a width, BOX_HEAD_CONTEXT, SEPARABLE_PYRAMID_CONVS) that makes
+    ``layer_name`` match the file, or None."""
+    if (re.fullmatch(_SEPARABLE_LAYERS, layer_name) and len(file_shapes) != len(model_shapes)
+            and {len(file_shapes), len(model_shapes)} == {2, 3}):
+        return (f"The file's {layer_name!r} is a "
+                f"{'depthwise-separable' if len(file_shapes) == 3 else 'full'} 3x3 conv: set "
+                f"SEPARABLE_PYRAMID_CONVS = {len(file_shapes) == 3} as in the run that wrote it.")
     if (layer_name == "mrcnn_class_conv1" and len(file_shapes[0]) == 4
             == len(model_shapes[0]) and file_shapes[0][-1] == model_shapes[0][-1]
             and file_shapes[0][-2] in (2 * model_shapes[0][-2], model_shapes[0][-2] / 2)):

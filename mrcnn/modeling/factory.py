@@ -75,6 +75,7 @@ def maskrcnn_kwargs(config, mode, backbone_weights=None):
         image_meta_size=int(config.IMAGE_META_SIZE),
         num_classes=int(config.NUM_CLASSES),
         top_down_pyramid_size=int(config.TOP_DOWN_PYRAMID_SIZE),
+        separable_pyramid_convs=bool(config.SEPARABLE_PYRAMID_CONVS),
         mask_head_channels=int(config.MASK_HEAD_CHANNELS),
         mask_image_channels=int(config.MASK_IMAGE_CHANNELS),
         mask_head_norm=config.MASK_HEAD_NORM,

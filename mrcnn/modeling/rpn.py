@@ -10,12 +10,15 @@ class RPNHead:
         anchors_per_location: len(RPN_ANCHOR_RATIOS) * RPN_ANCHOR_SCALES_PER_OCTAVE.
         anchor_stride: RPN_ANCHOR_STRIDE.
         conv_channels: RPN_CONV_CHANNELS of the shared 3x3 conv.
+        separable: SEPARABLE_PYRAMID_CONVS: that conv depthwise-separable (same name).
     """
 
-    def __init__(self, anchors_per_location, anchor_stride=1, conv_channels=512):
+    def __init__(self, anchors_per_location, anchor_stride=1, conv_channels=512,
+                 separable=False):
         k = anchors_per_location
-        self.shared = layers.Conv2D(conv_channels, 3, padding="same", activation="relu",
-                                    strides=anchor_stride, name="rpn_conv_shared")
+        conv = layers.SeparableConv2D if separable else layers.Conv2D
+        self.shared = conv(conv_channels, 3, padding="same", activation="relu",
+                           strides=anchor_stride, name="rpn_conv_shared")
         self.class_raw = layers.Conv2D(2 * k, 1, name="rpn_class_raw")
         self.bbox_pred = layers.Conv2D(4 * k, 1, name="rpn_bbox_pred")
 

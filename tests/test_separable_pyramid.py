@@ -1,0 +1,83 @@
+"""SEPARABLE_PYRAMID_CONVS: the FPN's 3x3 output convs and the RPN's shared conv as
+depthwise-separable convs."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from mrcnn import model as modellib
+from mrcnn import weights as weights_lib
+from tests.conftest import TinyConfig, ZeroConfidenceConfig
+
+PYRAMID_CONVS = ["fpn_p2", "fpn_p3", "fpn_p4", "fpn_p5", "rpn_conv_shared"]
+
+
+class SeparableConfig(TinyConfig):
+    SEPARABLE_PYRAMID_CONVS = True
+
+
+class SeparableInferenceConfig(ZeroConfidenceConfig):
+    SEPARABLE_PYRAMID_CONVS = True
+
+
+def test_config_rejects_a_non_boolean():
+    config = TinyConfig()
+    config.SEPARABLE_PYRAMID_CONVS = "yes"
+    with pytest.raises(ValueError, match="SEPARABLE_PYRAMID_CONVS='yes'"):
+        config.validate()
+
+
+def test_separable_layers_and_their_parameter_saving(tmp_path):
+    """Each of the five convs holds a 3x3 depthwise kernel, a 1x1 pointwise kernel and a bias;
+    the model has exactly the hand-counted parameters fewer than the full-conv one."""
+    full = modellib.MaskRCNN("inference", ZeroConfidenceConfig(), str(tmp_path)).keras_model
+    separable = modellib.MaskRCNN("inference", SeparableInferenceConfig(),
+                                  str(tmp_path)).keras_model
+    c, r = TinyConfig.TOP_DOWN_PYRAMID_SIZE, TinyConfig.RPN_CONV_CHANNELS
+    for name in PYRAMID_CONVS:
+        out = r if name == "rpn_conv_shared" else c
+        assert [tuple(w.shape) for w in separable.get_layer(name).weights] == [
+            (3, 3, c, 1), (1, 1, c, out), (out,)]
+        assert [tuple(w.shape) for w in full.get_layer(name).weights] == [
+            (3, 3, c, out), (out,)]
+    # full 3x3: 9 c out + out; separable: 9 c + c out + out (biases the same)
+    saved = 4 * (9 * c * c - 9 * c - c * c) + (9 * c * r - 9 * c - c * r)
+    assert full.count_params() - separable.count_params() == saved
+
+
+def test_separable_model_trains(tmp_path, synthetic_dataset):
+    model = modellib.MaskRCNN("training", SeparableConfig(), str(tmp_path))
+    before = model.keras_model.get_layer("fpn_p2").get_weights()
+    history = model.train(synthetic_dataset, None, 1e-3, 1, "all", verbose=0)
+    assert all(math.isfinite(history.history[k][0])
+               for k in ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_mask_loss"))
+    after = model.keras_model.get_layer("fpn_p2").get_weights()
+    assert all(not np.allclose(a, b) for a, b in zip(before, after))
+
+
+def test_separable_model_round_trips_in_safe_mode(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = modellib.MaskRCNN("inference", SeparableInferenceConfig(), str(tmp_path))
+    image = np.random.RandomState(3).randint(0, 255, (128, 128, 3)).astype(np.uint8)
+    expected = model.detect([image])[0]
+    assert len(expected["class_ids"])           # zero confidence: something to compare
+    path = model.save(str(tmp_path / "separable.keras"))
+    again = modellib.MaskRCNN.from_keras_file(path, SeparableInferenceConfig()).detect([image])
+    for key in ("rois", "class_ids", "scores", "masks"):
+        np.testing.assert_array_equal(again[0][key], expected[key])
+
+
+@pytest.mark.parametrize("file_separable", [True, False])
+def test_weights_of_the_other_kind_name_the_field(tmp_path, file_separable):
+    """A file trained with the other SEPARABLE_PYRAMID_CONVS says so, not a width."""
+    writer, reader = ((SeparableInferenceConfig, ZeroConfidenceConfig) if file_separable
+                      else (ZeroConfidenceConfig, SeparableInferenceConfig))
+    source = modellib.MaskRCNN("inference", writer(), str(tmp_path)).keras_model
+    path = weights_lib.save_weights_by_name(source, tmp_path / "w.h5")
+    target = modellib.MaskRCNN("inference", reader(), str(tmp_path)).keras_model
+    with pytest.raises(ValueError, match=r"'(fpn_p\d|rpn_conv_shared)'.*"
+                       rf"SEPARABLE_PYRAMID_CONVS = {file_separable}") as err:
+        weights_lib.load_weights_by_name(target, path)
+    assert "TOP_DOWN_PYRAMID_SIZE" not in str(err.value)
