@@ -48,7 +48,7 @@ class Config:
     # The FPN's 3x3 output convs (P2..P5) and the RPN's shared 3x3 conv as depthwise-separable
     # convs (a 3x3 depthwise conv, then a 1x1 conv; MobileNet's, EfficientDet's): False
     # (Matterport's full convs) or True. With 128 channels a full 3x3 conv on P2 costs as
-    # many multiply-adds as a ResNet-18 stage; the separable one about 1/8 of it.
+    # many multiply-adds as ResNet-18's whole stride-4 stage; the separable one about 1/8.
     SEPARABLE_PYRAMID_CONVS = False
     # Channels of the mask head's convolutions (Matterport: 256).
     MASK_HEAD_CHANNELS = 256

@@ -169,18 +169,22 @@ def test_refused_formats_name_the_ops(trained_dir, tmp_path):
 
 
 class GroupNormTrainConfig(TinyConfig):
-    BACKBONE_NORM = "group"         # the from-scratch default: FastGroupNormalization
+    # The nucleus from-scratch architecture: FastGroupNormalization, separable pyramid convs.
+    BACKBONE_NORM = "group"
+    SEPARABLE_PYRAMID_CONVS = True
 
 
 class GroupNormExportConfig(ExportConfig):
     BACKBONE_NORM = "group"
+    SEPARABLE_PYRAMID_CONVS = True
 
 
 @pytest.mark.slow
 def test_group_norm_model_exports_and_matches_detect(tmp_path):
     """A GroupNorm backbone (whose single-image inference takes the fused FusedBatchNorm path
-    inside a tf.cond) exports to a SavedModel served without mrcnn and, where tf2onnx is
-    installed, to ONNX; both detect what detect() does."""
+    inside a tf.cond) with depthwise-separable pyramid convs, the nucleus from-scratch model,
+    exports to a SavedModel served without mrcnn and, where tf2onnx is installed, to ONNX;
+    both detect what detect() does."""
     import keras
     from mrcnn.data.synthetic import SyntheticNucleiDataset
     ds = SyntheticNucleiDataset().load_synthetic(2, size=128, seed=5)

@@ -89,7 +89,7 @@ SCRATCH_OVERRIDES = {
     # step fitted 110 instead of 116 epochs, +0.002 +- 0.005 and +0.006 +- 0.004 (README).
     "MASK_IMAGE_CHANNELS": 16,
     # The FPN's 3x3 output convs and the RPN's shared conv depthwise-separable: at 128
-    # channels the full 3x3 convs on P2 alone cost as much as a ResNet-18 stage. The README
+    # channels a full 3x3 conv on P2 costs as much as ResNet-18's stride-4 stage. The README
     # command (bfloat16, AMD EPYC family 26, seed 0): val 0.609 against the default's band
     # 0.611-0.613, 102 training images 0.594 against 0.590-0.596, inside the noise; detect
     # 18 % faster in float32 (0.128 vs 0.159 s median per val image), a float32 training
