@@ -169,7 +169,7 @@ def test_refused_formats_name_the_ops(trained_dir, tmp_path):
 
 
 class GroupNormTrainConfig(TinyConfig):
-    # The nucleus from-scratch architecture: FastGroupNormalization, separable pyramid convs.
+    # FastGroupNormalization (the from-scratch default) with the separable pyramid convs.
     BACKBONE_NORM = "group"
     SEPARABLE_PYRAMID_CONVS = True
 
@@ -182,7 +182,7 @@ class GroupNormExportConfig(ExportConfig):
 @pytest.mark.slow
 def test_group_norm_model_exports_and_matches_detect(tmp_path):
     """A GroupNorm backbone (whose single-image inference takes the fused FusedBatchNorm path
-    inside a tf.cond) with depthwise-separable pyramid convs, the nucleus from-scratch model,
+    inside a tf.cond) with depthwise-separable pyramid convs (SEPARABLE_PYRAMID_CONVS)
     exports to a SavedModel served without mrcnn and, where tf2onnx is installed, to ONNX;
     both detect what detect() does."""
     import keras

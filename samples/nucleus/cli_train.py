@@ -88,13 +88,6 @@ SCRATCH_OVERRIDES = {
     # +0.009 +- 0.004 on 102 training images; in the 60-minute command, where its 5 % longer
     # step fitted 110 instead of 116 epochs, +0.002 +- 0.005 and +0.006 +- 0.004 (README).
     "MASK_IMAGE_CHANNELS": 16,
-    # The FPN's 3x3 output convs and the RPN's shared conv depthwise-separable: at 128
-    # channels a full 3x3 conv on P2 costs as much as ResNet-18's stride-4 stage. The README
-    # command (bfloat16, AMD EPYC family 26, seed 0): val 0.609 against the default's band
-    # 0.611-0.613, 102 training images 0.594 against 0.590-0.596, inside the noise; detect
-    # 18 % faster in float32 (0.128 vs 0.159 s median per val image), a float32 training
-    # step 8 % shorter (docs/results.md).
-    "SEPARABLE_PYRAMID_CONVS": True,
 }
 
 # --average-last: checkpoints of the lr/10 stage averaged into the weights evaluated. Off:
@@ -107,7 +100,7 @@ AVERAGE_LAST = 0
 LATER_SCRATCH_FIELDS = ("BACKBONE", "BACKBONE_NORM", "IMAGE_NORMALIZATION", "RPN_CONV_CHANNELS",
                         "FPN_CLASSIF_FC_LAYERS_SIZE", "OPTIMIZER", "LEARNING_RATE",
                         "WEIGHT_DECAY", "RPN_ANCHOR_SCALES_PER_OCTAVE",
-                        "RPN_POSITIVE_IOU", "MASK_IMAGE_CHANNELS", "SEPARABLE_PYRAMID_CONVS")
+                        "RPN_POSITIVE_IOU", "MASK_IMAGE_CHANNELS")
 
 
 def saved_run_was_from_scratch(saved_overrides):
