@@ -64,7 +64,7 @@ _SEPARABLE_LAYERS = r"fpn_p[2-5]|rpn_conv_shared"
 def _width_hint(layer_name, file_shapes, model_shapes):
     """The Config field (a width, BOX_HEAD_CONTEXT, SEPARABLE_PYRAMID_CONVS) that makes
     ``layer_name`` match the file, or None."""
-    if (re.fullmatch(_SEPARABLE_LAYERS, layer_name) and len(file_shapes) != len(model_shapes)
+    if (re.fullmatch(_SEPARABLE_LAYERS, layer_name)
             and {len(file_shapes), len(model_shapes)} == {2, 3}):
         return (f"The file's {layer_name!r} is a "
                 f"{'depthwise-separable' if len(file_shapes) == 3 else 'full'} 3x3 conv: set "
