@@ -45,10 +45,11 @@ class Config:
 
     FPN_CLASSIF_FC_LAYERS_SIZE = 1024
     TOP_DOWN_PYRAMID_SIZE = 256
-    # The FPN's 3x3 output convs (P2..P5) and the RPN's shared 3x3 conv as depthwise-separable
-    # convs (a 3x3 depthwise conv, then a 1x1 conv; MobileNet's, EfficientDet's): False
-    # (Matterport's full convs) or True. With 128 channels a full 3x3 conv on P2 costs as
-    # many multiply-adds as ResNet-18's whole stride-4 stage; the separable one about 1/8.
+    # Which pyramid 3x3 convs are depthwise-separable (a 3x3 depthwise conv, then a 1x1 conv;
+    # MobileNet's, EfficientDet's): False (Matterport's full convs), "rpn" (only the RPN's
+    # shared conv, run on P2..P6) or True (that and the FPN's output convs P2..P5). With 128
+    # channels a full 3x3 conv on P2 costs as many multiply-adds as ResNet-18's whole
+    # stride-4 stage; the separable one about 1/8.
     SEPARABLE_PYRAMID_CONVS = False
     # Channels of the mask head's convolutions (Matterport: 256).
     MASK_HEAD_CHANNELS = 256
@@ -320,8 +321,10 @@ class Config:
         if self.TRAIN_ROIS_PER_IMAGE < 1 or self.POST_NMS_ROIS_TRAINING < 1:
             fail("TRAIN_ROIS_PER_IMAGE and POST_NMS_ROIS_TRAINING must be >= 1.")
         require_whole("MASK_IMAGE_CHANNELS", 0, " (0 = the mask head without the image)")
-        if not isinstance(self.SEPARABLE_PYRAMID_CONVS, bool):
-            fail(f"SEPARABLE_PYRAMID_CONVS={self.SEPARABLE_PYRAMID_CONVS!r}; use True or False.")
+        if not (isinstance(self.SEPARABLE_PYRAMID_CONVS, bool)
+                or self.SEPARABLE_PYRAMID_CONVS == "rpn"):
+            fail(f"SEPARABLE_PYRAMID_CONVS={self.SEPARABLE_PYRAMID_CONVS!r}; use False, 'rpn' "
+                 "(the RPN's shared conv only) or True (the FPN's output convs too).")
         if self.MASK_HEAD_NORM not in (None, "group"):
             fail(f"MASK_HEAD_NORM={self.MASK_HEAD_NORM!r}; use None (BatchNorm, Matterport's) "
                  "or 'group'.")

@@ -1,7 +1,8 @@
-"""SEPARABLE_PYRAMID_CONVS: the FPN's 3x3 output convs and the RPN's shared conv as
-depthwise-separable convs."""
+"""SEPARABLE_PYRAMID_CONVS: the FPN's 3x3 output convs and the RPN's shared conv (True), or
+the RPN's shared conv alone ("rpn"), as depthwise-separable convs."""
 
 import math
+import re
 
 import keras
 import numpy as np
@@ -22,11 +23,27 @@ class SeparableInferenceConfig(ZeroConfidenceConfig):
     SEPARABLE_PYRAMID_CONVS = True
 
 
-def test_config_rejects_a_non_boolean():
+class SeparableRPNInferenceConfig(ZeroConfidenceConfig):
+    SEPARABLE_PYRAMID_CONVS = "rpn"
+
+
+INFERENCE_CONFIGS = {False: ZeroConfidenceConfig, True: SeparableInferenceConfig,
+                     "rpn": SeparableRPNInferenceConfig}
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, "RPN"])
+def test_config_rejects_other_values(value):
     config = TinyConfig()
-    config.SEPARABLE_PYRAMID_CONVS = "yes"
-    with pytest.raises(ValueError, match="SEPARABLE_PYRAMID_CONVS='yes'"):
+    config.SEPARABLE_PYRAMID_CONVS = value
+    with pytest.raises(ValueError, match=f"SEPARABLE_PYRAMID_CONVS={value!r}; use False, 'rpn'"):
         config.validate()
+
+
+@pytest.mark.parametrize("value", [False, True, "rpn"])
+def test_config_accepts_the_three_choices(value):
+    config = TinyConfig()
+    config.SEPARABLE_PYRAMID_CONVS = value
+    config.validate()
 
 
 def test_separable_layers_and_their_parameter_saving(tmp_path):
@@ -45,6 +62,21 @@ def test_separable_layers_and_their_parameter_saving(tmp_path):
     # full 3x3: 9 c out + out; separable: 9 c + c out + out (biases the same)
     saved = 4 * (9 * c * c - 9 * c - c * c) + (9 * c * r - 9 * c - c * r)
     assert full.count_params() - separable.count_params() == saved
+
+
+def test_rpn_only_makes_the_rpn_conv_alone_separable(tmp_path):
+    """"rpn": rpn_conv_shared is depthwise-separable, the FPN's output convs stay full, and
+    the saving is the RPN conv's alone."""
+    full = modellib.MaskRCNN("inference", ZeroConfidenceConfig(), str(tmp_path)).keras_model
+    rpn_only = modellib.MaskRCNN("inference", SeparableRPNInferenceConfig(),
+                                 str(tmp_path)).keras_model
+    c, r = TinyConfig.TOP_DOWN_PYRAMID_SIZE, TinyConfig.RPN_CONV_CHANNELS
+    assert [tuple(w.shape) for w in rpn_only.get_layer("rpn_conv_shared").weights] == [
+        (3, 3, c, 1), (1, 1, c, r), (r,)]
+    for name in PYRAMID_CONVS[:4]:
+        assert [tuple(w.shape) for w in rpn_only.get_layer(name).weights] == [
+            (3, 3, c, c), (c,)]
+    assert full.count_params() - rpn_only.count_params() == 9 * c * r - 9 * c - c * r
 
 
 def test_separable_model_trains(tmp_path, synthetic_dataset):
@@ -81,3 +113,23 @@ def test_weights_of_the_other_kind_name_the_field(tmp_path, file_separable):
                        rf"SEPARABLE_PYRAMID_CONVS = {file_separable}") as err:
         weights_lib.load_weights_by_name(target, path)
     assert "TOP_DOWN_PYRAMID_SIZE" not in str(err.value)
+
+
+@pytest.mark.parametrize("file_value, model_value, layer, advice", [
+    ("rpn", False, "rpn_conv_shared", "'rpn' or True"),
+    (False, "rpn", "rpn_conv_shared", "False"),
+    ("rpn", True, "fpn_p[2-5]", "False or 'rpn'"),
+    (True, "rpn", "fpn_p[2-5]", "True"),
+])
+def test_rpn_only_weights_name_the_values_that_fit(tmp_path, file_value, model_value, layer,
+                                                   advice):
+    """Between the three kinds the error names the first layer that differs and every
+    SEPARABLE_PYRAMID_CONVS value under which that layer has the file's kind."""
+    source = modellib.MaskRCNN("inference", INFERENCE_CONFIGS[file_value](),
+                               str(tmp_path)).keras_model
+    path = weights_lib.save_weights_by_name(source, tmp_path / "w.h5")
+    target = modellib.MaskRCNN("inference", INFERENCE_CONFIGS[model_value](),
+                               str(tmp_path)).keras_model
+    with pytest.raises(ValueError, match=rf"'{layer}'.*SEPARABLE_PYRAMID_CONVS = "
+                       rf"{re.escape(advice)} as in the run"):
+        weights_lib.load_weights_by_name(target, path)

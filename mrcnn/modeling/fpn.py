@@ -9,7 +9,7 @@ def build_fpn(c2, c3, c4, c5, channels=256, separable=False):
     Args:
         c2..c5: backbone features at strides 4, 8, 16, 32 ([B, H/s, W/s, c]).
         channels: TOP_DOWN_PYRAMID_SIZE.
-        separable: SEPARABLE_PYRAMID_CONVS: the 3x3 output convs fpn_p2..fpn_p5 as
+        separable: SEPARABLE_PYRAMID_CONVS True: the 3x3 output convs fpn_p2..fpn_p5 as
             depthwise-separable convs (same names, same output shapes).
 
     Returns:

@@ -180,7 +180,7 @@ def box_features(pool_size, context=None):
 def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                  backbone_zero_init_residual=None, image_channels, image_meta_size,
                  num_classes, top_down_pyramid_size, mask_head_channels,
-                 separable_pyramid_convs=False,
+                 separable_fpn_convs=False, separable_rpn_conv=False,
                  mask_image_channels=0, mask_head_norm=None,
                  rpn_conv_channels, anchor_scales, anchor_ratios, anchor_strides, anchor_stride,
                  anchor_octave=(1.0,),
@@ -220,10 +220,10 @@ def _build_graph(*, mode, backbone, backbone_weights, backbone_norm,
                                         zero_init_residual=backbone_zero_init_residual)
     c = trunk.output
     pyramid = build_fpn(c["C2"], c["C3"], c["C4"], c["C5"], top_down_pyramid_size,
-                        separable=separable_pyramid_convs)
+                        separable=separable_fpn_convs)
     rpn_class_logits, rpn_probs, rpn_bbox = RPNHead(
         len(anchor_ratios) * len(anchor_octave), anchor_stride, rpn_conv_channels,
-        separable=separable_pyramid_convs)(pyramid)
+        separable=separable_rpn_conv)(pyramid)
 
     if training:
         anchors = AnchorGenerator(anchor_scales, anchor_ratios, anchor_strides,

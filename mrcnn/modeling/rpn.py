@@ -10,7 +10,8 @@ class RPNHead:
         anchors_per_location: len(RPN_ANCHOR_RATIOS) * RPN_ANCHOR_SCALES_PER_OCTAVE.
         anchor_stride: RPN_ANCHOR_STRIDE.
         conv_channels: RPN_CONV_CHANNELS of the shared 3x3 conv.
-        separable: SEPARABLE_PYRAMID_CONVS: that conv depthwise-separable (same name).
+        separable: SEPARABLE_PYRAMID_CONVS True or "rpn": that conv depthwise-separable
+            (same name).
     """
 
     def __init__(self, anchors_per_location, anchor_stride=1, conv_channels=512,
