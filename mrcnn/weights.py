@@ -57,25 +57,25 @@ _WIDTH_FIELDS = (
     (r"mrcnn_class_conv\d", "FPN_CLASSIF_FC_LAYERS_SIZE", -1),
 )
 
-# The layers SEPARABLE_PYRAMID_CONVS makes depthwise-separable (3 weights instead of 2): the
-# FPN's output convs with True, the RPN's shared conv with True or "rpn".
-_SEPARABLE_FPN_LAYERS = r"fpn_p[2-5]"
-_SEPARABLE_RPN_LAYER = "rpn_conv_shared"
+# The layers SEPARABLE_PYRAMID_CONVS makes depthwise-separable (3 weights instead of 2), and
+# the values under which each is separable / full.
+_SEPARABLE_LAYERS = (
+    (r"fpn_p[2-5]", "True", "False or 'rpn'"),
+    (r"rpn_conv_shared", "'rpn' or True", "False"),
+)
 
 
 def _width_hint(layer_name, file_shapes, model_shapes):
     """The Config field (a width, BOX_HEAD_CONTEXT, SEPARABLE_PYRAMID_CONVS) that makes
     ``layer_name`` match the file, or None."""
-    if ((re.fullmatch(_SEPARABLE_FPN_LAYERS, layer_name) or layer_name == _SEPARABLE_RPN_LAYER)
-            and {len(file_shapes), len(model_shapes)} == {2, 3}):
-        file_separable = len(file_shapes) == 3
-        if layer_name == _SEPARABLE_RPN_LAYER:
-            values = "'rpn' or True" if file_separable else "False"
-        else:
-            values = "True" if file_separable else "False or 'rpn'"
-        return (f"The file's {layer_name!r} is a "
-                f"{'depthwise-separable' if file_separable else 'full'} 3x3 conv: set "
-                f"SEPARABLE_PYRAMID_CONVS = {values} as in the run that wrote it.")
+    for pattern, if_separable, if_full in _SEPARABLE_LAYERS:
+        if (re.fullmatch(pattern, layer_name)
+                and {len(file_shapes), len(model_shapes)} == {2, 3}):
+            file_separable = len(file_shapes) == 3
+            return (f"The file's {layer_name!r} is a "
+                    f"{'depthwise-separable' if file_separable else 'full'} 3x3 conv: set "
+                    f"SEPARABLE_PYRAMID_CONVS = {if_separable if file_separable else if_full} "
+                    f"as in the run that wrote it.")
     if (layer_name == "mrcnn_class_conv1" and len(file_shapes[0]) == 4
             == len(model_shapes[0]) and file_shapes[0][-1] == model_shapes[0][-1]
             and file_shapes[0][-2] in (2 * model_shapes[0][-2], model_shapes[0][-2] / 2)):

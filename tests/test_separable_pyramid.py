@@ -46,37 +46,29 @@ def test_config_accepts_the_three_choices(value):
     config.validate()
 
 
-def test_separable_layers_and_their_parameter_saving(tmp_path):
-    """Each of the five convs holds a 3x3 depthwise kernel, a 1x1 pointwise kernel and a bias;
-    the model has exactly the hand-counted parameters fewer than the full-conv one."""
+@pytest.mark.parametrize("value, separable_names", [
+    (True, PYRAMID_CONVS), ("rpn", ["rpn_conv_shared"])])
+def test_separable_layers_and_their_parameter_saving(tmp_path, value, separable_names):
+    """Each separable conv holds a 3x3 depthwise kernel, a 1x1 pointwise kernel and a bias
+    (True: all five; "rpn": rpn_conv_shared alone, the FPN's output convs stay full); the
+    model has exactly the hand-counted parameters fewer than the full-conv one."""
     full = modellib.MaskRCNN("inference", ZeroConfidenceConfig(), str(tmp_path)).keras_model
-    separable = modellib.MaskRCNN("inference", SeparableInferenceConfig(),
+    separable = modellib.MaskRCNN("inference", INFERENCE_CONFIGS[value](),
                                   str(tmp_path)).keras_model
     c, r = TinyConfig.TOP_DOWN_PYRAMID_SIZE, TinyConfig.RPN_CONV_CHANNELS
+    saved = 0
     for name in PYRAMID_CONVS:
         out = r if name == "rpn_conv_shared" else c
-        assert [tuple(w.shape) for w in separable.get_layer(name).weights] == [
-            (3, 3, c, 1), (1, 1, c, out), (out,)]
-        assert [tuple(w.shape) for w in full.get_layer(name).weights] == [
-            (3, 3, c, out), (out,)]
-    # full 3x3: 9 c out + out; separable: 9 c + c out + out (biases the same)
-    saved = 4 * (9 * c * c - 9 * c - c * c) + (9 * c * r - 9 * c - c * r)
+        full_shapes = [(3, 3, c, out), (out,)]
+        assert [tuple(w.shape) for w in full.get_layer(name).weights] == full_shapes
+        shapes = [tuple(w.shape) for w in separable.get_layer(name).weights]
+        if name in separable_names:
+            assert shapes == [(3, 3, c, 1), (1, 1, c, out), (out,)]
+            # full 3x3: 9 c out + out; separable: 9 c + c out + out (biases the same)
+            saved += 9 * c * out - 9 * c - c * out
+        else:
+            assert shapes == full_shapes
     assert full.count_params() - separable.count_params() == saved
-
-
-def test_rpn_only_makes_the_rpn_conv_alone_separable(tmp_path):
-    """"rpn": rpn_conv_shared is depthwise-separable, the FPN's output convs stay full, and
-    the saving is the RPN conv's alone."""
-    full = modellib.MaskRCNN("inference", ZeroConfidenceConfig(), str(tmp_path)).keras_model
-    rpn_only = modellib.MaskRCNN("inference", SeparableRPNInferenceConfig(),
-                                 str(tmp_path)).keras_model
-    c, r = TinyConfig.TOP_DOWN_PYRAMID_SIZE, TinyConfig.RPN_CONV_CHANNELS
-    assert [tuple(w.shape) for w in rpn_only.get_layer("rpn_conv_shared").weights] == [
-        (3, 3, c, 1), (1, 1, c, r), (r,)]
-    for name in PYRAMID_CONVS[:4]:
-        assert [tuple(w.shape) for w in rpn_only.get_layer(name).weights] == [
-            (3, 3, c, c), (c,)]
-    assert full.count_params() - rpn_only.count_params() == 9 * c * r - 9 * c - c * r
 
 
 def test_separable_model_trains(tmp_path, synthetic_dataset):
@@ -101,35 +93,24 @@ def test_separable_model_round_trips_in_safe_mode(tmp_path):
         np.testing.assert_array_equal(again[0][key], expected[key])
 
 
-@pytest.mark.parametrize("file_separable", [True, False])
-def test_weights_of_the_other_kind_name_the_field(tmp_path, file_separable):
-    """A file trained with the other SEPARABLE_PYRAMID_CONVS says so, not a width."""
-    writer, reader = ((SeparableInferenceConfig, ZeroConfidenceConfig) if file_separable
-                      else (ZeroConfidenceConfig, SeparableInferenceConfig))
-    source = modellib.MaskRCNN("inference", writer(), str(tmp_path)).keras_model
-    path = weights_lib.save_weights_by_name(source, tmp_path / "w.h5")
-    target = modellib.MaskRCNN("inference", reader(), str(tmp_path)).keras_model
-    with pytest.raises(ValueError, match=r"'(fpn_p\d|rpn_conv_shared)'.*"
-                       rf"SEPARABLE_PYRAMID_CONVS = {file_separable}") as err:
-        weights_lib.load_weights_by_name(target, path)
-    assert "TOP_DOWN_PYRAMID_SIZE" not in str(err.value)
-
-
 @pytest.mark.parametrize("file_value, model_value, layer, advice", [
+    (True, False, "fpn_p[2-5]", "True"),
+    (False, True, "fpn_p[2-5]", "False or 'rpn'"),
     ("rpn", False, "rpn_conv_shared", "'rpn' or True"),
     (False, "rpn", "rpn_conv_shared", "False"),
     ("rpn", True, "fpn_p[2-5]", "False or 'rpn'"),
     (True, "rpn", "fpn_p[2-5]", "True"),
 ])
-def test_rpn_only_weights_name_the_values_that_fit(tmp_path, file_value, model_value, layer,
-                                                   advice):
-    """Between the three kinds the error names the first layer that differs and every
-    SEPARABLE_PYRAMID_CONVS value under which that layer has the file's kind."""
+def test_weights_of_another_kind_name_the_values_that_fit(
+        tmp_path, file_value, model_value, layer, advice):
+    """A file trained with another SEPARABLE_PYRAMID_CONVS says so, not a width: the error
+    names the first layer that differs and every value under which it has the file's kind."""
     source = modellib.MaskRCNN("inference", INFERENCE_CONFIGS[file_value](),
                                str(tmp_path)).keras_model
     path = weights_lib.save_weights_by_name(source, tmp_path / "w.h5")
     target = modellib.MaskRCNN("inference", INFERENCE_CONFIGS[model_value](),
                                str(tmp_path)).keras_model
     with pytest.raises(ValueError, match=rf"'{layer}'.*SEPARABLE_PYRAMID_CONVS = "
-                       rf"{re.escape(advice)} as in the run"):
+                       rf"{re.escape(advice)} as in the run") as err:
         weights_lib.load_weights_by_name(target, path)
+    assert "TOP_DOWN_PYRAMID_SIZE" not in str(err.value)
