@@ -102,6 +102,11 @@ class Config:
     # Crop mode, training only: multiply each crop's scale by a factor drawn log-uniformly
     # from (low, high), e.g. (0.7, 1.4); None keeps the scale fixed.
     IMAGE_SCALE_JITTER = None
+    # Crop mode, training only: with this probability a crop also receives the whole objects
+    # of another random window of the same image, pasted into its free space with a rim of
+    # COPY_PASTE_MARGIN pixels of their own surroundings (mrcnn.data.copy_paste). 0: off.
+    COPY_PASTE_PROBABILITY = 0.0
+    COPY_PASTE_MARGIN = 2
     # Object-size normalisation (Cellpose's idea: objects of one size for the network). None:
     # off. A number D: training crops are scaled so the image's median object (equivalent
     # diameter, Dataset.object_size) is D model-input pixels, within OBJECT_SCALE_RANGE (before
@@ -387,6 +392,10 @@ class Config:
         if jitter is not None and not (len(jitter) == 2 and 0 < jitter[0] <= jitter[1]):
             fail(f"IMAGE_SCALE_JITTER={jitter!r}; use None or (low, high) with "
                  "0 < low <= high.")
+        if not 0 <= self.COPY_PASTE_PROBABILITY <= 1:
+            fail(f"COPY_PASTE_PROBABILITY={self.COPY_PASTE_PROBABILITY!r}; use a probability "
+                 "from 0 (off) to 1.")
+        require_whole("COPY_PASTE_MARGIN", 0, " (pixels)")
         target, scales = self.OBJECT_SIZE_TARGET, self.OBJECT_SCALE_RANGE
         if target is not None and not target > 0:
             fail(f"OBJECT_SIZE_TARGET={target!r}; use None or a diameter in pixels > 0.")

@@ -53,6 +53,27 @@ def test_extract_bboxes():
     mask = np.zeros((10, 10, 2), bool)
     mask[2:5, 3:7, 0] = True
     np.testing.assert_array_equal(box_ops.extract_bboxes(mask), [[2, 3, 5, 7], [0, 0, 0, 0]])
+    assert box_ops.extract_bboxes(np.zeros((4, 4, 0), bool)).shape == (0, 4)
+
+
+def test_extract_bboxes_matches_the_first_and_last_rows_and_columns():
+    """The vectorised boxes equal each mask's first and last occupied row and column (+1 at
+    the end), for random sparse and dense masks, uint8 as well as bool, and single pixels at
+    the image's corners."""
+    rng = np.random.RandomState(0)
+    for _ in range(100):
+        h, w, n = rng.randint(1, 30), rng.randint(1, 30), rng.randint(1, 6)
+        mask = rng.rand(h, w, n) > rng.choice([0.5, 0.97, 1.0])
+        for dtype in (bool, np.uint8):
+            boxes = box_ops.extract_bboxes(mask.astype(dtype))
+            assert boxes.dtype == np.int32
+            for i in range(n):
+                ys, xs = np.nonzero(mask[..., i])
+                expected = [ys.min(), xs.min(), ys.max() + 1, xs.max() + 1] if len(ys) else [0] * 4
+                np.testing.assert_array_equal(boxes[i], expected)
+    corners = np.zeros((5, 7, 2), bool)
+    corners[0, 0, 0] = corners[4, 6, 1] = True
+    np.testing.assert_array_equal(box_ops.extract_bboxes(corners), [[0, 0, 1, 1], [4, 6, 5, 7]])
 
 
 def test_anchors_numpy_tf_parity_and_layout():

@@ -3,7 +3,8 @@
 import numpy as np
 
 from mrcnn.data.augment import apply_augmentation
-from mrcnn.ops.boxes import extract_bboxes
+from mrcnn.data.copy_paste import paste_objects
+from mrcnn.ops.boxes import extract_bboxes, instance_planes
 from mrcnn.ops.image import (choose_crop, compose_image_meta, cut_window, normalize_image,
                              resize_array, resize_image, resize_mask)
 from mrcnn.ops.masks import minimize_mask
@@ -30,7 +31,8 @@ def resize_crop(image, mask, class_ids, min_dim):
     bool of the instances present in it, their class_ids, window (0, 0, min_dim, min_dim) and
     scale (min_dim / side)."""
     side = image.shape[0]
-    kept = np.flatnonzero(mask.any(axis=(0, 1)))
+    kept = np.flatnonzero(instance_planes(mask).any(axis=(1, 2))) if mask.shape[-1] \
+        else np.zeros([0], dtype=np.int64)
     mask, class_ids = mask[:, :, kept], np.asarray(class_ids)[kept]
     if side != min_dim:
         image = resize_array(image, (min_dim, min_dim)).astype(image.dtype)
@@ -112,7 +114,7 @@ def load_image_gt(dataset, config, image_id, augmentation=None, rng=None, mode=N
         config: Config (IMAGE_* fields, USE_MINI_MASK, MINI_MASK_SHAPE, NUM_CLASSES).
         image_id: internal image index.
         augmentation: see :mod:`mrcnn.data.augment`; applied after resizing.
-        rng: numpy RandomState for the crop position.
+        rng: numpy RandomState for the crop position (and COPY_PASTE_PROBABILITY's draws).
         mode: resize mode override (defaults to config.IMAGE_RESIZE_MODE).
         image: the image already loaded and normalised (IMAGE_NORMALIZATION), e.g. from a
             cache; by default :func:`load_normalized_image`. Not modified.
@@ -126,8 +128,14 @@ def load_image_gt(dataset, config, image_id, augmentation=None, rng=None, mode=N
         image = load_normalized_image(dataset, config, image_id)
     original_shape = image.shape
     if (mode or config.IMAGE_RESIZE_MODE) == "crop":
-        image, mask, class_ids, window, scale = _load_crop(dataset, config, image_id, image,
+        whole = image
+        image, mask, class_ids, window, scale = _load_crop(dataset, config, image_id, whole,
                                                            rng)
+        if config.COPY_PASTE_PROBABILITY and \
+                (rng if rng is not None else np.random).uniform() < config.COPY_PASTE_PROBABILITY:
+            source = _load_crop(dataset, config, image_id, whole, rng)
+            image, mask, class_ids = paste_objects(image, mask, class_ids, *source[:3],
+                                                   margin=config.COPY_PASTE_MARGIN, rng=rng)
     else:
         mask, class_ids = load_full_masks(dataset, image_id, image)
         image, window, scale, padding, crop = resize_image(
@@ -139,11 +147,12 @@ def load_image_gt(dataset, config, image_id, augmentation=None, rng=None, mode=N
     if augmentation is not None:
         image, mask = apply_augmentation(augmentation, image, mask)
 
-    keep = np.flatnonzero(mask.reshape(-1, mask.shape[-1]).any(axis=0)) if mask.shape[-1] \
-        else np.zeros([0], dtype=np.int64)
-    mask = mask[:, :, keep]
-    class_ids = np.asarray(class_ids, dtype=np.int32)[keep]
     bbox = extract_bboxes(mask)
+    keep = np.flatnonzero(bbox[:, 2] > bbox[:, 0])      # instances still present
+    if len(keep) < mask.shape[-1]:
+        mask = mask[:, :, keep]
+    class_ids = np.asarray(class_ids, dtype=np.int32)[keep]
+    bbox = bbox[keep]
 
     active_class_ids = np.zeros([dataset.num_classes], dtype=np.int32)
     source = dataset.image_info[image_id]["source"]
