@@ -199,11 +199,3 @@ def extract_bboxes(mask):
                       width - cols[:, ::-1].argmax(axis=1)], axis=1).astype(np.int32)
     boxes[~rows.any(axis=1)] = 0
     return boxes
-    rows = np.any(mask, axis=1)  # [H, N]
-    cols = np.any(mask, axis=0)  # [W, N]
-    for i in range(n):
-        ys = np.flatnonzero(rows[:, i])
-        xs = np.flatnonzero(cols[:, i])
-        if ys.size:
-            boxes[i] = [ys[0], xs[0], ys[-1] + 1, xs[-1] + 1]
-    return boxes
