@@ -184,16 +184,21 @@ def set_trainable(keras_model, regex, train_bn, train_head_bn=False):
 class CheckpointCallback(keras.callbacks.Callback):
     """Write ``path_pattern.format(epoch=N)`` by layer name after every epoch, atomically.
 
-    A crash while writing leaves earlier checkpoints intact and no half-written file.
+    A crash while writing leaves earlier checkpoints intact and no half-written file. With
+    ``keep`` (CHECKPOINTS_TO_KEEP), once the new checkpoint is written only the newest ``keep``
+    epoch checkpoints of its folder stay (:func:`prune_checkpoints`); None keeps them all.
     """
 
-    def __init__(self, path_pattern):
+    def __init__(self, path_pattern, keep=None):
         super().__init__()
         self.path_pattern = path_pattern
+        self.keep = keep
         self.last_path = None
 
     def on_epoch_end(self, epoch, logs=None):
         self.last_path = save_weights_by_name(self.model, self.path_pattern.format(epoch=epoch + 1))
+        if self.keep:
+            prune_checkpoints(self.last_path, self.keep)
         state = save_optimizer_state(self.model, optimizer_state_path(self.last_path))
         if state:  # only the newest optimizer state is kept (it is as large as the weights)
             folder = os.path.dirname(os.path.abspath(state))
@@ -201,6 +206,32 @@ class CheckpointCallback(keras.callbacks.Callback):
                 stale = os.path.join(folder, name)
                 if name.endswith(".optimizer.npz") and stale != os.path.abspath(state):
                     os.remove(stale)
+
+
+def prune_checkpoints(newest_path, keep):
+    """Delete all but the ``keep`` newest epoch checkpoints beside ``newest_path``.
+
+    Only files named like it, ``mask_rcnn_<name>_NNNN.weights.h5`` with the same name, in the
+    same folder, count; averages, optimizer states and other files are never touched, nor is
+    ``newest_path`` itself or any checkpoint of a later epoch (a resumed run's own). Returns
+    the deleted paths.
+    """
+    folder, base = os.path.split(os.path.abspath(newest_path))
+    match = re.fullmatch(r"(mask_rcnn_[\w-]+_)(\d{4})\.weights\.h5", base)
+    if not match or keep < 1:
+        return []
+    prefix, newest = match.group(1), int(match.group(2))
+    epochs = sorted(int(m.group(1)) for m in (
+        re.fullmatch(re.escape(prefix) + r"(\d{4})\.weights\.h5", name)
+        for name in os.listdir(folder)) if m)
+    older = [e for e in epochs if e < newest]           # kept: newest and keep - 1 of these
+    stale = older[:max(0, len(older) - (keep - 1))]
+    removed = []
+    for e in stale:
+        path = os.path.join(folder, f"{prefix}{e:04d}.weights.h5")
+        os.remove(path)
+        removed.append(path)
+    return removed
 
 
 def optimizer_state_path(checkpoint_path):
@@ -416,7 +447,7 @@ def fit(keras_model, config, *, strategy, regex, train_bn, train_dataset, val_da
     callbacks += [DivergenceGuard(log_dir),
                   keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False),
                   keras.callbacks.CSVLogger(os.path.join(log_dir, "history.csv"), append=True),
-                  CheckpointCallback(checkpoint_path), EpochSummary()]
+                  CheckpointCallback(checkpoint_path, config.CHECKPOINTS_TO_KEEP), EpochSummary()]
     if time_budget_seconds:
         callbacks.append(TimeBudget(time.time() + time_budget_seconds))
     callbacks += list(custom_callbacks or [])
@@ -459,7 +490,7 @@ def _fit_multi_worker(keras_model, config, *, strategy, regex, train_bn, train_d
         os.makedirs(log_dir, exist_ok=True)
         callbacks = [LearningRateLogger()] + callbacks + [
             keras.callbacks.CSVLogger(os.path.join(log_dir, "history.csv"), append=True),
-            CheckpointCallback(checkpoint_path), EpochSummary()]
+            CheckpointCallback(checkpoint_path, config.CHECKPOINTS_TO_KEEP), EpochSummary()]
     history = multi_worker.fit_multi_worker(
         keras_model, config, generator, strategy=strategy, epochs=epochs,
         initial_epoch=initial_epoch, callbacks=callbacks, log_dir=log_dir,

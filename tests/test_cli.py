@@ -319,3 +319,24 @@ def test_checkpoint_arguments_give_what_load_inference_model_reads():
         bare.parse_args(["--logs", "r", "--dataset", "d", "--set", "A=1"])
     with pytest.raises(SystemExit):          # --logs and --dataset are required
         bare.parse_args(["--dataset", "d"])
+
+
+def test_keep_checkpoints_option_sets_checkpoints_to_keep(tmp_path):
+    """--keep-checkpoints N keeps the newest N (5 by default), never fewer than --average-last
+    needs; 0 keeps every checkpoint (CHECKPOINTS_TO_KEEP None); --set still wins."""
+    from types import SimpleNamespace
+    from samples.nucleus.cli_train import train_overrides
+    from samples.nucleus.train import build_parser
+
+    def overrides(*argv):
+        args = build_parser().parse_args(["train", "--dataset", str(tmp_path)] + list(argv))
+        return train_overrides(args)[0]["CHECKPOINTS_TO_KEEP"]
+
+    assert overrides() == 5
+    assert overrides("--keep-checkpoints", "0") is None
+    assert overrides("--keep-checkpoints", "2", "--average-last", "4") == 4
+    assert overrides("--keep-checkpoints", "2", "--set", "CHECKPOINTS_TO_KEEP=7") == 7
+    bare = SimpleNamespace(weights="none", logs=str(tmp_path), backbone=None,
+                           steps_per_epoch=None, warmup_steps=None, lr_schedule=None,
+                           optimizer=None, set=[])
+    assert train_overrides(bare)[0]["CHECKPOINTS_TO_KEEP"] == 5

@@ -254,3 +254,40 @@ def test_validation_every_n_epochs_skips_the_others(tmp_path, synthetic_dataset)
     rows = open(os.path.join(model.log_dir, "history.csv")).read().splitlines()
     val_column = rows[0].split(",").index("val_loss")
     assert [row.split(",")[val_column] == "NA" for row in rows[1:]] == [False, False, True, False]
+
+
+def test_prune_checkpoints_keeps_the_newest_of_its_own_run_only(tmp_path):
+    """Newest epoch 6 with keep=2: epochs 1-4 of the same name go; epoch 5 and 6, a later
+    epoch 9 (a resumed run's own), the average, the optimizer state and another model's
+    checkpoint stay."""
+    from mrcnn.training import prune_checkpoints
+    names = [f"mask_rcnn_tiny_{e:04d}.weights.h5" for e in (1, 2, 3, 4, 5, 6, 9)] + [
+        "mask_rcnn_tiny_0003_average.weights.h5", "mask_rcnn_tiny_0006.optimizer.npz",
+        "mask_rcnn_other_0001.weights.h5", "history.csv"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    removed = prune_checkpoints(str(tmp_path / "mask_rcnn_tiny_0006.weights.h5"), 2)
+    assert sorted(os.path.basename(p) for p in removed) == [
+        f"mask_rcnn_tiny_{e:04d}.weights.h5" for e in (1, 2, 3, 4)]
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        n for n in names if n not in {os.path.basename(p) for p in removed})
+    assert prune_checkpoints(str(tmp_path / "mask_rcnn_tiny_0006.weights.h5"), 2) == []
+
+
+def test_checkpoints_to_keep_during_training(tmp_path, synthetic_dataset):
+    """CHECKPOINTS_TO_KEEP=1 over three epochs leaves only the third epoch's checkpoint, which
+    find_last returns and a new model resumes from at epoch 3; a value below 1 is refused."""
+    config = TinyConfig()
+    config.CHECKPOINTS_TO_KEEP = 1
+    model = modellib.MaskRCNN("training", config, str(tmp_path))
+    model.train(synthetic_dataset, None, 1e-2, 3, "heads", verbose=0)
+    kept = sorted(os.path.basename(p)
+                  for p in glob.glob(os.path.join(model.log_dir, "*.weights.h5")))
+    assert kept == ["mask_rcnn_tiny_0003.weights.h5"]
+    assert os.path.exists(optimizer_state_path(model.find_last()))
+    resumed = modellib.MaskRCNN("training", config, str(tmp_path))
+    resumed.load_weights(resumed.find_last())
+    assert resumed.epoch == 3
+    config.CHECKPOINTS_TO_KEEP = 0
+    with pytest.raises(ValueError, match="CHECKPOINTS_TO_KEEP"):
+        config.validate()
