@@ -244,11 +244,11 @@ class Config:
     # TensorBoard detection metrics: every N epochs (0 = off), detect on the first
     # EVAL_IMAGES validation images and log the DSB score, AP50, IoU, Dice and overlays.
     EVAL_EVERY_N_EPOCHS = 0
+    EVAL_IMAGES = 4
     # Epoch checkpoints kept in a run folder: after each epoch's checkpoint is written, all but
     # the newest N are deleted (a nucleus model's is 53 MB, so 125 epochs write 6.6 GB). None
     # keeps every one, as Matterport does.
     CHECKPOINTS_TO_KEEP = None
-    EVAL_IMAGES = 4
     # Data loading: worker processes for keras.utils.PyDataset (0 = one thread of the training
     # process). A process was slower on 2 cores: nucleus steps of 0.35-0.39 s instead of
     # 0.27-0.28 s (AMD EPYC family 26, bfloat16, docs/results.md).

@@ -54,8 +54,7 @@ def paste_objects(image, mask, class_ids, source_image, source_mask, source_clas
     # The crop's objects with a margin of their own: a pasted rim never replaces the pixels
     # just outside an object (its blurred edge); the source's objects, whose pixels a rim
     # must not bring along unlabelled.
-    occupied = _grow(instance_planes(mask).any(axis=0), margin) if mask.shape[-1] \
-        else np.zeros((height, width), bool)
+    occupied = _grow(instance_planes(mask).any(axis=0), margin)
     planes = instance_planes(source_mask)                    # [M, H, W]
     source_objects = planes.any(axis=0)
     rows_hit, cols_hit = planes.any(axis=2), planes.any(axis=1)        # [M, H], [M, W]

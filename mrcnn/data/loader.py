@@ -31,8 +31,7 @@ def resize_crop(image, mask, class_ids, min_dim):
     bool of the instances present in it, their class_ids, window (0, 0, min_dim, min_dim) and
     scale (min_dim / side)."""
     side = image.shape[0]
-    kept = np.flatnonzero(instance_planes(mask).any(axis=(1, 2))) if mask.shape[-1] \
-        else np.zeros([0], dtype=np.int64)
+    kept = np.flatnonzero(instance_planes(mask).any(axis=(1, 2)))
     mask, class_ids = mask[:, :, kept], np.asarray(class_ids)[kept]
     if side != min_dim:
         image = resize_array(image, (min_dim, min_dim)).astype(image.dtype)
