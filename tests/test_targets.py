@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from mrcnn.data.targets import build_rpn_targets
-from mrcnn.ops.anchors import backbone_shapes, generate_pyramid_anchors
+from mrcnn.ops.anchors import (AnchorGrid, backbone_shapes, generate_pyramid_anchors,
+                               pyramid_anchors)
 from mrcnn.ops.boxes import apply_box_deltas, compute_overlaps, touching_boxes
 from tests.conftest import load_benchmark
 
@@ -107,6 +108,62 @@ def test_rpn_targets_label_every_anchor_as_the_full_iou_matrix_does(seed):
     best_gt = compute_overlaps(anchors[positives], gt).argmax(axis=1)
     rebuilt = apply_box_deltas(anchors[positives], deltas[:len(positives)] * STD)
     assert np.abs(rebuilt - gt[best_gt]).max() < 1e-2
+
+
+GRIDS = [((128, 128), [8, 16, 32, 64, 128], [0.5, 1, 2], 1, (1.0,)),
+         ((96, 160), [8, 16, 32, 64, 128], [0.5, 1, 2], 2, (1.0, 2 ** 0.5)),   # not square
+         ((256, 256), [8, 16, 32, 64, 128], [0.5, 1, 2], 1, (1.0, 2 ** 0.5))]  # the nucleus crop
+
+
+def _random_boxes(rng, n, image_hw, integer):
+    """[n, 4] pixel boxes, some reaching past the image's edges, some 1 px wide."""
+    corners = rng.uniform(-10, np.array(image_hw) + 5, (n, 2))
+    sides = rng.choice([1, 3, 12, 40, 100], (n, 2)) * rng.uniform(0.8, 1.2, (n, 2))
+    boxes = np.concatenate([corners, corners + sides], axis=1)
+    return np.round(boxes) if integer else boxes
+
+
+@pytest.mark.parametrize("image_hw, scales, ratios, anchor_stride, octave", GRIDS)
+def test_anchor_grid_finds_every_overlapping_pair(image_hw, scales, ratios, anchor_stride, octave):
+    """The grid's anchors are pyramid_anchors'; its pairs hold every (anchor, box) with a
+    positive overlap (checked against the full IoU matrix), each once; the pair IoUs equal the
+    matrix's to the last bit."""
+    strides = [4, 8, 16, 32, 64]
+    grid = AnchorGrid(image_hw, scales, ratios, strides, anchor_stride, octave)
+    assert (grid.anchors == pyramid_anchors(image_hw, scales, ratios, strides, anchor_stride,
+                                            octave)).all()
+    rng = np.random.RandomState(len(grid))
+    for integer in (True, False):
+        boxes = _random_boxes(rng, 25, image_hw, integer)
+        anchor, box = grid.pairs(boxes)
+        dense = compute_overlaps(grid.anchors, boxes)
+        pairs = set(zip(anchor.tolist(), box.tolist()))
+        assert len(pairs) == len(anchor)
+        assert set(zip(*np.nonzero(dense > 0))) <= pairs
+        assert len(pairs) < 2 * (dense > 0).sum()          # near the overlapping pairs only
+        assert (grid.pair_overlaps(anchor, boxes[box]) == dense[anchor, box]).all()
+    assert [len(a) for a in grid.pairs(np.zeros((0, 4)))] == [0, 0]
+
+
+@pytest.mark.parametrize("image_hw, scales, ratios, anchor_stride, octave", GRIDS)
+def test_rpn_targets_on_the_anchor_grid_equal_the_plain_anchors(image_hw, scales, ratios,
+                                                                anchor_stride, octave):
+    """The same labels and deltas (and sampling) from an AnchorGrid as from its anchors:
+    integer and fractional boxes, duplicated boxes (tied IoUs), crowd boxes, no boxes."""
+    grid = AnchorGrid(image_hw, scales, ratios, [4, 8, 16, 32, 64], anchor_stride, octave)
+    rng = np.random.RandomState(7)
+    for case in range(8):
+        boxes = _random_boxes(rng, rng.randint(0, 30), image_hw, integer=case % 2 == 0)
+        if case == 2:
+            boxes = np.concatenate([boxes, boxes[:4]])                  # tied best anchors
+        if case == 3:   # two boxes with the same IoU (0.5625) with the 16 px anchor at (64, 64)
+            boxes = np.array([[60, 58, 72, 70], [56, 58, 68, 70]], np.float64)
+        class_ids = np.where(rng.uniform(size=len(boxes)) < (0.2 if case > 4 else 0), -1, 1)
+        results = [build_rpn_targets(a, class_ids, boxes, 64, STD, rng=np.random.RandomState(case),
+                                     positive_iou=0.5, negative_iou=0.3)
+                   for a in (grid, grid.anchors)]
+        assert (results[0][0] == results[1][0]).all() and (results[0][1] == results[1][1]).all()
+        assert (results[0][0] == 1).any() == (class_ids > 0).any()
 
 
 def test_touching_boxes_marks_exactly_the_overlapping_boxes():

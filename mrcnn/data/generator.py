@@ -9,7 +9,7 @@ from mrcnn.config import anchor_settings
 from mrcnn.data.dataset import BadImageSkipper
 from mrcnn.data.loader import load_image_gt, load_normalized_image
 from mrcnn.data.targets import build_rpn_targets
-from mrcnn.ops.anchors import pyramid_anchors
+from mrcnn.ops.anchors import AnchorGrid
 from mrcnn.ops.image import META_IMAGE_HW, mold_image
 
 log = logging.getLogger(__name__)
@@ -93,10 +93,11 @@ class DataGenerator(keras.utils.PyDataset):
         self.epoch += 1
         self._order = self._make_order()
 
-    def _anchors(self, shape):
+    def _anchor_grid(self, shape):
+        """The :class:`AnchorGrid` of a batch shape (H, W), built once per shape."""
         key = tuple(shape[:2])
         if key not in self._anchor_cache:
-            self._anchor_cache[key] = pyramid_anchors(shape, **anchor_settings(self.config))
+            self._anchor_cache[key] = AnchorGrid(shape, **anchor_settings(self.config))
         return self._anchor_cache[key]
 
     def _image(self, image_id):
@@ -128,7 +129,7 @@ class DataGenerator(keras.utils.PyDataset):
         examples = [self._load(index * self.batch_size + i, rng) for i in range(self.batch_size)]
         height = max(e[0].shape[0] for e in examples)
         width = max(e[0].shape[1] for e in examples)
-        anchors = self._anchors((height, width))
+        anchors = self._anchor_grid((height, width))
         g = config.MAX_GT_INSTANCES
         mask_hw = examples[0][4].shape[:2] if config.USE_MINI_MASK else (height, width)
         batch = {

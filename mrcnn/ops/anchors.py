@@ -102,3 +102,81 @@ def tf_generate_pyramid_anchors(image_hw, scales, ratios, feature_strides, ancho
         boxes = tf.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=-1)
         levels.append(tf.reshape(boxes, [-1, 4]))
     return tf.concat(levels, axis=0)
+
+
+class AnchorGrid:
+    """The anchors of :func:`pyramid_anchors` together with the grid that laid them out, so
+    the anchors overlapping a box are enumerated from its position instead of testing all A
+    anchors against it (RPN training targets: about 33 000 anchors per 256 px crop).
+
+    ``anchors`` is exactly :func:`pyramid_anchors`' array ([A, 4] float32 pixels, same order).
+    Each (level, anchor shape) pair is one *type*: its anchors sit on a ``rows x cols`` grid of
+    centres ``spacing`` pixels apart, at indices ``offset + (row * cols + col) * shapes + k``.
+    """
+
+    def __init__(self, image_shape, scales, ratios, strides, anchor_stride, octave=(1.0,)):
+        self.anchors = pyramid_anchors(image_shape, scales, ratios, strides, anchor_stride,
+                                       octave)
+        coords = self.anchors.astype(np.float64)
+        self.y1, self.x1, self.y2, self.x2 = (np.ascontiguousarray(coords[:, i])
+                                              for i in range(4))
+        self.area = (self.y2 - self.y1) * (self.x2 - self.x1)
+        types, offset = [], 0
+        for scale, shape, stride in zip(scales, backbone_shapes(image_shape, strides), strides):
+            heights, widths = anchor_shapes(scale, ratios, octave)
+            rows = len(range(0, int(shape[0]), anchor_stride))
+            cols = len(range(0, int(shape[1]), anchor_stride))
+            for k, (h, w) in enumerate(zip(heights, widths)):
+                types.append((offset + k, len(heights), rows, cols, anchor_stride * stride,
+                              h / 2, w / 2))
+            offset += rows * cols * len(heights)
+        (self._first, self._shapes, self._rows, self._cols,
+         spacing, half_h, half_w) = (np.array(column) for column in zip(*types))
+        self._spacing = spacing.astype(np.float64)
+        self._half_h, self._half_w = half_h, half_w
+
+    def __len__(self):
+        return len(self.anchors)
+
+    def pairs(self, boxes):
+        """Every (anchor, box) pair whose areas may overlap, box-major.
+
+        Args:
+            boxes: [G, 4] pixels.
+
+        Returns:
+            (anchor indices [P], box indices [P]) int64. Holds every pair with a positive
+            overlap (and some that only come within a pixel of one), each pair once.
+        """
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        # A type's anchor at grid row r spans r * spacing -+ half_h: it may overlap the box
+        # when its centre lies within half_h (plus a pixel against float32 rounding) of it.
+        first_row = np.ceil((boxes[:, 0:1] - self._half_h - 1) / self._spacing)
+        end_row = np.floor((boxes[:, 2:3] + self._half_h + 1) / self._spacing) + 1
+        first_col = np.ceil((boxes[:, 1:2] - self._half_w - 1) / self._spacing)
+        end_col = np.floor((boxes[:, 3:4] + self._half_w + 1) / self._spacing) + 1
+        first_row = np.clip(first_row, 0, self._rows).astype(np.int64).ravel()   # [G * T]
+        first_col = np.clip(first_col, 0, self._cols).astype(np.int64).ravel()
+        n_rows = np.clip(end_row, 0, self._rows).astype(np.int64).ravel() - first_row
+        n_cols = np.clip(end_col, 0, self._cols).astype(np.int64).ravel() - first_col
+        counts = np.maximum(n_rows, 0) * np.maximum(n_cols, 0)
+        block = np.repeat(np.arange(len(counts)), counts)         # (box, type) of each pair
+        within = np.arange(len(block)) - (np.cumsum(counts) - counts)[block]
+        row = first_row[block] + within // n_cols[block]
+        col = first_col[block] + within % n_cols[block]
+        kind = block % len(self._first)
+        anchor = self._first[kind] + (row * self._cols[kind] + col) * self._shapes[kind]
+        return anchor, block // len(self._first)
+
+    def pair_overlaps(self, anchor, boxes):
+        """IoU of each anchor ``anchor`` [P] with its box ``boxes`` [P, 4] pixels -> [P]
+        float64, the same arithmetic as :func:`mrcnn.ops.boxes.compute_overlaps`, so the same
+        values to the last bit."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        inter = (np.maximum(np.minimum(self.y2[anchor], boxes[:, 2])
+                            - np.maximum(self.y1[anchor], boxes[:, 0]), 0)
+                 * np.maximum(np.minimum(self.x2[anchor], boxes[:, 3])
+                              - np.maximum(self.x1[anchor], boxes[:, 1]), 0))
+        union = (self.area[anchor]
+                 + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter)
+        return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
