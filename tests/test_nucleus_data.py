@@ -15,7 +15,7 @@ from mrcnn.evaluation import evaluate_dataset
 
 from samples.nucleus.cli_common import make_config, parse_overrides, select_fraction
 from samples.nucleus.cli_eval import otsu_predictor
-from samples.nucleus.nucleus import (NucleusDataset, image_kind, kind_of_file,
+from samples.nucleus.nucleus import (NucleusDataset, image_kind, kind_of_file, pack_masks,
                                      set_kind_repeat_factors, split_ids)
 
 SHARED_DSB = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "dsb2018")
@@ -413,3 +413,40 @@ def test_with_rescale_predicts_on_the_resized_image_and_returns_masks_at_its_siz
     assert empty["masks"].shape == (40, 60, 0)
     with pytest.raises(ValueError, match="positive"):
         with_rescale(predict, 0)
+
+
+def test_label_cache_keeps_the_pixels_nuclei_share(tmp_path):
+    """Overlapping masks (5 DSB2018 training images have a shared pixel or two) are cached
+    too, losslessly: full masks, every window and the object size equal the files', including
+    a nucleus lying wholly under another, which the label image alone cannot hold."""
+    folder = tmp_path / "stage1_train" / "ov"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    skimage.io.imsave(str(folder / "images" / "ov.png"), np.full((20, 24, 3), 9, np.uint8),
+                      check_contrast=False)
+    masks = np.zeros((20, 24, 4), bool)
+    masks[2:10, 2:10, 0] = True
+    masks[8:14, 8:16, 1] = True          # shares a 2 x 2 corner with nucleus 0
+    masks[4:6, 4:6, 2] = True            # wholly under nucleus 0
+    masks[15:19, 18:23, 3] = True
+    for k in range(masks.shape[-1]):
+        skimage.io.imsave(str(folder / "masks" / f"m{k}.png"), masks[..., k].astype(np.uint8) * 255,
+                          check_contrast=False)
+    labels, shared = pack_masks(masks)
+    assert labels[5, 5] == 1 and labels[9, 9] == 1 and labels[12, 12] == 2
+    assert sorted(map(tuple, shared.tolist())) == sorted(
+        [(r, c, 2) for r in (8, 9) for c in (8, 9)] + [(r, c, 3) for r in (4, 5) for c in (4, 5)])
+    uncached = NucleusDataset(cache_masks=False).load_nucleus(str(tmp_path), "stage1_train")
+    cached = NucleusDataset().load_nucleus(str(tmp_path), "stage1_train")
+    for ds in (uncached, cached):
+        ds.prepare()
+    assert cached.load_mask_window(0, 0, 0, 20, 24) is None        # not read yet
+    np.testing.assert_array_equal(cached.load_mask(0)[0], masks)   # read, fills the cache
+    np.testing.assert_array_equal(cached.load_mask(0)[0], masks)   # from the cache
+    for y, x, side in [(0, 0, 24), (3, 3, 4), (8, 8, 3), (9, 6, 5), (14, 17, 6), (0, 12, 6)]:
+        window, class_ids = cached.load_mask_window(0, y, x, side, side)
+        expected = masks[y:y + side, x:x + side]
+        expected = expected[..., expected.any(axis=(0, 1))]
+        np.testing.assert_array_equal(window, expected)
+        assert len(class_ids) == expected.shape[-1]
+    assert cached.object_size(0) == pytest.approx(uncached.object_size(0))
