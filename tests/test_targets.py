@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mrcnn.data.targets import build_rpn_targets
+from mrcnn.data.targets import build_rpn_targets, sample_distinct
 from mrcnn.ops.anchors import (AnchorGrid, backbone_shapes, generate_pyramid_anchors,
                                pyramid_anchors)
 from mrcnn.ops.boxes import apply_box_deltas, compute_overlaps, touching_boxes
@@ -31,6 +31,30 @@ def test_rpn_targets_balance_and_deltas():
     best = [np.abs(gt - r).sum(axis=1).min() for r in rebuilt]
     assert max(best) < 1e-2
     assert not deltas[len(positives):].any()
+
+
+@pytest.mark.parametrize("n, k", [(30000, 64), (100, 40), (10, 10), (5, 0)])
+def test_sample_distinct_draws_uniform_subsets(n, k):
+    """k distinct values of range(n); over many draws every value (or, for n = 30 000, every
+    range of 1000 values) is picked about equally often (within 6 standard deviations), for
+    k << n and k near n."""
+    rng = np.random.RandomState(0)
+    counts = np.zeros(n)
+    draws = 20000 if n <= 100 else 300
+    for _ in range(draws):
+        picked = sample_distinct(rng, n, k)
+        assert len(picked) == k == len(set(picked.tolist())) and picked.dtype == np.int64
+        assert ((0 <= picked) & (picked < n)).all()
+        counts[picked] += 1
+    if n <= 100:
+        expected = draws * k / n
+        assert np.abs(counts - expected).max() <= 6 * np.sqrt(expected * (1 - k / n)) + 1e-9
+    else:      # 300 x 64 picks of 30 000 values, counted in 30 bins of 1000 values
+        per_bin = counts.reshape(30, -1).sum(axis=1)
+        assert np.abs(per_bin - draws * k / 30).max() <= 6 * np.sqrt(draws * k / 30)
+    # The first of many draws are not biased towards small or large values.
+    low = np.mean([sample_distinct(rng, 1000, 10).mean() for _ in range(2000)])
+    assert abs(low - 499.5) < 6 * 289 / np.sqrt(20000)
 
 
 def test_rpn_targets_empty_ground_truth_all_negative():

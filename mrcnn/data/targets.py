@@ -64,15 +64,34 @@ def build_rpn_targets(anchors, gt_class_ids, gt_boxes, anchors_per_image, rpn_bb
         rpn_match[rng.choice(positive, extra, replace=False)] = 0
     positive = np.flatnonzero(rpn_match == 1)
     negative = np.flatnonzero(rpn_match == -1)
-    extra = len(negative) - (anchors_per_image - len(positive))
-    if extra > 0:
-        rpn_match[rng.choice(negative, extra, replace=False)] = 0
+    keep = anchors_per_image - len(positive)
+    if len(negative) > keep:
+        rpn_match[negative] = 0
+        rpn_match[negative[sample_distinct(rng, len(negative), keep)]] = -1
 
     positive = np.flatnonzero(rpn_match == 1)
     if len(positive):
         deltas = box_refinement(anchors[positive], gt_boxes[best_gt[positive]])
         rpn_bbox[:len(positive)] = deltas / np.asarray(rpn_bbox_std_dev, dtype=np.float32)
     return rpn_match, rpn_bbox
+
+
+def sample_distinct(rng, n, k):
+    """``k`` distinct integers of ``range(n)``, every k-subset equally likely -> [k] int64.
+
+    For k much smaller than n (64 RPN anchors of some 30 000 negatives) it draws about k
+    integers instead of shuffling all n as ``rng.choice(n, k, replace=False)`` does (0.5 ms
+    per crop): the distinct values of uniform draws, in the order they first appear, are a
+    uniformly random ordering's first k.
+    """
+    if 2 * k > n:
+        return rng.permutation(n)[:k].astype(np.int64)
+    chosen = np.zeros([0], dtype=np.int64)
+    while len(chosen) < k:
+        draws = np.concatenate([chosen, rng.randint(0, n, size=2 * k)])
+        first = np.sort(np.unique(draws, return_index=True)[1])
+        chosen = draws[first][:k]
+    return chosen
 
 
 def _best_matches(anchors, gt_boxes):
