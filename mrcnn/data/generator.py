@@ -59,7 +59,7 @@ class DataGenerator(keras.utils.PyDataset):
         self.epoch = 0
         self.skipper = BadImageSkipper(dataset)
         self._order = self._make_order()
-        self._anchor_cache = {}
+        self._anchor_grids = {}
         self._image_cache = {}
         self._image_cache_free = int(config.IMAGE_CACHE_MB * 2 ** 20)
 
@@ -96,9 +96,9 @@ class DataGenerator(keras.utils.PyDataset):
     def _anchor_grid(self, shape):
         """The :class:`AnchorGrid` of a batch shape (H, W), built once per shape."""
         key = tuple(shape[:2])
-        if key not in self._anchor_cache:
-            self._anchor_cache[key] = AnchorGrid(shape, **anchor_settings(self.config))
-        return self._anchor_cache[key]
+        if key not in self._anchor_grids:
+            self._anchor_grids[key] = AnchorGrid(shape, **anchor_settings(self.config))
+        return self._anchor_grids[key]
 
     def _image(self, image_id):
         """The dataset's image [H, W, C], normalised (IMAGE_NORMALIZATION), from memory once

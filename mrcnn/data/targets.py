@@ -36,21 +36,18 @@ def build_rpn_targets(anchors, gt_class_ids, gt_boxes, anchors_per_image, rpn_bb
     gt_class_ids = np.asarray(gt_class_ids)
     gt_boxes = np.asarray(gt_boxes).reshape(-1, 4)
 
+    def best_matches(boxes):
+        return (_best_matches_on_grid(grid, boxes) if grid is not None
+                else _best_matches(anchors, boxes))
+
     crowd = gt_class_ids < 0
     no_crowd = np.ones([anchors.shape[0]], dtype=bool)
     if crowd.any():
-        if grid is not None:
-            anchor, box = grid.pairs(gt_boxes[crowd])
-            no_crowd[anchor[grid.pair_overlaps(anchor, gt_boxes[crowd][box]) >= 0.001]] = False
-        else:
-            near = np.flatnonzero(touching_boxes(anchors, gt_boxes[crowd]))
-            no_crowd[near] = compute_overlaps(anchors[near], gt_boxes[crowd]).max(axis=1) < 0.001
+        no_crowd = best_matches(gt_boxes[crowd])[0] < 0.001
         gt_boxes = gt_boxes[~crowd]
 
-    best_gt = np.zeros([anchors.shape[0]], dtype=np.int64)
     if len(gt_boxes):
-        best_iou, best_gt, best_anchors = (_best_matches_on_grid(grid, gt_boxes) if grid is not None
-                                           else _best_matches(anchors, gt_boxes))
+        best_iou, best_gt, best_anchors = best_matches(gt_boxes)
         rpn_match[(best_iou < negative_iou) & no_crowd] = -1
         rpn_match[best_anchors] = 1
         rpn_match[best_iou >= positive_iou] = 1

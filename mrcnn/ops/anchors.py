@@ -17,6 +17,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from mrcnn.ops.boxes import paired_overlaps
+
 
 def backbone_shapes(image_shape, strides):
     """Feature map sizes [L, 2] for an image (H, W, ...) and the backbone strides."""
@@ -117,10 +119,7 @@ class AnchorGrid:
     def __init__(self, image_shape, scales, ratios, strides, anchor_stride, octave=(1.0,)):
         self.anchors = pyramid_anchors(image_shape, scales, ratios, strides, anchor_stride,
                                        octave)
-        coords = self.anchors.astype(np.float64)
-        self.y1, self.x1, self.y2, self.x2 = (np.ascontiguousarray(coords[:, i])
-                                              for i in range(4))
-        self.area = (self.y2 - self.y1) * (self.x2 - self.x1)
+        self._coords = self.anchors.astype(np.float64)
         types, offset = [], 0
         for scale, shape, stride in zip(scales, backbone_shapes(image_shape, strides), strides):
             heights, widths = anchor_shapes(scale, ratios, octave)
@@ -131,9 +130,7 @@ class AnchorGrid:
                               h / 2, w / 2))
             offset += rows * cols * len(heights)
         (self._first, self._shapes, self._rows, self._cols,
-         spacing, half_h, half_w) = (np.array(column) for column in zip(*types))
-        self._spacing = spacing.astype(np.float64)
-        self._half_h, self._half_w = half_h, half_w
+         self._spacing, self._half_h, self._half_w) = (np.array(column) for column in zip(*types))
 
     def __len__(self):
         return len(self.anchors)
@@ -170,13 +167,6 @@ class AnchorGrid:
 
     def pair_overlaps(self, anchor, boxes):
         """IoU of each anchor ``anchor`` [P] with its box ``boxes`` [P, 4] pixels -> [P]
-        float64, the same arithmetic as :func:`mrcnn.ops.boxes.compute_overlaps`, so the same
-        values to the last bit."""
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        inter = (np.maximum(np.minimum(self.y2[anchor], boxes[:, 2])
-                            - np.maximum(self.y1[anchor], boxes[:, 0]), 0)
-                 * np.maximum(np.minimum(self.x2[anchor], boxes[:, 3])
-                              - np.maximum(self.x1[anchor], boxes[:, 1]), 0))
-        union = (self.area[anchor]
-                 + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter)
-        return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+        float64 (:func:`mrcnn.ops.boxes.paired_overlaps`: the values of
+        :func:`mrcnn.ops.boxes.compute_overlaps`, to the last bit)."""
+        return paired_overlaps(self._coords[anchor], np.asarray(boxes).reshape(-1, 4))

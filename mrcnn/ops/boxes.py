@@ -14,14 +14,22 @@ def compute_overlaps(boxes1, boxes2):
     """IoU matrix. boxes1 [N, 4], boxes2 [M, 4] (same units) -> [N, M] float."""
     boxes1 = np.asarray(boxes1, dtype=np.float64).reshape(-1, 4)
     boxes2 = np.asarray(boxes2, dtype=np.float64).reshape(-1, 4)
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    y1 = np.maximum(boxes1[:, None, 0], boxes2[None, :, 0])
-    x1 = np.maximum(boxes1[:, None, 1], boxes2[None, :, 1])
-    y2 = np.minimum(boxes1[:, None, 2], boxes2[None, :, 2])
-    x2 = np.minimum(boxes1[:, None, 3], boxes2[None, :, 3])
+    return paired_overlaps(boxes1[:, None], boxes2[None])
+
+
+def paired_overlaps(boxes1, boxes2):
+    """IoU of boxes1 [..., 4] with boxes2 [..., 4] (broadcast; same units) -> [...] float64:
+    :func:`compute_overlaps` for given pairs, with the same arithmetic (the same values)."""
+    boxes1 = np.asarray(boxes1, dtype=np.float64)
+    boxes2 = np.asarray(boxes2, dtype=np.float64)
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    y1 = np.maximum(boxes1[..., 0], boxes2[..., 0])
+    x1 = np.maximum(boxes1[..., 1], boxes2[..., 1])
+    y2 = np.minimum(boxes1[..., 2], boxes2[..., 2])
+    x2 = np.minimum(boxes1[..., 3], boxes2[..., 3])
     inter = np.maximum(y2 - y1, 0) * np.maximum(x2 - x1, 0)
-    union = area1[:, None] + area2[None, :] - inter
+    union = area1 + area2 - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 

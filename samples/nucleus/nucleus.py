@@ -241,10 +241,10 @@ class NucleusDataset(Dataset):
         super().__init__(class_map)
         # DSB images have up to ~400 mask PNGs; reading them every epoch dominates a CPU
         # step. The masks are cached as one int32 label image per image, and the few pixels
-        # two nuclei share (5 of the 506 training images have 1-2) as (row, col, label) rows.
+        # two nuclei share (5 of the 506 training images have 1-2) as (row, col, label) rows:
+        # image id -> pack_masks' (labels, shared).
         self.cache_masks = cache_masks
         self._label_cache = {}
-        self._shared_pixels = {}
 
     def load_mask(self, image_id):
         """Masks [H, W, N] bool, class ids [N]; a folder without masks gives N = 0.
@@ -252,18 +252,15 @@ class NucleusDataset(Dataset):
         Raises:
             ValueError: a mask file that cannot be read, or an empty masks folder.
         """
-        labels = self._label_cache.get(image_id)
-        if labels is not None:
-            shared = self._shared_pixels.get(image_id, _NONE_SHARED)
+        if image_id in self._label_cache:
+            labels, shared = self._label_cache[image_id]
             n = int(max(labels.max(), shared[:, 2].max(initial=0)))
             masks = labels[..., None] == np.arange(1, n + 1, dtype=labels.dtype)
             masks[shared[:, 0], shared[:, 1], shared[:, 2] - 1] = True
             return masks, np.ones([n], dtype=np.int32)
         masks, class_ids = self._read_masks(image_id)
         if self.cache_masks and masks.shape[-1]:
-            self._label_cache[image_id], shared = pack_masks(masks)
-            if len(shared):
-                self._shared_pixels[image_id] = shared
+            self._label_cache[image_id] = pack_masks(masks)
         return masks, class_ids
 
     def load_mask_window(self, image_id, y, x, height, width):
@@ -271,13 +268,12 @@ class NucleusDataset(Dataset):
         the nuclei inside it ([h, w, n] instead of [H, W, N] for a 1000-nucleus histology
         image). None (the loader then uses :meth:`load_mask`, which fills the cache) until
         the image has been loaded once."""
-        labels = self._label_cache.get(image_id)
-        if labels is None:
+        if image_id not in self._label_cache:
             return None
+        labels, shared = self._label_cache[image_id]
         window = labels[y:y + height, x:x + width]
         present = np.unique(window)
         present = present[present > 0]
-        shared = self._shared_pixels.get(image_id, _NONE_SHARED)
         shared = shared[(shared[:, 0] >= y) & (shared[:, 0] < y + height)
                         & (shared[:, 1] >= x) & (shared[:, 1] < x + width)]
         present = np.union1d(present, shared[:, 2]).astype(labels.dtype)
@@ -289,12 +285,12 @@ class NucleusDataset(Dataset):
         """Median nucleus diameter in pixels (Dataset.object_size), from the cached label
         image's pixel counts when there is one (no [H, W, N] expansion)."""
         if image_id not in self._object_sizes:
-            labels = self._label_cache.get(image_id)
-            if labels is None:
+            if image_id not in self._label_cache:
                 return super().object_size(image_id)
-            shared = self._shared_pixels.get(image_id, _NONE_SHARED)[:, 2]
-            n = int(max(labels.max(), shared.max(initial=0))) + 1
-            areas = np.bincount(labels.ravel(), minlength=n) + np.bincount(shared, minlength=n)
+            labels, shared = self._label_cache[image_id]
+            n = int(max(labels.max(), shared[:, 2].max(initial=0))) + 1
+            areas = (np.bincount(labels.ravel(), minlength=n)
+                     + np.bincount(shared[:, 2], minlength=n))
             self._object_sizes[image_id] = median_diameter(areas[1:])
         return self._object_sizes[image_id]
 
@@ -321,9 +317,6 @@ class NucleusDataset(Dataset):
 
     def image_reference(self, image_id):
         return self.image_info[image_id]["path"]
-
-
-_NONE_SHARED = np.zeros((0, 3), dtype=np.int64)
 
 
 def pack_masks(masks):
