@@ -160,7 +160,14 @@ def mrcnn_mask_dice_loss(target_masks, target_class_ids, pred_masks, smooth=1.0)
 
 
 def l2_weight_decay(weights, decay):
-    """Matterport's weight decay: sum of decay * ||w||^2 / size(w) over kernels (not BN)."""
+    """Matterport's weight decay: sum of decay * ||w||^2 / size(w) over kernels (not BN).
+
+    A zero ``decay`` (AdamW, whose decay the optimizer applies) adds no term: the zero
+    term's square, sum and gradient over every kernel were 3-4 % of a nucleus training
+    step's op time (benchmarks/profile_step.py), and their gradient, zero, was added to
+    every kernel's."""
+    if isinstance(decay, (int, float)) and decay == 0:
+        return tf.constant(0.0)
     terms = [decay * tf.reduce_sum(tf.square(w)) / tf.cast(tf.size(w), tf.float32)
              for w in weights if "gamma" not in w.name and "beta" not in w.name
              and "moving" not in w.name and "bias" not in w.name]

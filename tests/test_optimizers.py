@@ -1,4 +1,5 @@
-"""Optimizers: AdamW's decoupled weight decay (kernels only), the L2 loss term only under SGD,
+"""Optimizers: AdamW's decoupled weight decay (kernels only), the L2 loss term only under SGD
+(hand-computed, and no term at all at AdamW's zero coefficient),
 an AdamW run resumed with its moments and step count, and FusedAdamW against Keras's AdamW."""
 
 import keras
@@ -42,6 +43,21 @@ def test_sgd_has_no_decoupled_decay_but_an_l2_loss_term():
     np.testing.assert_array_equal(after["kernel"], 2.0)
     assert maskrcnn_kwargs(sgd, "training")["weight_decay"] == pytest.approx(1e-4)
     assert maskrcnn_kwargs(AdamWConfig(), "training")["weight_decay"] == 0.0
+
+
+def test_l2_term_is_hand_computed_and_absent_at_zero_decay():
+    import tensorflow as tf
+    from mrcnn.losses import l2_weight_decay
+    kernel = tf.Variable([[1.0, 2.0], [3.0, 4.0]], name="kernel")
+    bias = tf.Variable([5.0, 6.0], name="bias")
+    with tf.GradientTape(persistent=True) as tape:
+        some = l2_weight_decay([kernel, bias], 0.5)
+        zero = l2_weight_decay([kernel, bias], 0.0)
+    assert float(some) == pytest.approx(0.5 * (1 + 4 + 9 + 16) / 4)   # biases excluded
+    np.testing.assert_allclose(tape.gradient(some, kernel), 0.5 * 2 * kernel.numpy() / 4)
+    # AdamW's zero coefficient: no ops on the weights at all (before, a zero term was
+    # squared, summed and differentiated for every kernel on every step)
+    assert float(zero) == 0.0 and tape.gradient(zero, kernel) is None
 
 
 def test_unknown_optimizer_is_refused():
