@@ -129,8 +129,8 @@ def op_events(xspace):
                 if ":" not in name:
                     continue
                 scope, op_type = name.rsplit(":", 1)
-                if op_type == "Process":          # the executor's own span around its ops
-                    continue
+                if op_type == "Process" or scope.startswith("ExecutorState"):
+                    continue                       # the executor's own spans around its ops
                 events.append((scope, op_type, event.duration_ps / 1e9))
     return events
 
@@ -182,6 +182,8 @@ def main(argv=None):
     parser.add_argument("--compute-dtype", default="float32")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--top", type=int, default=12, help="op types and layers listed")
+    parser.add_argument("--detail", action="append", default=[], metavar="PART",
+                        help="also list the ops (name scope: type) that take most of PART")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -223,6 +225,15 @@ def main(argv=None):
         print(f"--- by {title} (ms per step, share of op time)")
         for name, ms in summary[key].most_common(count):
             print(f"{ms:9.1f}  {100 * ms / total:5.1f} %  {name}")
+    parts = layer_parts(keras_model)
+    for wanted in args.detail:
+        ops = collections.Counter()
+        for scope, op_type, ms in events:
+            if scope_part(scope, parts) == wanted:
+                ops[f"{scope}: {op_type}"] += ms / args.steps
+        print(f"--- {wanted}: ops (ms per step)")
+        for name, ms in ops.most_common(args.top):
+            print(f"{ms:9.2f}  {name}")
 
 
 if __name__ == "__main__":
