@@ -1,7 +1,8 @@
 """Where a nucleus training step's op time goes, by part of the model.
 
     python benchmarks/profile_step.py --weights RUN/nucleus.../mask_rcnn_nucleus_0086.weights.h5 \
-        [--compute-dtype float32] [--steps 8] [--dataset ../shared/data/dsb2018] [--top 12]
+        [--compute-dtype float32] [--steps 8] [--dataset ../shared/data/dsb2018] [--top 12] \
+        [--detail "mask head"]
 
 Builds the nucleus from-scratch training model (the CLI's defaults, ``SCRATCH_OVERRIDES``),
 starts it from ``--weights`` (a trained checkpoint, so the RPN proposes real nuclei and the
@@ -215,7 +216,8 @@ def main(argv=None):
     logdir = tempfile.mkdtemp(prefix="profile_")
     profile_training_steps(keras_model, batches[3:], logdir)
     events = op_events(load_xspace(logdir))
-    summary = summarise(events, layer_parts(keras_model), args.steps)
+    parts = layer_parts(keras_model)
+    summary = summarise(events, parts, args.steps)
     total = sum(summary["parts"].values())
     print(f"training step, {args.compute_dtype}: median {np.median(seconds):.3f} s unprofiled "
           f"over {args.steps} steps; op time {total:.0f} ms per step "
@@ -225,7 +227,6 @@ def main(argv=None):
         print(f"--- by {title} (ms per step, share of op time)")
         for name, ms in summary[key].most_common(count):
             print(f"{ms:9.1f}  {100 * ms / total:5.1f} %  {name}")
-    parts = layer_parts(keras_model)
     for wanted in args.detail:
         ops = collections.Counter()
         for scope, op_type, ms in events:
