@@ -56,31 +56,42 @@ def load_dataset(dataset_dir):
     return dataset
 
 
+def compiled_training_model(config, weights=None, learning_rate=3e-5, train_bn=False,
+                            fused=None):
+    """The training Keras model of ``config``, started from ``weights`` (a checkpoint, by
+    layer name) when given, every layer trainable (BatchNorm only with ``train_bn``), compiled
+    with the training optimizer (``fused``: see ``make_optimizer``) at ``learning_rate``."""
+    from mrcnn import model as modellib
+    from mrcnn import training as training_lib
+    model = modellib.MaskRCNN("training", config, tempfile.mkdtemp(prefix="bench_logs_"))
+    if weights:
+        model.load_weights(weights)
+    training_lib.set_trainable(model.keras_model, ".*", train_bn)
+    model.keras_model.compile(
+        optimizer=training_lib.make_optimizer(config, learning_rate, fused=fused),
+        jit_compile=False)
+    return model.keras_model
+
+
 def measure(dataset, overrides, batches=8, warmups=2, weights=None):
     from samples.nucleus.cli_common import make_config
     from samples.nucleus.cli_train import SCRATCH_OVERRIDES
-    from mrcnn import model as modellib
-    from mrcnn import training as training_lib
     from mrcnn.modeling.factory import backbone_norm
     from mrcnn.data.generator import DataGenerator
     overrides = dict(overrides)
     fused = overrides.pop("fused_adamw", None)
     config = make_config(dict(SCRATCH_OVERRIDES, **overrides))
-    model = modellib.MaskRCNN("training", config, tempfile.mkdtemp(prefix="bench_logs_"))
-    if weights:
-        model.load_weights(weights)
-    training_lib.set_trainable(model.keras_model, ".*", backbone_norm(config) == "batch")
-    model.keras_model.compile(optimizer=training_lib.make_optimizer(config, 1e-3, fused=fused),
-                              jit_compile=False)
+    keras_model = compiled_training_model(config, weights, 1e-3,
+                                          backbone_norm(config) == "batch", fused)
     generator = DataGenerator(dataset, config, shuffle=True, steps=batches, seed=1)
     data = [generator[i][0] for i in range(batches)]
     times = []
     for i, batch in enumerate(data):
         start = time.perf_counter()
-        model.keras_model.train_on_batch(batch)
+        keras_model.train_on_batch(batch)
         if i >= warmups:
             times.append(time.perf_counter() - start)
-    return float(np.median(times)), model.keras_model.count_params()
+    return float(np.median(times)), keras_model.count_params()
 
 
 def measure_optimizer_update(repeats=40):
@@ -119,19 +130,12 @@ def measure_data_loading(dataset, weights=None, rounds=3, steps=40, compute_dtyp
     import keras
     from samples.nucleus.cli_common import make_config
     from samples.nucleus.cli_train import SCRATCH_OVERRIDES
-    from mrcnn import model as modellib
-    from mrcnn import training as training_lib
     from mrcnn.data.augment import default_augmentation
     from mrcnn.data.generator import DataGenerator
     configs = {name: make_config(dict(SCRATCH_OVERRIDES, COMPUTE_DTYPE=compute_dtype,
                                       IMAGE_CACHE_MB=megabytes))
                for name, megabytes in (("cache", 1024), ("no cache", 0))}
-    model = modellib.MaskRCNN("training", configs["cache"], tempfile.mkdtemp(prefix="bench_"))
-    if weights:
-        model.load_weights(weights)
-    training_lib.set_trainable(model.keras_model, ".*", False)
-    model.keras_model.compile(optimizer=training_lib.make_optimizer(configs["cache"], 3e-5),
-                              jit_compile=False)
+    keras_model = compiled_training_model(configs["cache"], weights)
     feeds, cpu = {}, {}
     for seed, (name, config) in enumerate(configs.items()):
         # An epoch of the generator is one pass over the images: the first reads (and
@@ -167,7 +171,7 @@ def measure_data_loading(dataset, weights=None, rounds=3, steps=40, compute_dtyp
         seconds = []
         for (batch,) in prepared:
             start = time.perf_counter()
-            model.keras_model.train_on_batch(batch)
+            keras_model.train_on_batch(batch)
             seconds.append(time.perf_counter() - start)
         return seconds
 
@@ -177,8 +181,8 @@ def measure_data_loading(dataset, weights=None, rounds=3, steps=40, compute_dtyp
         for name, feed in feeds.items():
             timer = StepTimes()
             timer.seconds = []
-            model.keras_model.fit(feed, epochs=1, steps_per_epoch=steps, callbacks=[timer],
-                                  verbose=0)
+            keras_model.fit(feed, epochs=1, steps_per_epoch=steps, callbacks=[timer],
+                            verbose=0)
             medians[name].append(float(np.median(timer.seconds[3:])))
             feed.on_epoch_end()
     return cpu, {name: float(np.median(values)) for name, values in medians.items()}

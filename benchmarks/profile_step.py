@@ -103,17 +103,23 @@ def layer_parts(keras_model):
     return parts
 
 
-def scope_part(scope, parts):
-    """The part of an op from its name scope (``mask_rcnn_1/res2a_branch2a_1/convolution``,
-    ``gradient_tape/mask_rcnn_1/fpn_p2_1/...``, ``adam_w/...``) and ``parts`` (layer_parts)."""
+def scope_layer(scope, parts):
+    """The model layer an op's name scope (``mask_rcnn_1/res2a_branch2a_1/convolution``,
+    ``gradient_tape/mask_rcnn_1/fpn_p2_1/...``) runs in, or None outside any layer;
+    ``parts`` (layer_parts) names the layers."""
     names = [n for n in scope.split("/") if n and n != "gradient_tape"]
-    if names and names[0].startswith(OPTIMIZER_SCOPES):
+    return next((candidate for name in names[:3]
+                 for candidate in (name, re.sub(r"_\d+$", "", name)) if candidate in parts),
+                None)
+
+
+def scope_part(scope, parts):
+    """The part of an op from its name scope: ``optimizer`` (``adam_w/...``), else its
+    layer's (:func:`scope_layer`), else the losses and gradient sums."""
+    if scope.startswith(OPTIMIZER_SCOPES):
         return "optimizer"
-    for name in names[:3]:
-        for candidate in (name, re.sub(r"_\d+$", "", name)):
-            if candidate in parts:
-                return parts[candidate]
-    return LOSSES
+    layer = scope_layer(scope, parts)
+    return LOSSES if layer is None else parts[layer]
 
 
 def op_events(xspace):
@@ -156,12 +162,10 @@ def summarise(events, parts, steps):
     """{"parts": Counter, "op_types": Counter, "layers": Counter} of ms per step."""
     by_part, by_type, by_layer = (collections.Counter() for _ in range(3))
     for scope, op_type, ms in events:
-        by_part[scope_part(scope, parts)] += ms / steps
+        part = scope_part(scope, parts)
+        by_part[part] += ms / steps
         by_type[op_type] += ms / steps
-        names = [n for n in scope.split("/") if n and n != "gradient_tape"]
-        layer = next((c for n in names[:3] for c in (n, re.sub(r"_\d+$", "", n))
-                      if c in parts), None)
-        by_layer[layer or scope_part(scope, parts)] += ms / steps
+        by_layer[scope_layer(scope, parts) or part] += ms / steps
     return {"parts": by_part, "op_types": by_type, "layers": by_layer}
 
 
@@ -188,22 +192,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    from bench_nucleus_step import load_dataset
+    from bench_nucleus_step import compiled_training_model, load_dataset
     from samples.nucleus.cli_common import make_config
     from samples.nucleus.cli_train import SCRATCH_OVERRIDES
-    from mrcnn import model as modellib
-    from mrcnn import training as training_lib
     from mrcnn.data.augment import default_augmentation
     from mrcnn.data.generator import DataGenerator
 
     dataset = load_dataset(args.dataset)
     config = make_config(dict(SCRATCH_OVERRIDES, COMPUTE_DTYPE=args.compute_dtype))
-    model = modellib.MaskRCNN("training", config, tempfile.mkdtemp(prefix="profile_logs_"))
-    if args.weights:
-        model.load_weights(args.weights)
-    keras_model = model.keras_model
-    training_lib.set_trainable(keras_model, ".*", False)
-    keras_model.compile(optimizer=training_lib.make_optimizer(config, 3e-5), jit_compile=False)
+    keras_model = compiled_training_model(config, args.weights)
     generator = DataGenerator(dataset, config, augmentation=default_augmentation(), seed=3)
     batches = [generator[i % len(generator)][0] for i in range(args.steps + 3)]
     for batch in batches[:3]:                      # trace, and oneDNN's first primitives
