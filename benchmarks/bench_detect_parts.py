@@ -7,6 +7,9 @@ median number of proposals the box head classified and of detections.
         [--set POST_NMS_ROIS_INFERENCE=1000 --set COMPUTE_DTYPE=float32]
     # the default Config with a random ResNet-50 at fixed sizes (as bench_detect.py)
     python benchmarks/bench_detect_parts.py --backbone resnet50 --sizes 512,1024
+    # where the graph's op time goes, by part of the model, op type and layer (TF profiler)
+    python benchmarks/bench_detect_parts.py --logs runs/dsb58 --dataset ../shared/data/dsb2018 \
+        --limit 15 --ops [--top 20]
 
 Each part is timed as a sub-model of the same inference graph (the backbone + FPN, and up to
 the RPN head), so ``rest = graph - up to RPN``. Medians after one warm-up per image shape
@@ -70,6 +73,57 @@ def profile(model, images, repeats=1):
     return rows
 
 
+# Layers whose training-graph part (profile_step.PART_PREFIXES) is wrong at inference: the
+# proposals reshaped for the box head there, and the detection layer.
+INFERENCE_PARTS = {"all_rois": "box head", "unflatten_rois": "box head",
+                   "mrcnn_detection": "detections", "detected_boxes": "detections"}
+
+
+def profile_ops(model, images):
+    """Op time of the inference graph (``detector.run``) over ``images``, from TensorFlow's
+    profiler, as ``benchmarks/profile_step.py`` splits a training step (the same part rules,
+    with the detection layer as "detections"; ops outside any layer are "outside any layer"). Ops run side by side on the executor's
+    threads, so read shares, not totals.
+
+    Returns:
+        {"parts", "op_types", "layers"}: Counters of milliseconds per image.
+    """
+    import os
+    import sys
+    import tempfile
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from profile_step import LOSSES, layer_parts, load_xspace, op_events, summarise as split
+    molded = [model.mold_inputs([image])[:2] for image in images]
+    for batch, metas in molded:                      # trace and warm up every shape
+        model.detector.run(batch, metas)
+    logdir = tempfile.mkdtemp(prefix="profile_detect_")
+    tf.profiler.experimental.start(logdir)
+    try:
+        for batch, metas in molded:
+            model.detector.run(batch, metas)
+    finally:
+        tf.profiler.experimental.stop()
+    parts = layer_parts(model.keras_model)
+    for name in parts:                               # the inference graph's own layers
+        if name in INFERENCE_PARTS:
+            parts[name] = INFERENCE_PARTS[name]
+    summary = split(op_events(load_xspace(logdir)), parts, len(images))
+    for counter in summary.values():                 # no losses at inference
+        if LOSSES in counter:
+            counter["outside any layer"] = counter.pop(LOSSES)
+    return summary
+
+
+def print_ops(summary, title, top=12):
+    total = sum(summary["parts"].values())
+    print(f"{title}: op time {total:.0f} ms per image")
+    for name, key, count in (("part", "parts", None), ("op type", "op_types", top),
+                             ("layer", "layers", top)):
+        print(f"--- by {name} (ms per image, share of op time)")
+        for label, ms in summary[key].most_common(count):
+            print(f"{ms:9.1f}  {100 * ms / total:5.1f} %  {label}")
+
+
 def summarise(rows):
     keys = [k for k in rows[0] if k != "molded"]
     return {k: float(np.median([r[k] for r in rows])) for k in keys}
@@ -85,12 +139,20 @@ def main():
     parser.add_argument("--set", action="append", metavar="KEY=VALUE")
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--sizes", default="512,1024")
+    parser.add_argument("--ops", action="store_true",
+                        help="with --logs: the graph's op time by part, op type and layer")
+    parser.add_argument("--top", type=int, default=12, help="op types and layers listed")
     args = parser.parse_args()
     if args.logs:
         from samples.nucleus.cli_eval import load_inference_model, load_subset
         args.backbone, args.min_confidence = None, None
         model = load_inference_model(args)
         dataset, ids = load_subset(args.dataset, args.subset, args.limit)
+        if args.ops:
+            summary = profile_ops(model, [dataset.load_image(i) for i in ids])
+            print_ops(summary, f"detect graph, {model.config.COMPUTE_DTYPE}, {len(ids)} "
+                      f"{args.subset} images", args.top)
+            return
         rows = profile(model, [dataset.load_image(i) for i in ids])
         print(json.dumps({"config": args.set or [], "images": len(rows),
                           "compute_dtype": model.config.COMPUTE_DTYPE,

@@ -6,7 +6,7 @@ import numpy as np
 from mrcnn import model as modellib
 from mrcnn import training as training_lib
 from mrcnn.data.generator import DataGenerator
-from tests.conftest import TinyConfig, load_benchmark
+from tests.conftest import TinyConfig, TinyInferenceConfig, load_benchmark, random_image
 
 
 def test_training_step_op_time_is_split_by_part_of_the_model(tmp_path, synthetic_dataset):
@@ -50,3 +50,27 @@ def test_training_step_op_time_is_split_by_part_of_the_model(tmp_path, synthetic
                                         "optimizer", profile.LOSSES, "other layers"}
     # the convolutions' kernels (forward and both gradients) are among the op types
     assert any("Conv2D" in op_type for op_type in summary["op_types"])
+
+
+class _OneImageZeroConfidence(TinyInferenceConfig):
+    DETECTION_MIN_CONFIDENCE = 0.0       # every slot detected, so the mask head runs
+
+
+def test_detect_op_time_is_split_by_part_of_the_model(tmp_path):
+    """benchmarks/bench_detect_parts.py --ops: the inference graph's profile, same parts."""
+    bench = load_benchmark("bench_detect_parts")
+    model = modellib.MaskRCNN("inference", _OneImageZeroConfidence(), str(tmp_path))
+    rng = np.random.RandomState(0)
+    images = [random_image(rng, 128, 128), random_image(rng, 96, 128)]
+    summary = bench.profile_ops(model, images)
+    per_image = {key: sum(summary[key].values()) for key in ("parts", "op_types", "layers")}
+    assert per_image["parts"] > 0
+    assert np.isclose(per_image["parts"], per_image["op_types"])
+    assert np.isclose(per_image["parts"], per_image["layers"])
+    for part in ("backbone", "FPN", "RPN head", "proposals", "box head", "mask head",
+                 "detections"):
+        assert summary["parts"][part] > 0, part
+    # inference has no targets, losses or optimizer
+    assert not set(summary["parts"]) & {"detection targets", "optimizer",
+                                        "losses and gradient sums"}
+    assert summary["layers"]["fpn_p2"] > 0 and summary["layers"]["rpn_class"] > 0
