@@ -18,6 +18,9 @@ the RPN head), so ``rest = graph - up to RPN``. Medians after one warm-up per im
 
 import argparse
 import json
+import os
+import sys
+import tempfile
 import time
 
 import keras
@@ -55,6 +58,7 @@ def profile(model, images, repeats=1):
         _, t_trunk = _timed(lambda: [t.numpy() for t in trunk(x)], repeats)
         _, t_rpn = _timed(lambda: [t.numpy() for t in up_to_rpn(x)], repeats)
         out, t_graph = _timed(lambda: model.detector.run(molded, metas), repeats)
+
         def unmold():
             return model.unmold_detections(out["detections"][0], out["mrcnn_mask"][0],
                                            image.shape, molded.shape[1:], windows[0],
@@ -82,15 +86,13 @@ INFERENCE_PARTS = {"all_rois": "box head", "unflatten_rois": "box head",
 def profile_ops(model, images):
     """Op time of the inference graph (``detector.run``) over ``images``, from TensorFlow's
     profiler, as ``benchmarks/profile_step.py`` splits a training step (the same part rules,
-    with the detection layer as "detections"; ops outside any layer are "outside any layer"). Ops run side by side on the executor's
-    threads, so read shares, not totals.
+    with the detection layer as "detections"; ops outside any layer are "outside any layer").
+    Ops run side by side on the executor's threads, so read shares, not totals.
 
     Returns:
-        {"parts", "op_types", "layers"}: Counters of milliseconds per image.
+        {"parts", "op_types", "layers"}: Counters of milliseconds per image (the mean over
+        ``images``, so large images weigh more than in the per-image medians).
     """
-    import os
-    import sys
-    import tempfile
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from profile_step import LOSSES, layer_parts, load_xspace, op_events, summarise as split
     molded = [model.mold_inputs([image])[:2] for image in images]
@@ -115,8 +117,9 @@ def profile_ops(model, images):
 
 
 def print_ops(summary, title, top=12):
+    """Print :func:`profile_ops`'s split: every part, the ``top`` op types and layers."""
     total = sum(summary["parts"].values())
-    print(f"{title}: op time {total:.0f} ms per image")
+    print(f"{title}: op time {total:.0f} ms per image (mean)")
     for name, key, count in (("part", "parts", None), ("op type", "op_types", top),
                              ("layer", "layers", top)):
         print(f"--- by {name} (ms per image, share of op time)")
