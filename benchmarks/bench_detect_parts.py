@@ -77,16 +77,15 @@ def profile(model, images, repeats=1):
     return rows
 
 
-# Layers whose training-graph part (profile_step.PART_PREFIXES) is wrong at inference: the
-# proposals reshaped for the box head there, and the detection layer.
-INFERENCE_PARTS = {"all_rois": "box head", "unflatten_rois": "box head",
-                   "mrcnn_detection": "detections", "detected_boxes": "detections"}
+# Layers whose training-graph part (profile_step.PART_PREFIXES) is wrong at inference: there
+# they only reshape the proposals for the box head.
+INFERENCE_PARTS = {"all_rois": "box head", "unflatten_rois": "box head"}
 
 
 def profile_ops(model, images):
     """Op time of the inference graph (``detector.run``) over ``images``, from TensorFlow's
-    profiler, as ``benchmarks/profile_step.py`` splits a training step (the same part rules,
-    with the detection layer as "detections"; ops outside any layer are "outside any layer").
+    profiler, as ``benchmarks/profile_step.py`` splits a training step (the same part rules;
+    ops outside any layer are "outside any layer").
     Ops run side by side on the executor's threads, so read shares, not totals.
 
     Returns:
@@ -116,17 +115,6 @@ def profile_ops(model, images):
     return summary
 
 
-def print_ops(summary, title, top=12):
-    """Print :func:`profile_ops`'s split: every part, the ``top`` op types and layers."""
-    total = sum(summary["parts"].values())
-    print(f"{title}: op time {total:.0f} ms per image (mean)")
-    for name, key, count in (("part", "parts", None), ("op type", "op_types", top),
-                             ("layer", "layers", top)):
-        print(f"--- by {name} (ms per image, share of op time)")
-        for label, ms in summary[key].most_common(count):
-            print(f"{ms:9.1f}  {100 * ms / total:5.1f} %  {label}")
-
-
 def summarise(rows):
     keys = [k for k in rows[0] if k != "molded"]
     return {k: float(np.median([r[k] for r in rows])) for k in keys}
@@ -152,9 +140,11 @@ def main():
         model = load_inference_model(args)
         dataset, ids = load_subset(args.dataset, args.subset, args.limit)
         if args.ops:
+            from profile_step import print_summary
             summary = profile_ops(model, [dataset.load_image(i) for i in ids])
-            print_ops(summary, f"detect graph, {model.config.COMPUTE_DTYPE}, {len(ids)} "
-                      f"{args.subset} images", args.top)
+            print(f"detect graph, {model.config.COMPUTE_DTYPE}, {len(ids)} {args.subset} "
+                  f"images: op time {sum(summary['parts'].values()):.0f} ms per image (mean)")
+            print_summary(summary, "image", args.top)
             return
         rows = profile(model, [dataset.load_image(i) for i in ids])
         print(json.dumps({"config": args.set or [], "images": len(rows),

@@ -44,6 +44,7 @@ PART_PREFIXES = (
     ("mask head", ("mrcnn_mask", "roi_align_mask", "mask_image")),
     ("box head", ("mrcnn_class", "mrcnn_bbox", "roi_align_classifier", "pool_squeeze",
                   "box_context")),
+    ("detections", ("mrcnn_detection", "detected_boxes")),     # inference graphs only
 )
 OPTIMIZER_SCOPES = ("adam_w", "adamw", "sgd", "SGD", "FusedAdamW")
 LOSSES = "losses and gradient sums"
@@ -169,6 +170,17 @@ def summarise(events, parts, steps):
     return {"parts": by_part, "op_types": by_type, "layers": by_layer}
 
 
+def print_summary(summary, unit, top):
+    """Print :func:`summarise`'s split: every part, then the ``top`` op types and layers, in
+    ms per ``unit`` (a step, an image) and as shares of the op time."""
+    total = sum(summary["parts"].values())
+    for title, key, count in (("part", "parts", None), ("op type", "op_types", top),
+                              ("layer", "layers", top)):
+        print(f"--- by {title} (ms per {unit}, share of op time)")
+        for name, ms in summary[key].most_common(count):
+            print(f"{ms:9.1f}  {100 * ms / total:5.1f} %  {name}")
+
+
 def profile_training_steps(keras_model, batches, logdir):
     """Run ``train_on_batch`` on each batch under the profiler writing to ``logdir``."""
     import tensorflow as tf
@@ -219,11 +231,7 @@ def main(argv=None):
     print(f"training step, {args.compute_dtype}: median {np.median(seconds):.3f} s unprofiled "
           f"over {args.steps} steps; op time {total:.0f} ms per step "
           f"({len(events)} ops profiled)")
-    for title, key, count in (("part", "parts", None), ("op type", "op_types", args.top),
-                              ("layer", "layers", args.top)):
-        print(f"--- by {title} (ms per step, share of op time)")
-        for name, ms in summary[key].most_common(count):
-            print(f"{ms:9.1f}  {100 * ms / total:5.1f} %  {name}")
+    print_summary(summary, "step", args.top)
     for wanted in args.detail:
         ops = collections.Counter()
         for scope, op_type, ms in events:
