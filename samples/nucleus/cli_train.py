@@ -54,13 +54,18 @@ SCRATCH_OVERRIDES = {
     # budget. Once the RPN has learnt, up to 42 positive ROIs per crop go through the 4 mask
     # convs and they dominate the step (0.78 s with a trained model); 64 channels (enough for
     # blob-shaped nuclei) bring it to 0.61 s (benchmarks/bench_nucleus_step.py).
-    "TOP_DOWN_PYRAMID_SIZE": 128,
+    # Then 96 FPN channels and a 64-channel shared RPN conv (session 64): the two 3x3 convs
+    # at P2 were a third of a float32 detect. Float32 detect 0.83x the time (median 0.236
+    # against 0.283 s per val image, alternated, AMD EPYC family 25 model 17), and the README
+    # command fitted more epochs: val +0.002 +- 0.004 per image in bfloat16 (86 against 73
+    # epochs) and +0.003 +- 0.004 in float32 (68 against 56) (docs/results.md).
+    "TOP_DOWN_PYRAMID_SIZE": 96,
     "MASK_HEAD_CHANNELS": 64,
     # A 128-channel shared RPN conv (not 256) and a 256-wide box head (not 1024: its first FC
     # layer ran on 1000 proposals per image): 40 epochs, seed 1, AMD EPYC float32, DSB 0.505
     # vs 0.504 (seed 2: 0.498), detect 0.204 vs 0.266 s per val image evaluated back to back,
-    # a training step about 20 % shorter (README Results).
-    "RPN_CONV_CHANNELS": 128,
+    # a training step about 20 % shorter (README Results); 64 since session 64 (above).
+    "RPN_CONV_CHANNELS": 64,
     "FPN_CLASSIF_FC_LAYERS_SIZE": 256,
     # One percentile stretch of all channels per image (colour kept): on val as good as no
     # normalisation (24 epochs: 0.482 vs 0.473 / 0.482; 40 epochs: see README Results), and
@@ -103,6 +108,7 @@ AVERAGE_LAST = 0
 # before AdamW), after run_state.json existed, or free to change on resume: a run saved
 # without run_state.json is from scratch if the rest match.
 LATER_SCRATCH_FIELDS = ("BACKBONE", "BACKBONE_NORM", "IMAGE_NORMALIZATION", "RPN_CONV_CHANNELS",
+                        "TOP_DOWN_PYRAMID_SIZE",
                         "FPN_CLASSIF_FC_LAYERS_SIZE", "OPTIMIZER", "LEARNING_RATE",
                         "WEIGHT_DECAY", "RPN_ANCHOR_SCALES_PER_OCTAVE",
                         "RPN_POSITIVE_IOU", "MASK_IMAGE_CHANNELS")
