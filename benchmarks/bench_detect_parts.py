@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 import keras
@@ -93,26 +92,14 @@ def profile_ops(model, images):
         ``images``, so large images weigh more than in the per-image medians).
     """
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from profile_step import LOSSES, layer_parts, load_xspace, op_events, summarise as split
+    from profile_step import layer_parts, profiled_op_events, summarise as split
     molded = [model.mold_inputs([image])[:2] for image in images]
     for batch, metas in molded:                      # trace and warm up every shape
         model.detector.run(batch, metas)
-    logdir = tempfile.mkdtemp(prefix="profile_detect_")
-    tf.profiler.experimental.start(logdir)
-    try:
-        for batch, metas in molded:
-            model.detector.run(batch, metas)
-    finally:
-        tf.profiler.experimental.stop()
+    events = profiled_op_events(lambda: [model.detector.run(b, m) for b, m in molded])
     parts = layer_parts(model.keras_model)
-    for name in parts:                               # the inference graph's own layers
-        if name in INFERENCE_PARTS:
-            parts[name] = INFERENCE_PARTS[name]
-    summary = split(op_events(load_xspace(logdir)), parts, len(images))
-    for counter in summary.values():                 # no losses at inference
-        if LOSSES in counter:
-            counter["outside any layer"] = counter.pop(LOSSES)
-    return summary
+    parts.update((name, part) for name, part in INFERENCE_PARTS.items() if name in parts)
+    return split(events, parts, len(images), outside="outside any layer")
 
 
 def summarise(rows):

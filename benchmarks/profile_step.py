@@ -114,13 +114,14 @@ def scope_layer(scope, parts):
                 None)
 
 
-def scope_part(scope, parts):
+def scope_part(scope, parts, outside=LOSSES):
     """The part of an op from its name scope: ``optimizer`` (``adam_w/...``), else its
-    layer's (:func:`scope_layer`), else the losses and gradient sums."""
+    layer's (:func:`scope_layer`), else ``outside`` (in a training step: the losses and
+    gradient sums)."""
     if scope.startswith(OPTIMIZER_SCOPES):
         return "optimizer"
     layer = scope_layer(scope, parts)
-    return LOSSES if layer is None else parts[layer]
+    return outside if layer is None else parts[layer]
 
 
 def op_events(xspace):
@@ -159,11 +160,12 @@ def load_xspace(logdir):
     return xspace
 
 
-def summarise(events, parts, steps):
-    """{"parts": Counter, "op_types": Counter, "layers": Counter} of ms per step."""
+def summarise(events, parts, steps, outside=LOSSES):
+    """{"parts": Counter, "op_types": Counter, "layers": Counter} of ms per step (``steps``:
+    how many the events cover); ops outside any layer under ``outside``."""
     by_part, by_type, by_layer = (collections.Counter() for _ in range(3))
     for scope, op_type, ms in events:
-        part = scope_part(scope, parts)
+        part = scope_part(scope, parts, outside)
         by_part[part] += ms / steps
         by_type[op_type] += ms / steps
         by_layer[scope_layer(scope, parts) or part] += ms / steps
@@ -181,15 +183,17 @@ def print_summary(summary, unit, top):
             print(f"{ms:9.1f}  {100 * ms / total:5.1f} %  {name}")
 
 
-def profile_training_steps(keras_model, batches, logdir):
-    """Run ``train_on_batch`` on each batch under the profiler writing to ``logdir``."""
+def profiled_op_events(run):
+    """Call ``run()`` under TensorFlow's profiler: :func:`op_events` of what it ran (the
+    profile is written to a temporary folder, removed afterwards)."""
     import tensorflow as tf
-    tf.profiler.experimental.start(logdir)
-    try:
-        for batch in batches:
-            keras_model.train_on_batch(batch)
-    finally:
-        tf.profiler.experimental.stop()
+    with tempfile.TemporaryDirectory(prefix="profile_") as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            run()
+        finally:
+            tf.profiler.experimental.stop()
+        return op_events(load_xspace(logdir))
 
 
 def main(argv=None):
@@ -222,9 +226,7 @@ def main(argv=None):
         start = time.perf_counter()
         keras_model.train_on_batch(batch)
         seconds.append(time.perf_counter() - start)
-    logdir = tempfile.mkdtemp(prefix="profile_")
-    profile_training_steps(keras_model, batches[3:], logdir)
-    events = op_events(load_xspace(logdir))
+    events = profiled_op_events(lambda: [keras_model.train_on_batch(b) for b in batches[3:]])
     parts = layer_parts(keras_model)
     summary = summarise(events, parts, args.steps)
     total = sum(summary["parts"].values())

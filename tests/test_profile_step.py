@@ -36,8 +36,8 @@ def test_training_step_op_time_is_split_by_part_of_the_model(tmp_path, synthetic
     generator = DataGenerator(synthetic_dataset, config, seed=0, steps=3)
     batches = [generator[i][0] for i in range(3)]
     keras_model.train_on_batch(batches[0])          # traced outside the profile
-    profile.profile_training_steps(keras_model, batches[1:], str(tmp_path / "profile"))
-    events = profile.op_events(profile.load_xspace(str(tmp_path / "profile")))
+    events = profile.profiled_op_events(
+        lambda: [keras_model.train_on_batch(batch) for batch in batches[1:]])
     assert events and all(ms >= 0 for _, _, ms in events)
     summary = profile.summarise(events, parts, steps=2)
     total = sum(ms for _, _, ms in events) / 2
