@@ -120,7 +120,8 @@ class Config:
     IMAGE_CHANNEL_COUNT = 3
     # Per-image intensity normalisation before resizing, in training and inference alike
     # (mrcnn.ops.image.normalize_image): None, "stretch" (colour kept, one percentile
-    # stretch of all channels, so dim and bright exposures look alike), "nuclei" (grayscale,
+    # stretch of all channels, so dim and bright exposures look alike), "clahe" (the stretch,
+    # then CLAHE on the lightness: local contrast equalised), "nuclei" (grayscale,
     # dark background, percentile stretch) or "nuclei_stain" (the same, but stained colour
     # images give their haematoxylin channel from colour deconvolution instead of the
     # inverted grey).

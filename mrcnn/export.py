@@ -131,6 +131,12 @@ class _ServingGraph:
         self.mean = tf.constant(np.asarray(config.MEAN_PIXEL, np.float32))
         self.num_classes = int(config.NUM_CLASSES)
         self.normalization = config.IMAGE_NORMALIZATION
+        if self.normalization == "clahe":
+            raise ValueError(
+                "IMAGE_NORMALIZATION='clahe' has no TensorFlow version in the exported graph "
+                "(OpenCV's CLAHE runs in NumPy); export a model trained with 'stretch' or None, "
+                "or apply mrcnn.ops.image.normalize_image(image, 'clahe') before serving and "
+                "export with IMAGE_NORMALIZATION=None")
         self.threshold = float(config.DETECTION_MASK_THRESHOLD)
         covered = config.DETECTION_MAX_COVERED_FRACTION
         self.max_covered = None if covered is None else float(covered)

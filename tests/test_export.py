@@ -208,6 +208,17 @@ def test_refused_formats_name_the_ops(trained_dir, tmp_path):
         training.export(str(tmp_path / "t"))
 
 
+class ClaheExportConfig(ExportConfig):
+    IMAGE_NORMALIZATION = "clahe"
+
+
+def test_clahe_normalisation_is_refused_by_name(trained_dir, tmp_path):
+    model = modellib.MaskRCNN("inference", ClaheExportConfig(), trained_dir)
+    with pytest.raises(ValueError, match="IMAGE_NORMALIZATION='clahe' has no TensorFlow"):
+        model.export(str(tmp_path / "clahe"))
+    assert not (tmp_path / "clahe").exists()
+
+
 class GroupNormTrainConfig(TinyConfig):
     # FastGroupNormalization (the from-scratch default) with the separable pyramid convs.
     BACKBONE_NORM = "group"

@@ -256,6 +256,31 @@ def test_stretch_normalisation_brightens_dim_images_and_keeps_hue():
     assert out[25, 25, 2] - out[25, 25, 0] >= nucleus[2] - nucleus[0]
 
 
+def test_clahe_normalisation_raises_a_faint_nucleus_beside_a_bright_one():
+    rng = np.random.RandomState(0)
+    # one textured field: a bright nucleus (200) top left, a faint one (50-69) bottom right,
+    # background 10-39; 128 x 128, so each nucleus lies in its own CLAHE tiles
+    grey = rng.randint(10, 40, (128, 128)).astype(np.uint8)
+    grey[20:40, 20:40] = 200
+    grey[80:100, 84:104] = rng.randint(50, 70, (20, 20))
+    image = np.repeat(grey[..., None], 3, axis=-1)
+    stretched = normalize_image(image, "stretch")[..., 0].astype(float)
+    clahe = normalize_image(image, "clahe")
+    assert clahe.dtype == np.uint8 and clahe.shape == image.shape
+    assert (clahe[..., 0] == clahe[..., 1]).all() and (clahe[..., 0] == clahe[..., 2]).all()
+    clahe = clahe[..., 0].astype(float)
+
+    def faint_contrast(x):
+        return x[80:100, 84:104].mean() - x[110:, 84:104].mean()
+    assert faint_contrast(clahe) > 1.5 * faint_contrast(stretched)
+    assert clahe[20:40, 20:40].mean() > clahe[80:100, 84:104].mean()   # order kept
+    # a stained section keeps its hue: the nucleus stays bluer than red
+    stained = _stained_section()[0]
+    out = normalize_image(stained, "clahe").astype(int)
+    assert out[25, 25, 2] > out[25, 25, 0]
+    assert normalize_image(stained[..., 0], "clahe").shape == (64, 64)
+
+
 @pytest.mark.parametrize("mode", ["stretch", "nuclei", "nuclei_stain"])
 def test_exported_normalisation_matches_numpy(mode):
     from mrcnn.export import normalize_image_tf
