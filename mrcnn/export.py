@@ -103,9 +103,27 @@ def _normalize_nuclei(image, stain=False):
     return tf.repeat(out[..., None], 3, axis=-1)
 
 
+# The IMAGE_NORMALIZATIONS that normalize_image_tf has a TensorFlow version of ("clahe",
+# OpenCV's, has none).
+EXPORTABLE_NORMALIZATIONS = (None, "stretch", "nuclei", "nuclei_stain")
+
+
+def check_exportable_normalization(mode):
+    """ValueError naming ``mode`` when :func:`normalize_image_tf` cannot do it, and what to
+    do instead."""
+    if mode not in EXPORTABLE_NORMALIZATIONS:
+        raise ValueError(
+            f"IMAGE_NORMALIZATION={mode!r} has no TensorFlow version in the exported graph "
+            f"(it runs in NumPy/OpenCV; exportable: {EXPORTABLE_NORMALIZATIONS}); export a "
+            f"model trained with one of those, or apply mrcnn.ops.image.normalize_image("
+            f"image, {mode!r}) before serving and export with IMAGE_NORMALIZATION=None")
+
+
 def normalize_image_tf(image, mode):
     """TF twin of :func:`mrcnn.ops.image.normalize_image` on float [H, W, 3] -> float
-    [H, W, 3] (values 0-255, floored like the uint8 result)."""
+    [H, W, 3] (values 0-255, floored like the uint8 result); ValueError for a mode outside
+    EXPORTABLE_NORMALIZATIONS."""
+    check_exportable_normalization(mode)
     if mode == "stretch":
         step = _statistics_step(image)
         return _stretch(image, tf.reshape(image[::step, ::step], [-1]), 1.0)
@@ -131,12 +149,7 @@ class _ServingGraph:
         self.mean = tf.constant(np.asarray(config.MEAN_PIXEL, np.float32))
         self.num_classes = int(config.NUM_CLASSES)
         self.normalization = config.IMAGE_NORMALIZATION
-        if self.normalization == "clahe":
-            raise ValueError(
-                "IMAGE_NORMALIZATION='clahe' has no TensorFlow version in the exported graph "
-                "(OpenCV's CLAHE runs in NumPy); export a model trained with 'stretch' or None, "
-                "or apply mrcnn.ops.image.normalize_image(image, 'clahe') before serving and "
-                "export with IMAGE_NORMALIZATION=None")
+        check_exportable_normalization(self.normalization)   # before anything is written
         self.threshold = float(config.DETECTION_MASK_THRESHOLD)
         covered = config.DETECTION_MAX_COVERED_FRACTION
         self.max_covered = None if covered is None else float(covered)
