@@ -47,6 +47,9 @@ def image_features(image_dir):
     image = read_image_file(os.path.join(image_dir, "images", image_id + ".png"))
     rgb = image[..., :3] if image.ndim == 3 else np.stack([image] * 3, axis=-1)
     mask_dir = os.path.join(image_dir, "masks")
+    if not os.path.isdir(mask_dir):
+        raise ValueError(f"{image_dir} has no masks/ folder: the split needs every image's "
+                         "nucleus masks")
     areas = [int(np.count_nonzero(skimage.io.imread(os.path.join(mask_dir, name))))
              for name in sorted(os.listdir(mask_dir)) if name.endswith(".png")]
     area = float(np.median(areas)) if areas else 1.0
@@ -111,10 +114,16 @@ def held_out(experiments, kinds, fraction):
 
 
 def link_folder(folder, image_dirs):
-    """A folder of symbolic links named by image id, made anew."""
+    """A folder of symbolic links named by image id, made anew. Only the links of an earlier
+    run are removed: a folder holding anything else is refused before anything changes."""
     os.makedirs(folder, exist_ok=True)
-    for name in os.listdir(folder):
-        os.remove(os.path.join(folder, name))
+    entries = [os.path.join(folder, name) for name in os.listdir(folder)]
+    others = [path for path in entries if not os.path.islink(path)]
+    if others:
+        raise SystemExit(f"{folder} holds {others[0]}, which is not a link this script made; "
+                         "choose another --out")
+    for path in entries:
+        os.remove(path)
     for image_dir in image_dirs:
         os.symlink(os.path.abspath(image_dir), os.path.join(folder, os.path.basename(image_dir)))
 

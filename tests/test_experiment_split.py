@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import skimage.io
 
 from tests.conftest import load_benchmark
@@ -82,3 +83,22 @@ def test_split_folders_hold_every_image_once_and_whole_experiments(tmp_path):
     # a second run writes the same folders (stale links removed first)
     split.main(["--dataset", str(tmp_path / "data"), "--out", str(out), "--fraction", "0.3"])
     assert set(os.listdir(out / "experiment_test")) == test
+
+
+def test_an_out_folder_holding_other_files_is_refused_untouched(tmp_path):
+    split = load_benchmark("experiment_split")
+    folder = tmp_path / "experiment_train"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="notes.txt"):
+        split.link_folder(str(folder), [])
+    assert (folder / "notes.txt").read_text() == "mine"
+
+
+def test_an_image_without_masks_is_named(tmp_path):
+    split = load_benchmark("experiment_split")
+    os.makedirs(tmp_path / "abc" / "images")
+    skimage.io.imsave(str(tmp_path / "abc" / "images" / "abc.png"),
+                      np.zeros((8, 8, 3), np.uint8), check_contrast=False)
+    with pytest.raises(ValueError, match="abc has no masks/ folder"):
+        split.image_features(str(tmp_path / "abc"))
