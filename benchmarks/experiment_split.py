@@ -32,29 +32,31 @@ import json
 import os
 
 import numpy as np
-import skimage.io
 
-from mrcnn.data.dataset import read_image_file
-from samples.nucleus.nucleus import image_kind
+from samples.nucleus.nucleus import NucleusDataset, image_kind
 
 IMAGES_PER_CLUSTER = 20
 
 
-def image_features(image_dir):
-    """(kind, (height, width), log mean grey level, log median nucleus area) of one
-    ``<id>/images/<id>.png`` + ``<id>/masks/*.png`` folder."""
-    image_id = os.path.basename(image_dir)
-    image = read_image_file(os.path.join(image_dir, "images", image_id + ".png"))
-    rgb = image[..., :3] if image.ndim == 3 else np.stack([image] * 3, axis=-1)
-    mask_dir = os.path.join(image_dir, "masks")
-    if not os.path.isdir(mask_dir):
-        raise ValueError(f"{image_dir} has no masks/ folder: the split needs every image's "
-                         "nucleus masks")
-    areas = [int(np.count_nonzero(skimage.io.imread(os.path.join(mask_dir, name))))
-             for name in sorted(os.listdir(mask_dir)) if name.endswith(".png")]
-    area = float(np.median(areas)) if areas else 1.0
-    return (image_kind(rgb), tuple(int(s) for s in rgb.shape[:2]),
-            float(np.log1p(rgb.mean())), float(np.log(max(area, 1.0))))
+def read_features(dataset_dir, subset):
+    """{image id: (kind, (height, width), log mean grey level, log median nucleus area)} and
+    {image id: its ``<id>`` folder}, for every image of ``<dataset_dir>/<subset>``, read
+    through :class:`NucleusDataset` (so a missing or empty ``masks/`` folder, a corrupt file
+    or a mask of another size than its image is a ValueError naming it).
+    """
+    dataset = NucleusDataset(cache_masks=False)
+    dataset.load_nucleus(dataset_dir, subset, unlabelled="error")
+    dataset.prepare()
+    features, folders = {}, {}
+    for index in dataset.image_ids:
+        info = dataset.image_info[index]
+        rgb = dataset.load_image(index)
+        masks, _ = dataset.load_mask(index)
+        area = float(np.median(masks.sum(axis=(0, 1))))
+        features[info["id"]] = (image_kind(rgb), tuple(int(s) for s in rgb.shape[:2]),
+                                float(np.log1p(rgb.mean())), float(np.log(max(area, 1.0))))
+        folders[info["id"]] = os.path.dirname(os.path.dirname(info["path"]))
+    return features, folders
 
 
 def kmeans(points, k, iterations=50):
@@ -136,18 +138,18 @@ def main(argv=None):
     parser.add_argument("--fraction", type=float, default=0.1,
                         help="share of each kind's images to hold out (default 0.1)")
     args = parser.parse_args(argv)
-    source = os.path.join(args.dataset, args.subset)
-    ids = sorted(n for n in os.listdir(source) if os.path.isdir(os.path.join(source, n)))
-    if not ids:
-        raise SystemExit(f"no image folders in {source}")
-    features = {i: image_features(os.path.join(source, i)) for i in ids}
+    try:
+        features, folders = read_features(args.dataset, args.subset)
+    except ValueError as err:   # names the folder or image and the problem
+        raise SystemExit(str(err)) from err
+    ids = sorted(features)
     experiments = assign_experiments(features)
     kinds = {i: features[i][0] for i in ids}
     test_keys = held_out(experiments, kinds, args.fraction)
     test = [i for i in ids if experiments[i] in test_keys]
     train = [i for i in ids if experiments[i] not in test_keys]
     for name, members in (("experiment_train", train), ("experiment_test", test)):
-        link_folder(os.path.join(args.out, name), [os.path.join(source, i) for i in members])
+        link_folder(os.path.join(args.out, name), [folders[i] for i in members])
     record = {i: {"kind": features[i][0], "shape": features[i][1],
                   "log_mean_grey": features[i][2], "log_median_area": features[i][3],
                   "experiment": experiments[i], "held_out": i in test} for i in ids}

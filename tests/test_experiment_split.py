@@ -97,8 +97,11 @@ def test_an_out_folder_holding_other_files_is_refused_untouched(tmp_path):
 
 def test_an_image_without_masks_is_named(tmp_path):
     split = load_benchmark("experiment_split")
-    os.makedirs(tmp_path / "abc" / "images")
-    skimage.io.imsave(str(tmp_path / "abc" / "images" / "abc.png"),
+    folder = tmp_path / "data" / "stage1_train"
+    write_image(str(folder), "f0", np.zeros((8, 8, 3), np.uint8), 4)
+    os.makedirs(folder / "abc" / "images")
+    skimage.io.imsave(str(folder / "abc" / "images" / "abc.png"),
                       np.zeros((8, 8, 3), np.uint8), check_contrast=False)
-    with pytest.raises(ValueError, match="abc has no masks/ folder"):
-        split.image_features(str(tmp_path / "abc"))
+    with pytest.raises(SystemExit, match=r"no masks .*stage1_train/abc"):
+        split.main(["--dataset", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()   # nothing written
