@@ -1,16 +1,20 @@
 """Test-time views of a nucleus model, scored per image against the plain ``detect``: other
-scales alone, the scales fused, and the four flips of ``--tta``.
+scales alone, the scales fused, the four flips of ``--tta``, and the half-scale pass's large
+detections pooled in (HALF_SCALE_PASS_MIN_AREA).
 
     python benchmarks/tta_views.py --logs runs/intel_f32 --dataset ../shared/data/dsb2018 \\
         --subset train --every 5 [--scales 0.8,1.25] [--flip-views none,h,v,hv] \\
-        [--set COMPUTE_DTYPE=float32] [--out views.json]
+        [--pool-areas 400,800] [--set COMPUTE_DTYPE=float32] [--out views.json]
 
-``--scales ""`` or ``--flip-views ""`` leaves that family out.
+``--scales ""``, ``--flip-views ""`` or ``--pool-areas ""`` leaves that family out.
 
 A scale is relative to the one the config's rule gives each image (``Detector.default_scale``,
 x2 for most DSB2018 images), detected with ``Detector.detect_at``; fused views go through
 ``mrcnn.tta.fuse_detections`` (the same nucleus when masks overlap at IoU > 0.5; kept when
-``votes`` views find it; its mask the pixels half of its views cover). Prints, for every
+``votes`` views find it; its mask the pixels half of its views cover). ``half_pool<A>`` is
+what ``detect`` returns with HALF_SCALE_PASS_MIN_AREA = A (``mrcnn.inference.pool_detections``
+of the plain detections and those at half the scale). Every variant is scored as ``evaluate``
+scores it, overlaps removed by score first. Prints, for every
 variant, the mean DSB score, the paired per-image difference to ``plain`` with its standard
 error, how many images got better and worse, and the difference per image kind. The JSON
 (``--out``) holds each image's id, kind and scores.
@@ -22,7 +26,8 @@ import json
 import numpy as np
 
 from mrcnn.atomic import atomic_target
-from mrcnn.metrics import dsb_image_score
+from mrcnn.inference import pool_detections
+from mrcnn.metrics import dsb_image_score, remove_overlaps
 from mrcnn.tta import DEFAULT_VIEWS, detect_with_flips, fuse_detections
 from samples.nucleus.cli_eval import add_checkpoint_arguments, load_inference_model, load_subset
 from samples.nucleus.nucleus import image_kind
@@ -43,7 +48,13 @@ def reusing_plain(detect_fn, plain, views):
     return detect_views
 
 
-def view_scores(true_masks, plain, by_scale, flipped=None):
+def scored(true_masks, result):
+    """The DSB score of a detect dict once overlaps are removed by score (as ``evaluate``)."""
+    masks, _ = remove_overlaps(result["masks"], result["scores"])
+    return dsb_image_score(true_masks, masks)
+
+
+def view_scores(true_masks, plain, by_scale, flipped=None, pooled=None):
     """One image's DSB score for each variant.
 
     Args:
@@ -51,22 +62,25 @@ def view_scores(true_masks, plain, by_scale, flipped=None):
         plain: the ``detect`` dict at the rule's scale; ``by_scale``: {factor: detect dict}
             at the other scales (masks [H, W, M] bool in the original image's pixels).
         flipped: the fused four-flip dict, or None.
+        pooled: {min_area: detect dict} of the half-scale pass pooled in, or None.
 
     Returns:
         {variant name: score}: ``plain``, ``x<f>`` for each scale alone, ``scales_2votes`` and
         ``scales_1vote`` (all scales with the plain view, kept when 2 or 1 of them agree),
-        ``flips``.
+        ``flips``, ``half_pool<A>``.
     """
-    scores = {"plain": dsb_image_score(true_masks, plain["masks"])}
+    scores = {"plain": scored(true_masks, plain)}
     for factor, result in by_scale.items():
-        scores[f"x{factor:g}"] = dsb_image_score(true_masks, result["masks"])
+        scores[f"x{factor:g}"] = scored(true_masks, result)
     if by_scale:
         views = [plain] + list(by_scale.values())
         for votes, name in ((2, "scales_2votes"), (1, "scales_1vote")):
             fused = fuse_detections(views, min_votes=min(votes, len(views)))
-            scores[name] = dsb_image_score(true_masks, fused["masks"])
+            scores[name] = scored(true_masks, fused)
     if flipped is not None:
-        scores["flips"] = dsb_image_score(true_masks, flipped["masks"])
+        scores["flips"] = scored(true_masks, flipped)
+    for area, result in (pooled or {}).items():
+        scores[f"half_pool{area:g}"] = scored(true_masks, result)
     return scores
 
 
@@ -97,12 +111,20 @@ def main():
     parser.add_argument("--flip-views", default=",".join(DEFAULT_VIEWS),
                         help="the flips fused as --tta fuses them (names of mrcnn.tta.FLIPS; "
                              "empty: none)")
+    parser.add_argument("--pool-areas", type=parse_floats, default=[],
+                        help="HALF_SCALE_PASS_MIN_AREA values to score (pixels; empty: none)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     flip_views = [v for v in args.flip_views.split(",") if v]
 
     model = load_inference_model(args)
-    detector = model.detector
+    detector, config = model.detector, model.config
+    if config.HALF_SCALE_PASS_MIN_AREA is not None:
+        parser.error("plain must be one pass: leave HALF_SCALE_PASS_MIN_AREA off (--pool-areas "
+                     "scores it)")
+    cover = config.DETECTION_MAX_COVERED_FRACTION
+    if args.pool_areas and cover is None:
+        parser.error("--pool-areas needs DETECTION_MAX_COVERED_FRACTION set")
     dataset, ids = load_subset(args.dataset, args.subset)
     rows = []
     for image_id in ids[::args.every]:
@@ -113,8 +135,14 @@ def main():
         by_scale = {f: detector.detect_at([image], [rule * f])[0] for f in args.scales}
         flipped = (detect_with_flips(reusing_plain(model.detect, plain, flip_views), image,
                                      flip_views) if flip_views else None)
+        pooled = None
+        if args.pool_areas:
+            half = by_scale.get(0.5) or detector.detect_at([image], [rule * 0.5])[0]
+            pooled = {area: pool_detections(plain, half, area, cover,
+                                            config.DETECTION_MIN_MASK_AREA)
+                      for area in args.pool_areas}
         rows.append({"id": dataset.image_info[image_id]["id"], "kind": image_kind(image),
-                     "scores": view_scores(true_masks, plain, by_scale, flipped)})
+                     "scores": view_scores(true_masks, plain, by_scale, flipped, pooled)})
     summary = paired_summary(rows)
     print(f"{len(rows)} images")
     for variant, s in summary.items():

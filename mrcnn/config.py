@@ -178,6 +178,15 @@ class Config:
     # in the SavedModel export. None = off (Matterport's masks).
     DETECTION_MASK_INTENSITY_BAND = None
     DETECTION_MASK_INTENSITY_MARGIN = 10
+    # Inference only: detect each image a second time at half its scale and add the
+    # detections of that pass whose masks cover at least this many pixels of the original
+    # image: large objects, which the full-scale pass can miss or break into fragments. The
+    # pooled detections then go through DETECTION_MAX_COVERED_FRACTION (which an inference
+    # model then needs set) and DETECTION_MIN_MASK_AREA in score order, so a whole object
+    # outscoring its fragments replaces them. Needs the pad64 inference resize mode
+    # (crop-mode training configs have it); costs about a quarter more detect time; not in
+    # the SavedModel export or in tiled prediction. None = off.
+    HALF_SCALE_PASS_MIN_AREA = None
 
     LEARNING_RATE = 0.001
     LEARNING_MOMENTUM = 0.9
@@ -408,6 +417,14 @@ class Config:
             fail(f"OBJECT_SIZE_TARGET={target!r}; use None or a diameter in pixels > 0.")
         if not (len(scales) == 2 and 0 < scales[0] <= scales[1]):
             fail(f"OBJECT_SCALE_RANGE={scales!r}; use (low, high) with 0 < low <= high.")
+        half_area = self.HALF_SCALE_PASS_MIN_AREA
+        if half_area is not None:
+            if not half_area >= 0:
+                fail(f"HALF_SCALE_PASS_MIN_AREA={half_area!r}; use None (off) or a number of "
+                     "pixels >= 0.")
+            if inference_resize_mode(self.IMAGE_RESIZE_MODE) != "pad64":
+                fail(f"HALF_SCALE_PASS_MIN_AREA needs IMAGE_RESIZE_MODE 'pad64' or 'crop' "
+                     f"(images resized by a free factor), not {self.IMAGE_RESIZE_MODE!r}.")
         if self.MAX_GT_INSTANCES < 1:
             fail("MAX_GT_INSTANCES must be >= 1.")
         return self

@@ -20,7 +20,8 @@ DETECTION_MASK_INTENSITY_BAND, detections covered by higher-scored ones beyond
 DETECTION_MAX_COVERED_FRACTION dropped). Resizing is
 TensorFlow's bilinear instead of OpenCV's, so masks can differ from ``detect`` by a pixel at
 object borders. With OBJECT_SIZE_TARGET set, ``detect`` may run an image a second time at
-another scale; the SavedModel runs the first pass only.
+another scale, and with HALF_SCALE_PASS_MIN_AREA set it adds a pass at half the scale; the
+SavedModel runs the first pass only.
 
 ``format="onnx"`` (``pip install -e ".[onnx]"``: tf2onnx, onnxruntime) writes the network
 itself through Keras 3's ``model.export``: inputs ``input_image`` float32 [1, H, W, 3] (molded:
@@ -348,6 +349,10 @@ def export_saved_model(model, path):
     if model.config.OBJECT_SIZE_TARGET:
         log.warning("OBJECT_SIZE_TARGET is set, but the SavedModel detects in one pass at the "
                     "config's scale; detect()'s second pass at the objects' scale is not in it.")
+    if model.config.HALF_SCALE_PASS_MIN_AREA is not None:
+        log.warning("HALF_SCALE_PASS_MIN_AREA is set, but the SavedModel detects in one pass at "
+                    "the config's scale; detect()'s half-scale pass for large objects is not "
+                    "in it.")
     graph = _ServingGraph(model.config, model.keras_model)
     archive = keras.export.ExportArchive()
     archive.track(model.keras_model)

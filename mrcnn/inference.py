@@ -35,6 +35,11 @@ class Detector:
     """
 
     def __init__(self, config, keras_model):
+        if config.HALF_SCALE_PASS_MIN_AREA is not None and \
+                config.DETECTION_MAX_COVERED_FRACTION is None:
+            raise ValueError("HALF_SCALE_PASS_MIN_AREA needs DETECTION_MAX_COVERED_FRACTION "
+                             "set: it decides which of the two passes' overlapping detections "
+                             "are kept.")
         self.config = config
         self.keras_model = keras_model
         self._predict = None
@@ -192,22 +197,35 @@ class Detector:
         batch is padded); the graph is traced once for all shapes (:meth:`run`). With
         OBJECT_SIZE_TARGET set, an image whose detected objects call for another scale
         (:meth:`object_scale`) is detected again at that scale, and that result is returned.
+        With HALF_SCALE_PASS_MIN_AREA set, every image is also detected at half the scale of
+        its result and the large detections of that pass are pooled in
+        (:func:`pool_detections`).
 
         Returns:
             one dict per image: rois [N, 4] (y1, x1, y2, x2) pixels of the original image,
             class_ids [N] int32, scores [N] float32, masks [H, W, N] bool.
         """
+        config = self.config
         images = self.eight_bit(images)   # once, also for a second pass
         results = self.detect_at(images, [None] * len(images), verbose)
-        if self.config.OBJECT_SIZE_TARGET:
+        scales = [self.default_scale(np.asarray(image).shape)
+                  if inference_resize_mode(config.IMAGE_RESIZE_MODE) == "pad64" else None
+                  for image in images]
+        if config.OBJECT_SIZE_TARGET:
             again = {i: self.object_scale(np.asarray(image).shape, result)
                      for i, (image, result) in enumerate(zip(images, results))}
             again = {i: scale for i, scale in again.items() if scale is not None}
             if again:
                 redone = self.detect_at([images[i] for i in again], list(again.values()),
-                                         verbose)
+                                        verbose)
                 for i, result in zip(again, redone):
-                    results[i] = result
+                    results[i], scales[i] = result, again[i]
+        if config.HALF_SCALE_PASS_MIN_AREA is not None:
+            halves = self.detect_at(images, [scale / 2 for scale in scales], verbose)
+            results = [pool_detections(result, half, config.HALF_SCALE_PASS_MIN_AREA,
+                                       config.DETECTION_MAX_COVERED_FRACTION,
+                                       config.DETECTION_MIN_MASK_AREA)
+                       for result, half in zip(results, halves)]
         return results
 
     def default_scale(self, image_shape):
@@ -299,3 +317,29 @@ class Detector:
                     "so objects beyond the cap were left out; predict large images in tiles "
                     "(mrcnn.tiling.predict_tiled, `train.py predict --tile`) or raise "
                     "DETECTION_MAX_INSTANCES", image_shape[0], image_shape[1], cap)
+
+
+def pool_detections(first, second, min_area, max_covered, min_mask_area=0):
+    """One image's detections from two passes in one: all of ``first``'s, and those of
+    ``second`` whose masks hold at least ``min_area`` pixels, kept by
+    :func:`mrcnn.ops.masks.uncovered_detections` (``max_covered``, ``min_mask_area``) in score
+    order, so a detection more than ``max_covered`` inside higher-scored ones of either pass is
+    dropped.
+
+    Args:
+        first, second: :meth:`Detector.detect` dicts of the same image: rois [N, 4] pixels of
+            the original image, class_ids [N], scores [N], masks [H, W, N] bool.
+        min_area: pixels of the original image.
+
+    Returns:
+        a :meth:`Detector.detect` dict, detections in descending score order.
+    """
+    large = np.count_nonzero(second["masks"], axis=(0, 1)) >= min_area
+    rois = np.concatenate([first["rois"], second["rois"][large]]).reshape(-1, 4)
+    class_ids = np.concatenate([first["class_ids"], second["class_ids"][large]])
+    scores = np.concatenate([first["scores"], second["scores"][large]])
+    masks = np.concatenate([first["masks"], second["masks"][..., large]], axis=-1)
+    keep = uncovered_detections(rois, masks, scores, max_covered, min_mask_area)
+    keep = keep[np.argsort(-scores[keep], kind="stable")]
+    return {"rois": rois[keep], "class_ids": class_ids[keep], "scores": scores[keep],
+            "masks": masks[..., keep]}

@@ -104,7 +104,7 @@ def predict_tiled(model, image, tile=1024, overlap=128, max_covered=None, tta=Fa
 
     A MaskRCNN detects the tiles at the scale its config gives the whole image, on the whole
     image's normalisation (IMAGE_NORMALIZATION); OBJECT_SIZE_TARGET's second pass at another
-    scale is not made for tiled images.
+    scale and HALF_SCALE_PASS_MIN_AREA's pass at half the scale are not made for tiled images.
 
     Returns:
         dict: labels [H, W] uint16 (uint32 beyond 65535 objects), 0 = background, label k the

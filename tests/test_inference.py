@@ -261,3 +261,79 @@ def test_anchors_are_cached_per_shape():
     for side in range(1, ANCHOR_CACHE_SHAPES + 1):      # 8 newer shapes push it out
         detector.get_anchors((64, 64 * side, 3))
     assert detector.get_anchors((128, 192, 3)) is not first
+
+
+def _squares(specs, shape=(60, 60)):
+    """A detect() dict of square masks: specs = [(y, x, side, score), ...]."""
+    masks = np.zeros(shape + (len(specs),), bool)
+    for i, (y, x, side, _) in enumerate(specs):
+        masks[y:y + side, x:x + side, i] = True
+    rois = np.array([[y, x, y + side, x + side] for y, x, side, _ in specs], np.int32)
+    return {"rois": rois.reshape(-1, 4), "class_ids": np.ones(len(specs), np.int32),
+            "scores": np.array([s for *_, s in specs], np.float32), "masks": masks}
+
+
+def test_pool_detections_lets_in_large_objects_and_drops_what_they_cover():
+    from mrcnn.inference import pool_detections
+    first = _squares([(0, 0, 5, 0.9),        # a fragment inside the second pass's big object
+                      (40, 40, 10, 0.8)])    # an object of its own
+    second = _squares([(0, 0, 20, 0.95),     # 400 px: pooled, outscores the fragment
+                       (30, 0, 4, 0.99),     # 16 px: under min_area, never pooled
+                       (38, 38, 12, 0.5)])   # 144 px, 100 of them inside the 0.8 object
+    pooled = pool_detections(first, second, min_area=100, max_covered=0.2)
+    np.testing.assert_allclose(pooled["scores"], [0.95, 0.8])
+    np.testing.assert_array_equal(pooled["rois"], [[0, 0, 20, 20], [40, 40, 50, 50]])
+    assert pooled["masks"].shape == (60, 60, 2) and pooled["masks"][..., 0].sum() == 400
+    # The fragment outscoring the big object keeps its place; the big one, 25 of its 400
+    # pixels covered (6 %), stays too at a 0.2 cover limit and goes at 0.05.
+    first["scores"][0] = 0.97
+    assert pool_detections(first, second, 100, 0.2)["scores"].tolist() == \
+        pytest.approx([0.97, 0.95, 0.8])
+    assert pool_detections(first, second, 100, 0.05)["scores"].tolist() == \
+        pytest.approx([0.97, 0.8])
+    # Nothing large enough in the second pass: the first pass as it was.
+    alone = pool_detections(first, second, min_area=1000, max_covered=0.2)
+    np.testing.assert_array_equal(alone["masks"], first["masks"][..., [0, 1]])
+    empty = _squares([])
+    assert pool_detections(empty, empty, 0, 0.2)["masks"].shape == (60, 60, 0)
+
+
+class HalfScaleConfig(PadConfig):
+    OBJECT_SIZE_TARGET = None
+    DETECTION_MAX_COVERED_FRACTION = 0.2
+    HALF_SCALE_PASS_MIN_AREA = 0
+
+
+def test_detect_pools_the_half_scale_pass(trained_dir):
+    from mrcnn.inference import pool_detections
+    model = modellib.MaskRCNN("inference", HalfScaleConfig(), trained_dir)
+    model.load_weights(model.find_last())
+    image = np.random.RandomState(2).randint(0, 255, (96, 80, 3)).astype(np.uint8)
+    full = model.detector.detect_at([image], [None])[0]
+    half = model.detector.detect_at([image], [1.0])[0]     # half of the config's x2
+    assert len(full["scores"]) and len(half["scores"])
+    expected = pool_detections(full, half, 0, 0.2)
+    result = model.detect([image])[0]
+    for key in ("rois", "class_ids", "scores", "masks"):
+        np.testing.assert_array_equal(result[key], expected[key])
+    assert len(result["scores"]) > len(full["scores"])      # the half pass adds detections
+
+
+def test_half_scale_pass_settings_are_checked():
+    from mrcnn.inference import Detector
+
+    class NoCoverRule(HalfScaleConfig):
+        DETECTION_MAX_COVERED_FRACTION = None
+    with pytest.raises(ValueError, match="DETECTION_MAX_COVERED_FRACTION"):
+        Detector(NoCoverRule(), keras_model=None)
+
+    class Square(HalfScaleConfig):
+        IMAGE_RESIZE_MODE = "square"
+    with pytest.raises(ValueError, match="pad64"):
+        Square().validate()
+
+    class Negative(HalfScaleConfig):
+        HALF_SCALE_PASS_MIN_AREA = -1
+    with pytest.raises(ValueError, match="HALF_SCALE_PASS_MIN_AREA"):
+        Negative().validate()
+    HalfScaleConfig().validate()

@@ -333,6 +333,10 @@ def test_tta_views_hand_computed():
     assert scores == {"plain": 1.0, "x0.5": 0.5, "scales_2votes": 0.5, "scales_1vote": 1.0,
                       "flips": 1.0}
     assert "scales_2votes" not in views.view_scores(stack(a, b), plain, {})
+    # A pooled result is scored under its min area's name, overlaps removed by score first:
+    # the lower-scored copy of a loses all its pixels to the first and is dropped (1 TP, 1 FN).
+    pooled = views.view_scores(stack(a, b), plain, {}, pooled={400: result(a, a)})
+    assert pooled == {"plain": 1.0, "half_pool400": 0.5}
 
     rows = [{"kind": "fluorescence", "scores": {"plain": 0.5, "v": 0.7}},
             {"kind": "histology", "scores": {"plain": 0.6, "v": 0.5}}]
