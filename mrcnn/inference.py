@@ -208,9 +208,7 @@ class Detector:
         config = self.config
         images = self.eight_bit(images)   # once, also for a second pass
         results = self.detect_at(images, [None] * len(images), verbose)
-        scales = [self.default_scale(np.asarray(image).shape)
-                  if inference_resize_mode(config.IMAGE_RESIZE_MODE) == "pad64" else None
-                  for image in images]
+        again = {}   # image index -> the object-size pass's scale, where it ran
         if config.OBJECT_SIZE_TARGET:
             again = {i: self.object_scale(np.asarray(image).shape, result)
                      for i, (image, result) in enumerate(zip(images, results))}
@@ -219,8 +217,10 @@ class Detector:
                 redone = self.detect_at([images[i] for i in again], list(again.values()),
                                         verbose)
                 for i, result in zip(again, redone):
-                    results[i], scales[i] = result, again[i]
+                    results[i] = result
         if config.HALF_SCALE_PASS_MIN_AREA is not None:
+            scales = [again.get(i) or self.default_scale(np.asarray(image).shape)
+                      for i, image in enumerate(images)]
             halves = self.detect_at(images, [scale / 2 for scale in scales], verbose)
             results = [pool_detections(result, half, config.HALF_SCALE_PASS_MIN_AREA,
                                        config.DETECTION_MAX_COVERED_FRACTION,

@@ -319,6 +319,23 @@ def test_detect_pools_the_half_scale_pass(trained_dir):
     assert len(result["scores"]) > len(full["scores"])      # the half pass adds detections
 
 
+def test_half_scale_pass_follows_the_object_size_pass(trained_dir):
+    from mrcnn.inference import pool_detections
+
+    class Both(HalfScaleConfig):
+        OBJECT_SIZE_TARGET = 32.0
+    model = modellib.MaskRCNN("inference", Both(), trained_dir)
+    model.load_weights(model.find_last())
+    image = np.random.RandomState(1).randint(0, 255, (96, 80, 3)).astype(np.uint8)
+    scale = model.detector.object_scale(image.shape, model.detector.detect_at([image], [None])[0])
+    assert scale is not None and scale != 2.0
+    expected = pool_detections(model.detector.detect_at([image], [scale])[0],
+                               model.detector.detect_at([image], [scale / 2])[0], 0, 0.2)
+    result = model.detect([image])[0]
+    for key in ("rois", "class_ids", "scores", "masks"):
+        np.testing.assert_array_equal(result[key], expected[key])
+
+
 def test_half_scale_pass_settings_are_checked():
     from mrcnn.inference import Detector
 
